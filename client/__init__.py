@@ -1,0 +1,1 @@
+"""The fedimdb ClientApp (runs inside each SuperNode)."""

@@ -1,0 +1,172 @@
+"""A run's artifacts: written atomically, hashed as written, verifiable later.
+
+Layout of one run folder::
+
+    run.json                      run id, seed, resolved config, versions, status, sha256 of every file
+    rounds.csv                    one row per round
+    clients.csv                   one row per client per round
+    weights/round-000.safetensors global weights before round 1, then after each round
+    weights/model.safetensors     the final global model; with config.json and the
+                                  tokenizer files beside it, weights/ loads with from_pretrained
+    weights/clients/round-001-client-0.safetensors   (only with archive-client-weights)
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+RUN_FILE = "run.json"
+ROUNDS_FILE = "rounds.csv"
+CLIENTS_FILE = "clients.csv"
+WEIGHTS_DIR = "weights"
+FINAL_WEIGHTS = "model.safetensors"
+
+
+class ArtifactError(RuntimeError):
+    """An artifact folder is incomplete or a file does not match its recorded hash."""
+
+
+def utc_now() -> str:
+    """ISO 8601 timestamp in UTC, second precision."""
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> str:
+    """Write via a temporary file in the same folder and rename; return the sha256."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return sha256_bytes(data)
+
+
+def write_json_atomic(path: Path, obj: Any) -> str:
+    return write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def csv_bytes(columns: Iterable[str], rows: Iterable[Mapping[str, Any]]) -> bytes:
+    """Rows as CSV; floats keep full precision so reruns compare exactly."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n", extrasaction="raise")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: repr(v) if isinstance(v, float) else v for k, v in row.items()})
+    return buf.getvalue().encode()
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def round_weights_name(server_round: int) -> str:
+    return f"{WEIGHTS_DIR}/round-{server_round:03d}.safetensors"
+
+
+def client_weights_name(server_round: int, partition_id: int) -> str:
+    return f"{WEIGHTS_DIR}/clients/round-{server_round:03d}-client-{partition_id}.safetensors"
+
+
+class RunArtifacts:
+    """Writes one run's folder; every file's sha256 lands in run.json.
+
+    run.json is rewritten after each round, so a crashed run still says how far it got.
+    An existing run.json is never overwritten: each run needs a fresh folder.
+    """
+
+    def __init__(self, folder: Path, header: Mapping[str, Any]) -> None:
+        self.folder = Path(folder)
+        if (self.folder / RUN_FILE).exists():
+            raise ArtifactError(f"{self.folder} already holds a run ({RUN_FILE}); give each run a new output-dir")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.files: dict[str, str] = {}
+        self.meta: dict[str, Any] = {**header, "status": "running", "started": utc_now(), "ended": None}
+        self._write_run_file()
+
+    def write(self, name: str, data: bytes) -> None:
+        """Write one file (relative name) atomically and record its hash."""
+        self.files[name] = write_bytes_atomic(self.folder / name, data)
+
+    def write_csv(self, name: str, columns: Iterable[str], rows: Iterable[Mapping[str, Any]]) -> None:
+        self.write(name, csv_bytes(columns, rows))
+
+    def write_weights(self, name: str, state_dict: Mapping[str, Any]) -> None:
+        """Store a torch state dict as safetensors."""
+        from safetensors.torch import save
+
+        self.write(name, save({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}))
+
+    def add_folder(self, source: Path, into: str) -> None:
+        """Copy every file of ``source`` (e.g. a saved tokenizer) under ``into``."""
+        for path in sorted(Path(source).rglob("*")):
+            if path.is_file():
+                self.write(f"{into}/{path.relative_to(source)}", path.read_bytes())
+
+    def update(self, **fields: Any) -> None:
+        """Add fields to run.json and rewrite it."""
+        self.meta.update(fields)
+        self._write_run_file()
+
+    def finish(self, status: str, error: str | None = None) -> None:
+        """Final run.json: status completed or failed."""
+        self.meta.update(status=status, error=error, ended=utc_now())
+        self._write_run_file()
+
+    def _write_run_file(self) -> None:
+        write_json_atomic(self.folder / RUN_FILE, {**self.meta, "files": dict(sorted(self.files.items()))})
+
+
+def verify_run(folder: Path, require_completed: bool = True) -> dict[str, Any]:
+    """Check run.json and every hash it lists; return run.json. Raises ArtifactError."""
+    folder = Path(folder)
+    try:
+        meta = read_json(folder / RUN_FILE)
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"{folder}: no readable {RUN_FILE} ({exc})") from exc
+    if require_completed and meta.get("status") != "completed":
+        raise ArtifactError(f"{folder}: run status is {meta.get('status')!r}: {meta.get('error')}")
+    problems = []
+    for name, digest in meta.get("files", {}).items():
+        path = folder / name
+        if not path.is_file():
+            problems.append(f"{name}: missing")
+        elif sha256_file(path) != digest:
+            problems.append(f"{name}: sha256 mismatch")
+    for required in (ROUNDS_FILE, CLIENTS_FILE, f"{WEIGHTS_DIR}/{FINAL_WEIGHTS}") if require_completed else ():
+        if required not in meta.get("files", {}):
+            problems.append(f"{required}: not recorded in {RUN_FILE}")
+    if problems:
+        raise ArtifactError(f"{folder}: " + "; ".join(problems))
+    return meta

@@ -1,0 +1,227 @@
+"""The one validated configuration of fedimdb.
+
+Every knob is declared once, here, as a dataclass field with its type, default,
+range and help. The same declaration is read from three places:
+
+* Flower's run config (``[tool.flwr.app.config]`` in pyproject.toml, overridden
+  with ``flwr run --run-config``), keys in kebab-case: ``num-rounds``;
+* the ``.env`` file and the process environment, ``FEDIMDB_`` + upper snake case:
+  ``FEDIMDB_NUM_ROUNDS``;
+* command-line options of ``orchestrate.py`` and ``python -m fedimdb.data``.
+
+Bad values raise :class:`ConfigError`, naming the setting and the fix, before
+anything expensive starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, TypeVar
+
+from dotenv import dotenv_values
+
+ENV_PREFIX = "FEDIMDB_"
+STRATEGIES = (
+    "fedavg",
+    "fedprox",
+    "fedadam",
+    "fedyogi",
+    "fedadagrad",
+    "fedmedian",
+    "fedtrimmedavg",
+    "krum",
+)
+MODEL_PRESETS = ("tiny", "minilm")
+PARTITIONERS = ("iid", "dirichlet")
+DEVICES = ("auto", "cpu", "cuda")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class ConfigError(ValueError):
+    """A setting has a bad value; the message names the setting and the fix."""
+
+
+def setting(default: Any, help: str, *, low: float | None = None, high: float | None = None,
+            low_open: bool = False, choices: tuple[str, ...] | None = None) -> Any:
+    """Declare one setting: default, one-line help, inclusive range or choices."""
+    meta = {"help": help, "low": low, "high": high, "low_open": low_open, "choices": choices}
+    return field(default=default, metadata=meta)
+
+
+def env_name(name: str) -> str:
+    """``num_rounds`` -> ``FEDIMDB_NUM_ROUNDS``."""
+    return ENV_PREFIX + name.upper()
+
+
+def config_key(name: str) -> str:
+    """``num_rounds`` -> ``num-rounds`` (Flower run-config and CLI spelling)."""
+    return name.replace("_", "-")
+
+
+def _coerce(f: dataclasses.Field, raw: Any, origin: str) -> Any:
+    """Convert a raw value (str from .env/CLI, TOML scalar from Flower) to the field type."""
+    kind = type(f.default)
+    where = f"{config_key(f.name)} (from {origin})"
+    try:
+        if kind is bool:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind is int:
+            if isinstance(raw, float) and not raw.is_integer():
+                raise ValueError(raw)
+            return int(str(raw).strip()) if isinstance(raw, str) else int(raw)
+        if kind is float:
+            return float(raw)
+        return str(raw).strip()
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"{where}: {raw!r} is not a valid {kind.__name__}; "
+            f"set it to a {kind.__name__} like {f.default!r}"
+        ) from None
+
+
+def _check_range(f: dataclasses.Field, value: Any) -> None:
+    meta = f.metadata
+    key = config_key(f.name)
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(f"{key}: unknown value {value!r}; choose one of {', '.join(choices)}")
+    low, high = meta.get("low"), meta.get("high")
+    if low is not None and (value <= low if meta.get("low_open") else value < low):
+        bound = f"> {low}" if meta.get("low_open") else f">= {low}"
+        raise ConfigError(f"{key}: {value!r} is out of range; set it {bound}")
+    if high is not None and value > high:
+        raise ConfigError(f"{key}: {value!r} is out of range; set it <= {high}")
+
+
+T = TypeVar("T", bound="_Settings")
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """Shared parsing and validation of a group of settings."""
+
+    @classmethod
+    def from_mapping(cls: type[T], values: Mapping[str, Any], origin: str = "run config") -> T:
+        """Build from kebab-case or snake_case keys; unknown keys are an error."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        parsed: dict[str, Any] = {}
+        for key, raw in values.items():
+            name = key.replace("-", "_")
+            if name not in fields:
+                known = ", ".join(config_key(n) for n in fields)
+                raise ConfigError(f"{key} (from {origin}): unknown setting; known settings: {known}")
+            parsed[name] = _coerce(fields[name], raw, origin)
+        obj = cls(**parsed)
+        obj.validate()
+        return obj
+
+    @classmethod
+    def from_env(cls: type[T], env_file: Path | None = Path(".env"),
+                 environ: Mapping[str, str] | None = None,
+                 overrides: Mapping[str, Any] | None = None) -> T:
+        """Defaults < ``.env`` file < process environment < explicit overrides."""
+        environ = os.environ if environ is None else environ
+        file_values = dotenv_values(env_file) if env_file and Path(env_file).is_file() else {}
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            var = env_name(f.name)
+            if var in environ and environ[var] != "":
+                values[f.name] = environ[var]
+            elif file_values.get(var) not in (None, ""):
+                values[f.name] = file_values[var]
+        for key, value in (overrides or {}).items():
+            if value is not None:
+                values[key.replace("-", "_")] = value
+        return cls.from_mapping(values, origin=f"defaults/{env_file or 'env'}/command line")
+
+    def validate(self) -> None:
+        """Check every field's range; subclasses add cross-field checks."""
+        for f in dataclasses.fields(self):
+            _check_range(f, getattr(self, f.name))
+
+    def as_dict(self) -> dict[str, Any]:
+        """Kebab-case keys, as Flower's run config spells them."""
+        return {config_key(k): v for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class RunConfig(_Settings):
+    """One federated run: what the ServerApp and ClientApps read from the run config."""
+
+    num_rounds: int = setting(10, "Federated rounds", low=1, high=10_000)
+    num_clients: int = setting(10, "Clients (SuperNodes); the server waits for all of them", low=1, high=1000)
+    fraction_train: float = setting(1.0, "Fraction of clients sampled for training each round", low=0.0, high=1.0, low_open=True)
+    fraction_evaluate: float = setting(1.0, "Fraction of clients sampled for local evaluation (0 = none)", low=0.0, high=1.0)
+    strategy: str = setting("fedavg", "Aggregation strategy (Flower's own classes)", choices=STRATEGIES)
+    proximal_mu: float = setting(0.01, "FedProx proximal term weight", low=0.0)
+    server_learning_rate: float = setting(0.1, "Server-side learning rate (eta) of FedAdam/FedYogi/FedAdagrad", low=0.0, low_open=True)
+    trimmed_beta: float = setting(0.2, "FedTrimmedAvg: fraction cut from each tail", low=0.0, high=0.49, low_open=True)
+    krum_malicious_nodes: int = setting(0, "Krum: assumed number of malicious clients", low=0)
+    model: str = setting("minilm", "Model: preset tiny|minilm, a local directory or a hub id (owner/name)")
+    device: str = setting("auto", "Training device", choices=DEVICES)
+    torch_threads: int = setting(0, "torch CPU threads per process (0 = torch default)", low=0, high=256)
+    max_length: int = setting(128, "Tokens per review (truncation length)", low=8, high=512)
+    batch_size: int = setting(16, "Batch size for training and evaluation", low=1, high=4096)
+    learning_rate: float = setting(5e-5, "Client AdamW learning rate", low=0.0, low_open=True, high=1.0)
+    local_epochs: int = setting(1, "Local epochs per round", low=1, high=1000)
+    max_steps: int = setting(0, "Cap on local optimizer steps per round (0 = no cap)", low=0)
+    local_eval_rows: int = setting(0, "Rows of each client's validation split to evaluate (0 = all)", low=0)
+    eval_rows: int = setting(2000, "Rows of the held-out test set the server evaluates each round", low=1, high=25_000)
+    final_eval_full: bool = setting(False, "After the last round, evaluate the final model on the whole held-out set")
+    seed: int = setting(42, "Base seed (model init, sampling, shuffling, dropout)", low=0)
+    round_timeout: float = setting(3600.0, "Seconds the server waits for client replies each round", low=1.0)
+    archive_client_weights: bool = setting(False, "Also archive every client's returned weights per round")
+    data_dir: str = setting("data/shards", "Prepared shards; the server reads DATA_DIR/server")
+    output_dir: str = setting("", "Where the ServerApp writes this run's artifacts (set by the deployment)")
+
+    def validate(self) -> None:
+        """Ranges, then the model name (a preset, a directory or a hub id)."""
+        super().validate()
+        if self.model not in MODEL_PRESETS and not Path(self.model).is_dir() and not _HUB_ID.match(self.model):
+            raise ConfigError(
+                f"model: unknown model {self.model!r}; use a preset ({', '.join(MODEL_PRESETS)}), "
+                "an existing local model directory, or a hub id like owner/name"
+            )
+
+
+@dataclass(frozen=True)
+class DataConfig(_Settings):
+    """How the IMDB shards are made (``python -m fedimdb.data prepare``)."""
+
+    data_source: str = setting("stanfordnlp/imdb", "Hub dataset id, or a local folder with train.parquet and test.parquet")
+    num_partitions: int = setting(10, "Shards (one per client)", low=1, high=1000)
+    partitioner: str = setting("iid", "flwr-datasets partitioner", choices=PARTITIONERS)
+    alpha: float = setting(0.5, "Dirichlet concentration (smaller = more label skew)", low=0.0, low_open=True)
+    val_fraction: float = setting(0.1, "Share of each client's shard kept for local validation", low=0.0, high=0.9, low_open=True)
+    data_seed: int = setting(42, "Seed of shuffling and partitioning", low=0)
+    data_dir: str = setting("data/shards", "Where the shards are written")
+
+    def validate(self) -> None:
+        """Ranges, then a local source must exist (a hub id is checked when loaded)."""
+        super().validate()
+        looks_local = self.data_source.startswith((".", "/", "~")) or not _HUB_ID.match(self.data_source)
+        if looks_local and not Path(self.data_source).expanduser().is_dir():
+            raise ConfigError(
+                f"data-source: folder {self.data_source!r} does not exist; point it at a folder with "
+                "train.parquet and test.parquet (e.g. ../shared/data/imdb) or at the hub id stanfordnlp/imdb"
+            )
+
+
+def check_clients_fit(run: RunConfig, num_partitions: int) -> None:
+    """A run cannot have more clients than there are prepared shards."""
+    if run.num_clients > num_partitions:
+        raise ConfigError(
+            f"num-clients: {run.num_clients} clients but only {num_partitions} shards were prepared; "
+            f"lower num-clients or prepare the data with --num-partitions {run.num_clients}"
+        )

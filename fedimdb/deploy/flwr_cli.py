@@ -1,0 +1,82 @@
+"""Submitting and following a run through the ``flwr`` CLI (Control API).
+
+``flwr run --stream`` exits 0 even when the ServerApp fails, so the outcome is read
+from ``flwr ls --format json``: status ``finished:completed`` or ``finished:failed``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+FINISHED_PREFIX = "finished:"
+COMPLETED = "finished:completed"
+
+
+class FlowerRunError(RuntimeError):
+    """A run could not be submitted, failed, or did not finish in time."""
+
+
+def write_connection(flwr_home: Path, name: str, address: str) -> None:
+    """The ``$FLWR_HOME/config.toml`` entry that ``flwr run NAME`` connects with (insecure)."""
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    config = {"superlink": {"default": name, name: {"address": address, "insecure": True}}}
+    (flwr_home / "config.toml").write_text(tomli_w.dumps(config))
+
+
+def _flwr(args: list[str], env: Mapping[str, str], timeout: float = 120) -> dict[str, Any]:
+    proc = subprocess.run(["flwr", *args, "--format", "json"], env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=timeout)
+    try:
+        out = json.loads(proc.stdout)
+    except ValueError:
+        raise FlowerRunError(f"flwr {args[0]} gave no JSON (exit {proc.returncode}): "
+                             f"{(proc.stdout + proc.stderr).strip()[-2000:]}") from None
+    if not out.get("success", False):
+        raise FlowerRunError(f"flwr {args[0]} failed: {out.get('error-message', out)}")
+    return out
+
+
+def submit_run(app_dir: Path, connection: str, run_config: Mapping[str, Any], env: Mapping[str, str],
+               overrides_file: Path) -> int:
+    """``flwr run``: build the app's FAB, submit it with these run-config overrides; return the run id."""
+    overrides_file.write_text(tomli_w.dumps(dict(run_config)))
+    out = _flwr(["run", str(app_dir), connection, "--run-config", str(overrides_file)], env)
+    return int(out["run-id"])
+
+
+def run_status(connection: str, run_id: int, env: Mapping[str, str]) -> dict[str, Any]:
+    """The run's entry from ``flwr ls``: status, status-details, timestamps, traffic, compute time."""
+    runs = _flwr(["ls", connection, "--run-id", str(run_id)], env)["runs"]
+    if not runs:
+        raise FlowerRunError(f"the SuperLink knows no run {run_id}")
+    return runs[0]
+
+
+def wait_for_run(connection: str, run_id: int, env: Mapping[str, str], timeout: float,
+                 poll_seconds: float = 3.0, on_poll: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Poll until the run is finished; return its final entry (completed or failed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        entry = run_status(connection, run_id, env)
+        if on_poll is not None:
+            on_poll(entry)
+        if str(entry["status"]).startswith(FINISHED_PREFIX):
+            return entry
+        if time.monotonic() > deadline:
+            raise FlowerRunError(f"run {run_id} still {entry['status']} after {timeout:.0f} s")
+        time.sleep(poll_seconds)
+
+
+def run_log(connection: str, run_id: int, env: Mapping[str, str]) -> str:
+    """The ServerApp's log (``flwr log --show``)."""
+    proc = subprocess.run(["flwr", "log", str(run_id), connection, "--show"], env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=120)
+    return proc.stdout + proc.stderr

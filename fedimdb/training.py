@@ -1,0 +1,102 @@
+"""Local training and evaluation loops, shared by the ClientApp and the server's central evaluation."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+
+from fedimdb.data import Examples
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    loss: float
+    num_examples: int
+    steps: int
+    seconds: float
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.num_examples / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    loss: float
+    accuracy: float
+    num_examples: int
+
+
+def seed_everything(seed: int, threads: int = 0) -> None:
+    """Same seed, same numbers on CPU: seed torch and make its kernels deterministic."""
+    torch.manual_seed(seed)
+    if threads > 0:
+        torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def _batches(tokenizer: Any, data: Examples, order: list[int], batch_size: int, max_length: int, device: torch.device):
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        enc = tokenizer([data.texts[i] for i in idx], truncation=True, max_length=max_length,
+                        padding=True, return_tensors="pt")
+        enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        yield enc, torch.tensor([data.labels[i] for i in idx], device=device)
+
+
+def train(model: Any, tokenizer: Any, data: Examples, *, epochs: int, max_steps: int, batch_size: int,
+          learning_rate: float, max_length: int, seed: int, device: torch.device,
+          proximal_mu: float = 0.0) -> TrainResult:
+    """AdamW over ``epochs`` shuffled passes, stopping early after ``max_steps`` (0 = no cap).
+
+    With ``proximal_mu`` > 0 the FedProx term mu/2 * ||w - w_global||^2 is added to the loss.
+    """
+    model.to(device).train()
+    anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
+    generator = torch.Generator().manual_seed(seed)
+    steps, seen, loss_sum = 0, 0, 0.0
+    start = time.perf_counter()
+    for _ in range(epochs):
+        order = torch.randperm(len(data), generator=generator).tolist()
+        for inputs, labels in _batches(tokenizer, data, order, batch_size, max_length, device):
+            loss = model(**inputs, labels=labels).loss
+            if anchor is not None:
+                prox = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor))
+                loss = loss + 0.5 * proximal_mu * prox
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            steps += 1
+            seen += len(labels)
+            loss_sum += loss.item() * len(labels)
+            if max_steps and steps >= max_steps:
+                break
+        if max_steps and steps >= max_steps:
+            break
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return TrainResult(loss=loss_sum / max(seen, 1), num_examples=seen, steps=steps,
+                       seconds=time.perf_counter() - start)
+
+
+@torch.no_grad()
+def evaluate(model: Any, tokenizer: Any, data: Examples, *, batch_size: int, max_length: int,
+             device: torch.device) -> EvalResult:
+    """Mean cross-entropy and accuracy over all of ``data``, in file order."""
+    model.to(device).eval()
+    loss_sum, correct = 0.0, 0
+    for inputs, labels in _batches(tokenizer, data, list(range(len(data))), batch_size, max_length, device):
+        out = model(**inputs, labels=labels)
+        loss_sum += out.loss.item() * len(labels)
+        correct += int((out.logits.argmax(dim=-1) == labels).sum())
+    n = max(len(data), 1)
+    return EvalResult(loss=loss_sum / n, accuracy=correct / n, num_examples=len(data))
+
+
+def load_state(model: Any, state: Mapping[str, torch.Tensor]) -> None:
+    """Load global weights strictly: every key must match the local architecture."""
+    model.load_state_dict(dict(state), strict=True)

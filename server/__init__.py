@@ -1,0 +1,1 @@
+"""The fedimdb ServerApp (runs beside the SuperLink)."""

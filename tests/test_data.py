@@ -1,0 +1,69 @@
+"""IMDB loading and sharding with flwr-datasets partitioners, on the real data in ../shared."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from fedimdb.config import ConfigError, DataConfig
+from fedimdb.data import ShardError, load_imdb, prepare_shards, read_split, verify_shards
+from tests.conftest import write_parquet_dataset
+
+
+def test_real_imdb_loads_through_load_dataset(imdb_dir: Path) -> None:
+    ds = load_imdb(str(imdb_dir))
+    assert (len(ds["train"]), len(ds["test"])) == (25_000, 25_000)
+    assert set(ds["train"].column_names) >= {"text", "label"}
+
+
+def test_ten_iid_shards_cover_the_train_split_once(shards: Path) -> None:
+    manifest = verify_shards(shards)
+    assert manifest["recipe"]["partitioner"] == "iid"
+    texts = []
+    for pid in range(10):
+        train, val = read_split(shards / f"client-{pid}", "train"), read_split(shards / f"client-{pid}", "val")
+        assert len(train) == 2250 and len(val) == 250
+        assert 0.4 < sum(train.labels) / len(train) < 0.6  # shuffled before sharding: both labels everywhere
+        texts += train.texts + val.texts
+    assert len(texts) == 25_000
+    assert len(read_split(shards / "server", "test")) == 25_000
+
+
+def test_prepare_is_idempotent_and_never_overwrites(shards: Path, imdb_dir: Path) -> None:
+    same = DataConfig(data_source=str(imdb_dir), data_dir=str(shards))
+    before = (shards / "client-0" / "train.parquet").stat().st_mtime_ns
+    assert prepare_shards(same, log=lambda *_: None) == shards
+    assert (shards / "client-0" / "train.parquet").stat().st_mtime_ns == before
+    with pytest.raises(ConfigError, match="already holds shards made with other settings"):
+        prepare_shards(DataConfig(data_source=str(imdb_dir), data_dir=str(shards), num_partitions=5))
+
+
+def test_corrupt_or_missing_shard_is_detected(shards: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "shards"
+    shutil.copytree(shards, copy)
+    table = pq.read_table(copy / "client-1" / "val.parquet").slice(0, 10)
+    pq.write_table(table, copy / "client-1" / "val.parquet")
+    with pytest.raises(ShardError, match="client-1/val.parquet: sha256 does not match"):
+        verify_shards(copy)
+    (copy / "client-2" / "train.parquet").unlink()
+    with pytest.raises(ShardError, match="client-2/train.parquet: missing"):
+        read_split(copy / "client-2", "train")
+
+
+def test_dirichlet_partitioner_skews_labels(tmp_path: Path) -> None:
+    source = write_parquet_dataset(tmp_path / "imdb", rows=2000)
+    out = prepare_shards(DataConfig(data_source=str(source), data_dir=str(tmp_path / "shards"), num_partitions=4,
+                                    partitioner="dirichlet", alpha=0.1), log=lambda *_: None)
+    shares = [sum(s.labels) / len(s) for s in (read_split(out / f"client-{p}", "train") for p in range(4))]
+    assert max(shares) - min(shares) > 0.3, shares
+    assert verify_shards(out)["recipe"]["alpha"] == 0.1
+
+
+def test_source_without_a_test_split_is_refused(tmp_path: Path) -> None:
+    source = write_parquet_dataset(tmp_path / "imdb", rows=20)
+    (source / "test.parquet").unlink()
+    with pytest.raises(ConfigError, match=r"data-source: .* has no \['test'\] split"):
+        load_imdb(str(source))

