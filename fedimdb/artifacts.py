@@ -57,6 +57,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600; other containers' users must read shards and artifacts
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

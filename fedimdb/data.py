@@ -14,6 +14,7 @@ and reuses the shards; different settings never overwrite them.
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import sys
 import tempfile
@@ -31,6 +32,7 @@ from fedimdb.config import ConfigError, DataConfig
 
 MANIFEST = "manifest.json"
 SERVER_DIR = "server"
+STAGING_PREFIX = ".staging-"
 SPLIT_FILES = {"train": "train.parquet", "val": "val.parquet", "test": "test.parquet"}
 
 
@@ -120,8 +122,7 @@ def prepare_shards(cfg: DataConfig, log: Any = print) -> Path:
         verify_shards(out)
         log(f"shards at {out} already prepared with these settings: verified, reusing")
         return out
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"data-dir: {out} exists, is not empty and has no {MANIFEST}; choose an empty folder")
+    _clear_unfinished(out)
 
     datasets.disable_progress_bars()
     ds = load_imdb(cfg.data_source)
@@ -130,8 +131,9 @@ def prepare_shards(cfg: DataConfig, log: Any = print) -> Path:
     partitioner = _partitioner(cfg)
     partitioner.dataset = train
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    # Staged inside ``out`` (which may be a mount point), moved into place, and committed by
+    # writing the top-level manifest last: without it, the folder counts as unfinished.
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
     try:
         shards = {}
         for pid in range(cfg.num_partitions):
@@ -141,23 +143,30 @@ def prepare_shards(cfg: DataConfig, log: Any = print) -> Path:
             split = part.train_test_split(test_size=cfg.val_fraction, seed=cfg.data_seed + pid)
             meta = {"partition-id": pid, "num-partitions": cfg.num_partitions, "recipe": recipe}
             shards[client_dir_name(pid)] = _write_folder(
-                staging / client_dir_name(pid),
-                {"train": _table(split["train"]), "val": _table(split["test"])},
-                meta,
-            )
+                staging / client_dir_name(pid), {"train": _table(split["train"]), "val": _table(split["test"])}, meta)
         server = _write_folder(staging / SERVER_DIR, {"test": _table(test)}, {"recipe": recipe})
         summary = {name: {"rows": {f: v["rows"] for f, v in m["files"].items()},
                           "manifest-sha256": sha256_file(staging / name / MANIFEST)}
                    for name, m in {**shards, SERVER_DIR: server}.items()}
-        write_json_atomic(staging / MANIFEST, {"recipe": recipe, "num-partitions": cfg.num_partitions, "folders": summary})
-        if out.exists():
-            out.rmdir()  # empty, checked above
-        staging.rename(out)
-    except BaseException:
+        for name in summary:
+            (staging / name).rename(out / name)
+        write_json_atomic(out / MANIFEST, {"recipe": recipe, "num-partitions": cfg.num_partitions, "folders": summary})
+    finally:
         shutil.rmtree(staging, ignore_errors=True)
-        raise
     log(f"wrote {cfg.num_partitions} client shards and the server's held-out set to {out}")
     return out
+
+
+def _clear_unfinished(out: Path) -> None:
+    """Make ``out`` an empty folder; only leftovers of an interrupted preparation are removed."""
+    out.mkdir(parents=True, exist_ok=True)
+    ours = re.compile(rf"^(client-\d+|{SERVER_DIR}|{re.escape(STAGING_PREFIX)}.*)$")
+    foreign = [p.name for p in out.iterdir() if not ours.match(p.name)]
+    if foreign:
+        raise ConfigError(f"data-dir: {out} is not empty and holds no prepared shards ({', '.join(sorted(foreign)[:5])}); "
+                          "choose an empty or new folder")
+    for leftover in out.iterdir():
+        shutil.rmtree(leftover)
 
 
 def verify_folder(folder: Path) -> dict[str, Any]:

@@ -23,13 +23,12 @@ from typing import Any
 
 from rich.console import Console
 
-from fedimdb.artifacts import ArtifactError, read_json, utc_now, verify_run, write_json_atomic
+from fedimdb.artifacts import ArtifactError, utc_now, write_json_atomic
 from fedimdb.config import MODEL_PRESETS, STRATEGIES, ConfigError, DataConfig, RunConfig, check_clients_fit
 from fedimdb.data import ShardError, prepare_shards, verify_shards
 from fedimdb.deploy import flwr_cli
 from fedimdb.deploy.local import LocalFederation
 
-APP_DIR = Path(__file__).resolve().parent.parent  # the Flower App: pyproject.toml, server/, client/
 CONNECTION = "fedimdb-local"
 FLOWER_COMMANDS = ("flwr", "flower-superlink", "flower-supernode")
 console = Console(stderr=True, soft_wrap=True, highlight=False)
@@ -87,43 +86,20 @@ def new_experiment_dir(out: Path, cfg: RunConfig) -> Path:
 def process_env(cfg: RunConfig, flwr_home: Path) -> dict[str, str]:
     """Environment of every Flower process: own FLWR_HOME, no telemetry, threads shared fairly."""
     threads = cfg.torch_threads or max(1, (os.cpu_count() or 1) // cfg.num_clients)
-    return {"FLWR_HOME": str(flwr_home), "FLWR_TELEMETRY_ENABLED": "0", "PYTHONUNBUFFERED": "1",
+    return {"FLWR_HOME": str(flwr_home), "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "PYTHONUNBUFFERED": "1",
             "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
 
 
 def run_local(cfg: RunConfig, shards: Path, run_dir: Path) -> dict[str, Any]:
-    """One run on a LocalFederation; returns the final ``flwr ls`` entry."""
-    logs = run_dir / "logs"
+    """One run on a LocalFederation; returns the final ``flwr ls`` entry of a verified run."""
     with tempfile.TemporaryDirectory(prefix="fedimdb-flwr-") as tmp:
         env = process_env(cfg, Path(tmp))
-        with LocalFederation(shards, cfg.num_clients, logs, env) as fed:
+        with LocalFederation(shards, cfg.num_clients, run_dir / "logs", env) as fed:
             flwr_cli.write_connection(Path(tmp), CONNECTION, fed.control_address)
+            console.print(f"{cfg.num_clients} SuperNodes connected over gRPC to the SuperLink at {fed.fleet_address}")
             run_config = {**cfg.as_dict(), "data-dir": str(shards.resolve()), "output-dir": str(run_dir.resolve())}
-            run_id = flwr_cli.submit_run(APP_DIR, CONNECTION, run_config, env, Path(tmp) / "run-config.toml")
-            console.print(f"run {run_id}: {cfg.num_clients} SuperNodes on gRPC {fed.fleet_address}, "
-                          f"{cfg.num_rounds} rounds of {cfg.strategy} on model {cfg.model}")
-            progress = {"round": -1}
-
-            def on_poll(_: dict[str, Any]) -> None:
-                fed.check_alive()
-                done = _rounds_completed(run_dir)
-                if done != progress["round"]:
-                    progress["round"] = done
-                    console.print(f"  round {done}/{cfg.num_rounds} done")
-
-            try:
-                entry = flwr_cli.wait_for_run(CONNECTION, run_id, env, timeout=cfg.round_timeout * (cfg.num_rounds + 1),
-                                              on_poll=on_poll)
-            finally:
-                (logs / "serverapp.log").write_text(flwr_cli.run_log(CONNECTION, run_id, env))
-    return entry
-
-
-def _rounds_completed(run_dir: Path) -> int:
-    try:
-        return int(read_json(run_dir / "run.json").get("rounds_completed", 0))
-    except (OSError, ValueError):
-        return 0
+            return flwr_cli.run_to_completion(CONNECTION, run_config, env, log=console.print, check=fed.check_alive)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,12 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     repeat: dict[str, Any] = {"repeat": 0, "seed": run_cfg.seed, "dir": run_dir.name}
     try:
         entry = run_local(run_cfg, shards, run_dir)
-        repeat.update(flower_status=entry["status"], flower_details=entry.get("status-details"))
-        if entry["status"] != flwr_cli.COMPLETED:
-            raise flwr_cli.FlowerRunError(f"run ended {entry['status']}: {entry.get('status-details')}; "
-                                          f"see {run_dir / 'logs' / 'serverapp.log'}")
-        verify_run(run_dir)
-        repeat["status"] = "verified"
+        repeat.update(status="verified", flower_status=entry["status"])
     except (flwr_cli.FlowerRunError, ArtifactError, RuntimeError) as exc:
         repeat.update(status="failed", error=str(exc))
         console.print(f"repeat 0 failed: {exc}", style="red", markup=False)

@@ -21,8 +21,8 @@ def test_pyproject_run_config_matches_the_declared_defaults() -> None:
 
 def test_every_dotenv_key_is_a_known_setting_and_valid() -> None:
     known = {env_name(f.name) for cls in (RunConfig, DataConfig) for f in dataclasses.fields(cls)}
-    values = dotenv_values(ROOT / ".env")
-    assert set(values) <= known, set(values) - known
+    values = {k for k in dotenv_values(ROOT / ".env") if k.startswith("FEDIMDB_")}  # others are Compose's
+    assert values <= known, values - known
     RunConfig.from_env(ROOT / ".env", environ={})
     DataConfig.from_env(ROOT / ".env", environ={})
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -16,6 +17,9 @@ from typing import Any
 
 import tomli_w
 
+from fedimdb.artifacts import read_json, verify_run
+
+APP_DIR = Path(__file__).resolve().parents[2]  # the Flower App: pyproject.toml, server/, client/
 FINISHED_PREFIX = "finished:"
 COMPLETED = "finished:completed"
 
@@ -80,3 +84,48 @@ def run_log(connection: str, run_id: int, env: Mapping[str, str]) -> str:
     proc = subprocess.run(["flwr", "log", str(run_id), connection, "--show"], env={**os.environ, **env},
                           capture_output=True, text=True, timeout=120)
     return proc.stdout + proc.stderr
+
+
+def rounds_completed(run_dir: Path) -> int:
+    """How many rounds the ServerApp has archived so far (0 before the first)."""
+    try:
+        return int(read_json(run_dir / "run.json").get("rounds_completed", 0))
+    except (OSError, ValueError):
+        return 0
+
+
+def run_to_completion(connection: str, run_config: Mapping[str, Any], env: Mapping[str, str], *,
+                      log: Callable[[str], None], check: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Submit the app, follow it round by round, save the ServerApp log, verify the artifacts.
+
+    ``run_config`` must hold ``output-dir`` (where the ServerApp writes, readable from here).
+    Returns the final ``flwr ls`` entry; raises FlowerRunError if the run did not complete
+    and ArtifactError if its artifacts do not verify.
+    """
+    run_dir = Path(run_config["output-dir"])
+    num_rounds = int(run_config["num-rounds"])
+    with tempfile.TemporaryDirectory(prefix="fedimdb-run-config-") as tmp:
+        run_id = submit_run(APP_DIR, connection, run_config, env, Path(tmp) / "run-config.toml")
+    log(f"run {run_id} submitted: {num_rounds} rounds of {run_config['strategy']} on model {run_config['model']}, "
+        f"{run_config['num-clients']} clients; artifacts go to {run_dir}")
+    shown = {"round": -1}
+
+    def on_poll(_: dict[str, Any]) -> None:
+        if check is not None:
+            check()
+        done = rounds_completed(run_dir)
+        if done != shown["round"] and done > 0:
+            shown["round"] = done
+            log(f"  round {done}/{num_rounds} done")
+
+    try:
+        entry = wait_for_run(connection, run_id, env, timeout=float(run_config["round-timeout"]) * (num_rounds + 1),
+                             on_poll=on_poll)
+    finally:
+        (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        (run_dir / "logs" / "serverapp.log").write_text(run_log(connection, run_id, env))
+    if entry["status"] != COMPLETED:
+        raise FlowerRunError(f"run {run_id} ended {entry['status']}: {entry.get('status-details')}; "
+                             f"see {run_dir / 'logs' / 'serverapp.log'}")
+    verify_run(run_dir)
+    return entry

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO
 
 from fedimdb.data import client_dir_name
+from fedimdb.deploy.processes import superlink_argv, supernode_argv
 
 LOOPBACK = "127.0.0.1"
 
@@ -71,19 +72,13 @@ class LocalFederation:
     def __enter__(self) -> "LocalFederation":
         self.workdir.mkdir(parents=True, exist_ok=True)
         try:
-            self.superlink = self._spawn([
-                "flower-superlink", "--insecure", "--disable-runtime-dependency-installation",
-                "--fleet-api-type", "grpc-rere", "--fleet-api-address", self.fleet_address,
-                "--host", LOOPBACK, "--port", str(self.control_port),
-            ], "superlink.log")
+            self.superlink = self._spawn(superlink_argv(self.fleet_address, LOOPBACK, self.control_port),
+                                         "superlink.log")
             wait_for_port(self.control_port, 60, self.superlink)
             wait_for_port(self.fleet_port, 60, self.superlink)
             for pid in range(self.num_clients):
-                node_config = f'partition-id={pid} data-dir="{self.shards_dir / client_dir_name(pid)}"'
-                self.supernodes.append(self._spawn([
-                    "flower-supernode", "--insecure", "--grpc-rere", "--superlink", self.fleet_address,
-                    "--host", LOOPBACK, "--port", str(free_port()), "--node-config", node_config,
-                ], f"supernode-{pid}.log"))
+                argv = supernode_argv(self.fleet_address, pid, str(self.shards_dir / client_dir_name(pid)), free_port())
+                self.supernodes.append(self._spawn(argv, f"supernode-{pid}.log"))
         except BaseException:
             self.stop()
             raise

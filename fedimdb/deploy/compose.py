@@ -1,0 +1,103 @@
+"""``docker-compose.override.yml`` for a run that differs from .env: client count and settings.
+
+docker-compose.yml declares client-0 ... client-9. For N < 10 the override puts the clients
+N ... 9 in an unused profile (so ``docker compose up`` does not start them); for N > 10 it adds
+client-10 ... client-(N-1) extending client-0. Run and data settings go into the runner's and
+the data-preparation service's environment, where they beat .env. Values are validated here,
+before any container starts.
+
+    python -m fedimdb.deploy.compose --clients 3 --set num-rounds=2 --set model=tiny \\
+        --data-source ../shared/data/imdb > docker-compose.override.yml
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fedimdb.config import ConfigError, DataConfig, RunConfig, check_clients_fit, env_name
+
+COMPOSE_FILE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
+DECLARED_CLIENTS = 10  # client-0 ... client-9 in docker-compose.yml
+CONTAINER_SOURCE = "/imdb"  # where the prepare service mounts a local IMDB folder
+
+
+def _env(settings: dict[str, Any]) -> dict[str, str]:
+    return {env_name(k.replace("-", "_")): str(v).lower() if isinstance(v, bool) else str(v)
+            for k, v in settings.items()}
+
+
+def build_override(num_clients: int, run_settings: dict[str, Any], data_settings: dict[str, Any],
+                   run_name: str | None = None) -> dict[str, Any]:
+    """The override as a dict; validates the settings against fedimdb/config.py first."""
+    RunConfig.from_mapping({**run_settings, "num-clients": num_clients}, origin="compose override")
+    data = dict(data_settings)
+    services: dict[str, Any] = {}
+    source = data.get("data-source")
+    if source is not None and Path(source).expanduser().is_dir():
+        host = str(Path(source).expanduser().resolve())
+        data["data-source"] = CONTAINER_SOURCE
+        services["prepare"] = {"volumes": [f"{host}:{CONTAINER_SOURCE}:ro"]}
+    else:
+        DataConfig.from_mapping(data, origin="compose override")
+    partitions = int(data.get("num-partitions", DataConfig().num_partitions))
+    check_clients_fit(RunConfig(num_clients=num_clients), partitions)
+
+    if data:
+        services.setdefault("prepare", {})["environment"] = _env(data)
+    runner_env = _env({**run_settings, "num-clients": num_clients})
+    if run_name:
+        runner_env["RUN_NAME"] = run_name
+    services["runner"] = {"environment": runner_env}
+    for i in range(num_clients, DECLARED_CLIENTS):
+        services[f"client-{i}"] = {"profiles": ["unused-client"]}
+    for i in range(DECLARED_CLIENTS, num_clients):
+        services[f"client-{i}"] = {
+            "extends": {"file": str(COMPOSE_FILE), "service": "client-0"},
+            "environment": {"PARTITION_ID": str(i)},
+            "volumes": [f"${{SHARDS_DIR:-./data/shards}}/client-{i}:/data:ro"],
+        }
+    return {"services": services}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print (or write with -o) the override for the given client count and settings."""
+    p = argparse.ArgumentParser(prog="python -m fedimdb.deploy.compose", description=__doc__.split("\n\n")[0])
+    p.add_argument("--clients", type=int, required=True, help="number of client containers")
+    p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                   help="run setting, e.g. --set num-rounds=2 (repeatable)")
+    p.add_argument("--data-set", dest="data_settings", action="append", default=[], metavar="KEY=VALUE",
+                   help="data setting, e.g. --data-set partitioner=dirichlet (repeatable)")
+    p.add_argument("--data-source", help="hub id, or a local folder with train/test Parquet (mounted read-only)")
+    p.add_argument("--run-name", help="name of the run's folder in the artifacts volume")
+    p.add_argument("-o", "--output", type=Path, help="write here instead of standard output")
+    args = p.parse_args(argv)
+    try:
+        run = dict(_pair(s) for s in args.settings)
+        data = dict(_pair(s) for s in args.data_settings)
+        if args.data_source:
+            data["data-source"] = args.data_source
+        text = yaml.safe_dump(build_override(args.clients, run, data, args.run_name), sort_keys=False)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.output:
+        args.output.write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _pair(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep:
+        raise ConfigError(f"{item!r}: write it as KEY=VALUE")
+    return key.strip(), value.strip()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

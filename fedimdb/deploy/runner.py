@@ -1,0 +1,69 @@
+"""The Compose stack's one-shot runner: submit the run, follow it, verify, exit 0 or 1.
+
+``python -m fedimdb.deploy.runner`` inside the ``runner`` service. Settings come from the
+container's environment (FEDIMDB_*, from .env and docker-compose.yml); the run's artifacts
+go to ``$ARTIFACTS_DIR/$RUN_NAME`` on the shared volume (a new name per run: an existing
+folder is never overwritten).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from fedimdb.artifacts import ArtifactError
+from fedimdb.config import ConfigError, RunConfig
+from fedimdb.deploy import flwr_cli
+
+CONNECTION = "fedimdb-compose"
+
+
+def wait_for_control_api(address: str, timeout: float = 120) -> None:
+    """The SuperLink's healthcheck passed, but be patient with a slow DNS or restart."""
+    host, port = address.rsplit(":", 1)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((host, int(port)), timeout=5).close()
+            return
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                raise flwr_cli.FlowerRunError(f"SuperLink Control API {address} unreachable: {exc}") from None
+            time.sleep(1)
+
+
+def main() -> int:
+    """Run once; exit 0 only for a completed run whose artifacts verify."""
+    log = lambda msg: print(msg, flush=True)  # noqa: E731
+    try:
+        cfg = RunConfig.from_env(env_file=None)
+    except ConfigError as exc:
+        log(f"error: {exc}")
+        return 2
+    name = os.environ.get("RUN_NAME") or datetime.now(timezone.utc).strftime("run-%Y%m%d-%H%M%S")
+    run_dir = Path(os.environ.get("ARTIFACTS_DIR", "/artifacts")) / name
+    if (run_dir / "run.json").exists():
+        log(f"error: {run_dir} already holds a run; set RUN_NAME to a new name")
+        return 2
+    address = os.environ.get("SUPERLINK_CONTROL", "server:8000")
+    with tempfile.TemporaryDirectory(prefix="fedimdb-flwr-") as flwr_home:
+        env = {"FLWR_HOME": flwr_home}
+        flwr_cli.write_connection(Path(flwr_home), CONNECTION, address)
+        try:
+            wait_for_control_api(address)
+            entry = flwr_cli.run_to_completion(CONNECTION, {**cfg.as_dict(), "output-dir": str(run_dir)}, env, log=log)
+        except (flwr_cli.FlowerRunError, ArtifactError) as exc:
+            log(f"run failed: {exc}")
+            return 1
+    log(f"run completed ({entry['status']}); artifacts verified in the artifacts volume at {run_dir}")
+    log(f"copy them out with: docker compose cp runner:{run_dir} ./results/{name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

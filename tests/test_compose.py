@@ -1,0 +1,173 @@
+"""The Compose stack for real: images built from this tree, a server and ten client containers
+talking gRPC on the Compose network, tiny model, two rounds; artifacts pulled out of the volume
+with the Docker SDK and verified.
+
+Needs a Docker daemon with Compose v2 (CI installs them: .ci/docker/). Without one these tests are
+skipped, unless FEDIMDB_REQUIRE_DOCKER=1 (as in CI), which turns a missing daemon into a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fedimdb.artifacts import read_csv, verify_run
+from fedimdb.deploy.compose import build_override
+from fedimdb.deploy.docker_artifacts import pull_artifacts, service_containers
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN_NAME = "compose-e2e"
+ROUNDS = 2
+SETTINGS = {"model": "tiny", "num-rounds": ROUNDS, "max-steps": 2, "batch-size": 8, "eval-rows": 64,
+            "local-eval-rows": 32}
+# Each client checks, from inside its own container, which shard files it can see and write.
+SHARD_PROBE = """
+import json, os
+seen = sorted(os.path.join(d, f) for top in ("/app", "/data", "/home", "/tmp", "/shards", "/artifacts", "/imdb")
+              for d, _, files in os.walk(top) for f in files if f.endswith(".parquet"))
+try:
+    open("/data/probe", "w").close(); writable = True
+except OSError:
+    writable = False
+print(json.dumps({"seen": seen, "writable": writable,
+                  "partition": json.load(open("/data/manifest.json"))["partition-id"]}))
+"""
+
+
+# Data or run outputs anywhere in an image, outside the installed packages (pyarrow ships test Parquet files).
+FIND_DATA = ("find / -xdev -path /opt/venv -prune -o -path /proc -prune -o \\( -name '*.parquet' -o -name run.json "
+             "-o -name '*.safetensors' \\) -print 2>/dev/null | wc -l; ls -A /data /artifacts; env")
+
+
+def _docker_available() -> bool:
+    try:
+        subprocess.run(["docker", "info"], capture_output=True, check=True, timeout=30)
+        subprocess.run(["docker", "compose", "version"], capture_output=True, check=True, timeout=30)
+        return True
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+pytestmark = pytest.mark.docker
+if not _docker_available():
+    if os.environ.get("FEDIMDB_REQUIRE_DOCKER") == "1":
+        raise RuntimeError("FEDIMDB_REQUIRE_DOCKER=1 but no Docker daemon with Compose v2 answers; "
+                           "run .ci/docker/install-docker.sh")
+    pytest.skip("no Docker daemon with Compose v2", allow_module_level=True)
+
+
+def compose(files: list[Path], *args: str, env: dict | None = None, project: str | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess:
+    cmd = ["docker", "compose", *(["-p", project] if project else [])]
+    for f in files:
+        cmd += ["-f", str(f)]
+    return subprocess.run([*cmd, *args], cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def stack(imdb_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """``docker compose up --build --exit-code-from runner --no-attach prepare``, then torn down."""
+    import docker
+
+    base = tmp_path_factory.mktemp("compose")
+    override = base / "override.yml"
+    override.write_text(yaml.safe_dump(build_override(10, SETTINGS, {"data-source": str(imdb_dir)}, RUN_NAME)))
+    files = [ROOT / "docker-compose.yml", override]
+    project = f"fedimdb-test-{secrets.token_hex(3)}"
+    env = {"SHARDS_DIR": str(base / "shards")}
+    try:
+        up = compose(files, "up", "--build", "--exit-code-from", "runner", "--no-attach", "prepare",
+                     env=env, project=project, timeout=1800)
+        (base / "compose-up.log").write_text(up.stdout + up.stderr)
+        client = docker.from_env()
+        collected = pull_artifacts(project, RUN_NAME, base / "results", client) if up.returncode == 0 else None
+        yield {"up": up, "files": files, "project": project, "env": env, "run_dir": collected,
+               "docker": client, "shards": base / "shards"}
+    finally:
+        compose(files, "down", "-v", "-t", "5", env=env, project=project)
+
+
+def test_compose_run_completes_and_artifacts_verify(stack) -> None:
+    up = stack["up"]
+    assert up.returncode == 0, (up.stdout + up.stderr)[-6000:]
+    assert "run completed (finished:completed)" in up.stdout
+    meta = verify_run(stack["run_dir"])
+    assert meta["config"]["num-clients"] == 10 and meta["config"]["data-dir"] == "/data"
+    assert [int(r["round"]) for r in read_csv(stack["run_dir"] / "rounds.csv")] == [1, 2]
+    clients = read_csv(stack["run_dir"] / "clients.csv")
+    assert sorted((int(r["round"]), int(r["partition_id"])) for r in clients) == [
+        (rnd, pid) for rnd in (1, 2) for pid in range(10)]
+    assert (stack["run_dir"] / "logs" / "serverapp.log").is_file()
+
+
+def test_each_client_sees_only_its_own_shard_read_only(stack) -> None:
+    for pid in range(10):
+        (container,) = service_containers(stack["docker"], stack["project"], f"client-{pid}")
+        binds = [m for m in container.attrs["Mounts"] if m["Type"] in ("bind", "volume")]
+        assert [(Path(m["Source"]).name, m["Destination"], m["RW"]) for m in binds] == [(f"client-{pid}", "/data", False)]
+        probe = compose(stack["files"], "run", "--rm", "--no-deps", f"client-{pid}", "python", "-c", SHARD_PROBE,
+                        env=stack["env"], project=stack["project"])
+        assert probe.returncode == 0, probe.stderr
+        seen = json.loads(probe.stdout.strip().splitlines()[-1])
+        assert seen == {"seen": ["/data/train.parquet", "/data/val.parquet"], "writable": False, "partition": pid}
+
+
+def test_supernodes_reach_the_grpc_fleet_port_on_the_compose_network(stack) -> None:
+    network = f"{stack['project']}_federation"
+    (server,) = service_containers(stack["docker"], stack["project"], "server")
+    assert network in server.attrs["NetworkSettings"]["Networks"]
+    assert "--fleet-api-type grpc-rere --fleet-api-address 0.0.0.0:9092" in server.logs().decode()
+    for pid in range(10):
+        (container,) = service_containers(stack["docker"], stack["project"], f"client-{pid}")
+        assert list(container.attrs["NetworkSettings"]["Networks"]) == [network]
+        logs = container.logs().decode()
+        assert "flower-supernode --insecure --grpc-rere --superlink server:9092" in logs
+        assert f"partition-id={pid} " in logs
+    assert stack["up"].returncode == 0
+
+
+def test_images_run_as_non_root_and_hold_no_data(stack) -> None:
+    for service in ("server", "client-0", "runner"):
+        (container,) = service_containers(stack["docker"], stack["project"], service)
+        assert container.attrs["Config"]["User"] == "fedimdb"
+    for image in ("fedimdb-server:latest", "fedimdb-client:latest"):
+        out = stack["docker"].containers.run(image, ["sh", "-c", FIND_DATA],
+                                             remove=True, network_mode="none").decode()
+        lines = out.splitlines()
+        assert lines[0] == "0", out
+        assert not any(k in line for line in lines for k in ("TOKEN", "SECRET", "PASSWORD"))
+
+
+def test_other_client_counts_by_override(tmp_path: Path, imdb_dir: Path) -> None:
+    for n in (3, 12):
+        override = tmp_path / f"override-{n}.yml"
+        override.write_text(yaml.safe_dump(build_override(n, {"num-rounds": 1}, {"num-partitions": 12,
+                                                                                   "data-source": str(imdb_dir)})))
+        files = [ROOT / "docker-compose.yml", override]
+        services = set(compose(files, "config", "--services").stdout.split())
+        assert services == {"prepare", "server", "runner", *(f"client-{i}" for i in range(n))}
+        config = json.loads(compose(files, "config", "--format", "json").stdout)
+        assert config["services"]["runner"]["environment"]["FEDIMDB_NUM_CLIENTS"] == str(n)
+        last = config["services"][f"client-{n - 1}"]
+        assert last["environment"]["PARTITION_ID"] == str(n - 1)
+        assert [(Path(v["source"]).name, v["target"], v["read_only"]) for v in last["volumes"]] == [
+            (f"client-{n - 1}", "/data", True)]
+
+
+def test_gpu_override_reserves_nvidia_devices_for_every_client() -> None:
+    config = json.loads(compose([ROOT / "docker-compose.yml", ROOT / "docker-compose.gpu.yml"],
+                                "config", "--format", "json").stdout)
+    for pid in range(10):
+        client = config["services"][f"client-{pid}"]
+        (device,) = client["deploy"]["resources"]["reservations"]["devices"]
+        assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+        assert client["image"].endswith("-cuda")
+    assert "TORCH_INDEX_URL" in config["services"]["client-0"]["build"]["args"]
+    assert "deploy" not in config["services"]["server"]
