@@ -2,15 +2,15 @@
 # Shared by Dockerfile.server and Dockerfile.client: a venv at /opt/venv with fedimdb's
 # dependencies, and the non-root user that runs everything.
 #   TORCH_INDEX_URL  where torch comes from (CPU wheels by default; a CUDA index for GPU clients)
-#   PIP_NO_INDEX=1   air-gapped: install only from the wheelhouse mounted at /wheelhouse
+#   WHEELHOUSE_ONLY=1  air-gapped: install only from the wheelhouse mounted at /wheelhouse
 set -eu
 python3 -m venv /opt/venv
 export PATH=/opt/venv/bin:$PATH PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_FIND_LINKS=/wheelhouse
-if [ "${PIP_NO_INDEX:-0}" = 1 ]; then export PIP_NO_INDEX=1; else unset PIP_NO_INDEX; fi
+if [ "${WHEELHOUSE_ONLY:-0}" = 1 ]; then export PIP_NO_INDEX=1; else unset PIP_NO_INDEX; fi
 
 python3 /tmp/build/docker/requirements.py /tmp/build/pyproject.toml > /tmp/requirements.txt
 torch_pin=$(grep '^torch' /tmp/requirements.txt)
-if [ "${PIP_NO_INDEX:-0}" = 1 ]; then
+if [ "${WHEELHOUSE_ONLY:-0}" = 1 ]; then
   pip install "$torch_pin"
 else
   pip install --index-url "$TORCH_INDEX_URL" --extra-index-url https://pypi.org/simple "$torch_pin"

@@ -38,6 +38,7 @@ STRATEGIES = (
 MODEL_PRESETS = ("tiny", "minilm")
 PARTITIONERS = ("iid", "dirichlet")
 DEVICES = ("auto", "cpu", "cuda")
+BACKENDS = ("auto", "docker", "local")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -216,6 +217,17 @@ class DataConfig(_Settings):
                 f"data-source: folder {self.data_source!r} does not exist; point it at a folder with "
                 "train.parquet and test.parquet (e.g. ../shared/data/imdb) or at the hub id stanfordnlp/imdb"
             )
+
+
+@dataclass(frozen=True)
+class ExperimentConfig(_Settings):
+    """How ``orchestrate.py`` repeats a run and reports on it."""
+
+    backend: str = setting("auto", "auto (docker when a daemon answers, else local), docker or local", choices=BACKENDS)
+    repeats: int = setting(1, "Repeats of the run; repeat k uses seed + k", low=1, high=1000)
+    retries: int = setting(1, "Further attempts for a failed repeat", low=0, high=10)
+    on_failure: str = setting("stop", "After a repeat failed every attempt: stop or continue", choices=("stop", "continue"))
+    metrics_port: int = setting(9101, "Port of the orchestrator's Prometheus /metrics (0 = do not serve)", low=0, high=65535)
 
 
 def check_clients_fit(run: RunConfig, num_partitions: int) -> None:

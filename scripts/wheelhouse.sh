@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fill ./wheelhouse with every wheel the images need, for air-gapped builds:
-#   ./scripts/wheelhouse.sh && PIP_NO_INDEX=1 docker compose build
+#   ./scripts/wheelhouse.sh && WHEELHOUSE_ONLY=1 docker compose build
 # Downloads for this machine's Python, which must match the images' (3.11, linux x86_64).
 # Idempotent: pip skips what is already there.
 set -euo pipefail

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from dotenv import dotenv_values
 
-from fedimdb.config import ConfigError, DataConfig, RunConfig, check_clients_fit, env_name
+from fedimdb.config import ConfigError, DataConfig, ExperimentConfig, RunConfig, check_clients_fit, env_name
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,11 +20,12 @@ def test_pyproject_run_config_matches_the_declared_defaults() -> None:
 
 
 def test_every_dotenv_key_is_a_known_setting_and_valid() -> None:
-    known = {env_name(f.name) for cls in (RunConfig, DataConfig) for f in dataclasses.fields(cls)}
+    known = {env_name(f.name) for cls in (RunConfig, DataConfig, ExperimentConfig) for f in dataclasses.fields(cls)}
     values = {k for k in dotenv_values(ROOT / ".env") if k.startswith("FEDIMDB_")}  # others are Compose's
     assert values <= known, values - known
     RunConfig.from_env(ROOT / ".env", environ={})
     DataConfig.from_env(ROOT / ".env", environ={})
+    ExperimentConfig.from_env(ROOT / ".env", environ={})
 
 
 def test_precedence_defaults_file_environment_overrides(tmp_path: Path) -> None:
