@@ -34,6 +34,22 @@ class ArtifactError(RuntimeError):
     """An artifact folder is incomplete or a file does not match its recorded hash."""
 
 
+def software_versions() -> dict[str, str]:
+    """Versions that decide whether a run can be reproduced."""
+    import platform
+
+    import datasets
+    import flwr
+    import torch
+    import transformers
+
+    import fedimdb
+
+    return {"fedimdb": fedimdb.__version__, "flwr": flwr.__version__, "torch": torch.__version__,
+            "transformers": transformers.__version__, "datasets": datasets.__version__,
+            "python": platform.python_version()}
+
+
 def utc_now() -> str:
     """ISO 8601 timestamp in UTC, second precision."""
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()

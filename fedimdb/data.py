@@ -27,7 +27,7 @@ import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fedimdb.artifacts import read_json, sha256_file, write_json_atomic
+from fedimdb.artifacts import read_json, sha256_bytes, sha256_file, write_json_atomic
 from fedimdb.config import ConfigError, DataConfig
 
 MANIFEST = "manifest.json"
@@ -101,8 +101,9 @@ def _recipe(cfg: DataConfig) -> dict[str, Any]:
     recipe = cfg.as_dict()
     recipe.pop("data-dir")
     local = Path(cfg.data_source).expanduser()
-    if local.is_dir():
-        recipe["data-source"] = str(local.resolve())
+    if local.is_dir():  # identified by content, so a folder mounted elsewhere (a container) still matches
+        files = sorted(p for p in local.iterdir() if p.suffix == ".parquet")
+        recipe["data-source"] = "local:" + sha256_bytes("".join(f"{p.name}:{sha256_file(p)}\n" for p in files).encode())
     if cfg.partitioner != "dirichlet":
         recipe.pop("alpha")
     return recipe
@@ -117,7 +118,7 @@ def prepare_shards(cfg: DataConfig, log: Any = print) -> Path:
         if existing.get("recipe") != recipe:
             raise ConfigError(
                 f"data-dir: {out} already holds shards made with other settings {existing.get('recipe')}; "
-                "choose another --out / FEDIMDB_DATA_DIR, or delete that folder yourself"
+                "choose another folder (FEDIMDB_DATA_DIR, --data-dir, or --out of fedimdb.data) or delete this one yourself"
             )
         verify_shards(out)
         log(f"shards at {out} already prepared with these settings: verified, reusing")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import platform
 import random
 import tempfile
 from pathlib import Path
@@ -20,6 +19,7 @@ from fedimdb.artifacts import (
     client_weights_name,
     read_json,
     round_weights_name,
+    software_versions,
 )
 from fedimdb.config import RunConfig, check_clients_fit
 from fedimdb.data import MANIFEST, SERVER_DIR, read_split
@@ -28,20 +28,6 @@ from fedimdb.training import evaluate, load_state, seed_everything
 from server.strategy import CLIENT_COLUMNS, ROUND_COLUMNS, RoundLog, make_strategy
 
 app = ServerApp()
-
-
-def versions() -> dict[str, str]:
-    """Versions that decide whether a run can be reproduced."""
-    import datasets
-    import flwr
-    import torch
-    import transformers
-
-    import fedimdb
-
-    return {"fedimdb": fedimdb.__version__, "flwr": flwr.__version__, "torch": torch.__version__,
-            "transformers": transformers.__version__, "datasets": datasets.__version__,
-            "python": platform.python_version()}
 
 
 @app.main()
@@ -53,7 +39,7 @@ def main(grid: Grid, context: Context) -> None:
     check_clients_fit(cfg, int(data_recipe["num-partitions"]))
     output = Path(cfg.output_dir or f"artifacts/run-{context.run_id}")
     artifacts = RunArtifacts(output, {"run-id": context.run_id, "seed": cfg.seed, "config": cfg.as_dict(),
-                                      "data": data_recipe, "versions": versions()})
+                                      "data": data_recipe, "versions": software_versions()})
     try:
         run_federation(grid, cfg, eval_dir, artifacts)
     except BaseException as exc:

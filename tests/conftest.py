@@ -26,6 +26,18 @@ E2E_ROUNDS = 2
 E2E_SETTINGS = ["max-steps=2", "batch-size=8", "eval-rows=64", "local-eval-rows=32", "archive-client-weights=true"]
 
 
+def require_docker() -> None:
+    """Skip the calling test module without Docker + Compose v2; fail instead if FEDIMDB_REQUIRE_DOCKER=1 (CI)."""
+    try:
+        subprocess.run(["docker", "info"], capture_output=True, check=True, timeout=30)
+        subprocess.run(["docker", "compose", "version"], capture_output=True, check=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        if os.environ.get("FEDIMDB_REQUIRE_DOCKER") == "1":
+            raise RuntimeError("FEDIMDB_REQUIRE_DOCKER=1 but no Docker daemon with Compose v2 answers; "
+                               "run .ci/docker/install-docker.sh") from None
+        pytest.skip("no Docker daemon with Compose v2", allow_module_level=True)
+
+
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
     """No hub here: anything that tries to download fails fast instead of hanging."""

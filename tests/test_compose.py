@@ -20,6 +20,7 @@ import yaml
 from fedimdb.artifacts import read_csv, verify_run
 from fedimdb.deploy.compose import build_override
 from fedimdb.deploy.docker_artifacts import pull_artifacts, service_containers
+from tests.conftest import require_docker
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_NAME = "compose-e2e"
@@ -45,21 +46,8 @@ FIND_DATA = ("find / -xdev -path /opt/venv -prune -o -path /proc -prune -o \\( -
              "-o -name '*.safetensors' \\) -print 2>/dev/null | wc -l; ls -A /data /artifacts; env")
 
 
-def _docker_available() -> bool:
-    try:
-        subprocess.run(["docker", "info"], capture_output=True, check=True, timeout=30)
-        subprocess.run(["docker", "compose", "version"], capture_output=True, check=True, timeout=30)
-        return True
-    except (OSError, subprocess.SubprocessError):
-        return False
-
-
 pytestmark = pytest.mark.docker
-if not _docker_available():
-    if os.environ.get("FEDIMDB_REQUIRE_DOCKER") == "1":
-        raise RuntimeError("FEDIMDB_REQUIRE_DOCKER=1 but no Docker daemon with Compose v2 answers; "
-                           "run .ci/docker/install-docker.sh")
-    pytest.skip("no Docker daemon with Compose v2", allow_module_level=True)
+require_docker()
 
 
 def compose(files: list[Path], *args: str, env: dict | None = None, project: str | None = None,

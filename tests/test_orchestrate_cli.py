@@ -47,3 +47,22 @@ def test_unreadable_shard_is_refused(shards: Path, imdb_dir: Path, tmp_path: Pat
     assert proc.returncode == 2, proc.stderr
     assert "client-0" in proc.stderr and "manifest.json" in proc.stderr
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize(("args", "env", "message"), [
+    (["--backend", "docker"], {"DOCKER_HOST": "unix:///nonexistent/docker.sock"}, "--backend docker: no Docker daemon answers"),
+    (["--backend", "docker", "--compose-file", "/nonexistent/docker-compose.yml"], {},
+     "--backend docker: compose file /nonexistent/docker-compose.yml not found"),
+    (["--repeats", "0"], {}, "repeats: 0 is out of range; set it >= 1"),
+    (["--resume", "no-such-experiment"], {}, "--resume: no experiment 'no-such-experiment'"),
+])
+def test_bad_experiment_input_fails_before_anything_starts(args: list[str], env: dict, message: str,
+                                                           imdb_dir: Path, tmp_path: Path) -> None:
+    import os
+
+    cmd = [sys.executable, "orchestrate.py", "--env-file", "/dev/null", "--data-source", str(imdb_dir),
+           "--data-dir", str(tmp_path / "shards"), "--out", str(tmp_path / "results"), *args]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, **env})
+    assert proc.returncode == 2, proc.stderr
+    assert message in " ".join(proc.stderr.split())
+    assert not (tmp_path / "results").exists() and not (tmp_path / "shards").exists()

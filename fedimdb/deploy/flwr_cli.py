@@ -95,7 +95,8 @@ def rounds_completed(run_dir: Path) -> int:
 
 
 def run_to_completion(connection: str, run_config: Mapping[str, Any], env: Mapping[str, str], *,
-                      log: Callable[[str], None], check: Callable[[], None] | None = None) -> dict[str, Any]:
+                      log: Callable[[str], None], check: Callable[[], None] | None = None,
+                      on_round: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Submit the app, follow it round by round, save the ServerApp log, verify the artifacts.
 
     ``run_config`` must hold ``output-dir`` (where the ServerApp writes, readable from here).
@@ -117,6 +118,8 @@ def run_to_completion(connection: str, run_config: Mapping[str, Any], env: Mappi
         if done != shown["round"] and done > 0:
             shown["round"] = done
             log(f"  round {done}/{num_rounds} done")
+            if on_round is not None:
+                on_round(done)
 
     try:
         entry = wait_for_run(connection, run_id, env, timeout=float(run_config["round-timeout"]) * (num_rounds + 1),

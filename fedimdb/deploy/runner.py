@@ -9,6 +9,7 @@ folder is never overwritten).
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -39,6 +40,7 @@ def wait_for_control_api(address: str, timeout: float = 120) -> None:
 
 def main() -> int:
     """Run once; exit 0 only for a completed run whose artifacts verify."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # PID 1 in its container: no default handler
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     try:
         cfg = RunConfig.from_env(env_file=None)

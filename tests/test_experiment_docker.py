@@ -1,0 +1,43 @@
+"""``python orchestrate.py --repeats 2 --model tiny --rounds 2`` on the Docker backend: one Compose
+stack per repeat, artifacts pulled out of each stack's volume with the Docker SDK and verified."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedimdb.artifacts import read_csv, read_json, verify_run
+from tests.conftest import require_docker
+
+pytestmark = pytest.mark.docker
+require_docker()
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_two_repeats_on_compose_stacks(imdb_dir: Path, tmp_path: Path) -> None:
+    cmd = [sys.executable, "orchestrate.py", "--repeats", "2", "--model", "tiny", "--rounds", "2",
+           "--backend", "docker", "--env-file", "/dev/null", "--metrics-port", "0",
+           "--set", "max-steps=2", "--set", "batch-size=8", "--set", "eval-rows=64", "--set", "local-eval-rows=32",
+           "--data-source", str(imdb_dir), "--data-dir", str(tmp_path / "shards"), "--out", str(tmp_path / "results")]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=2400)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    (exp,) = (tmp_path / "results").iterdir()
+    record = read_json(exp / "experiment.json")
+    assert record["backend"] == "docker" and record["status"] == "completed"
+    for k in (0, 1):
+        run = verify_run(exp / f"repeat-{k}")
+        assert run["seed"] == 42 + k and run["config"]["num-clients"] == 10
+        assert (exp / f"repeat-{k}" / "logs" / "compose.log").is_file()
+        assert len(read_csv(exp / f"repeat-{k}" / "clients.csv")) == 10 * 2
+    summary = read_csv(exp / "summary.csv")
+    assert {r["metric"] for r in summary} >= {"central_accuracy", "central_loss"}
+    assert all(r["n"] == "2" and r["std"] != "" for r in summary)
+    for png in ("accuracy.png", "loss.png", "client-train-loss.png", "round-seconds.png"):
+        assert (exp / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    projects = subprocess.run(["docker", "compose", "ls", "-a", "--format", "json"], capture_output=True, text=True)
+    assert exp.name.lower()[:20] not in projects.stdout, "a repeat's stack was left up"
+    volumes = subprocess.run(["docker", "volume", "ls", "-q"], capture_output=True, text=True).stdout
+    assert "fedimdb-" + exp.name.lower()[:20] not in volumes
