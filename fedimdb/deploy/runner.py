@@ -63,7 +63,7 @@ def main() -> int:
             log(f"run failed: {exc}")
             return 1
     log(f"run completed ({entry['status']}); artifacts verified in the artifacts volume at {run_dir}")
-    log(f"copy them out with: docker compose cp runner:{run_dir} ./results/{name}")
+    log(f"copy them out with: mkdir -p results && docker compose cp runner:{run_dir} results/{name}")
     return 0
 
 
