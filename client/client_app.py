@@ -52,18 +52,28 @@ def train(msg: Message, context: Context) -> Message:
     cfg, partition_id, seed, model, tokenizer, data = _prepare(msg, context, "train")
     proximal_mu = float(msg.content["config"].get("proximal-mu", 0.0))
     result = train_model(
-        model, tokenizer, data, epochs=cfg.local_epochs, max_steps=cfg.max_steps,
-        batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, max_length=cfg.max_length,
-        seed=seed, device=pick_device(cfg.device), proximal_mu=proximal_mu,
+        model,
+        tokenizer,
+        data,
+        epochs=cfg.local_epochs,
+        max_steps=cfg.max_steps,
+        batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        max_length=cfg.max_length,
+        seed=seed,
+        device=pick_device(cfg.device),
+        proximal_mu=proximal_mu,
     )
-    metrics = MetricRecord({
-        "partition-id": partition_id,
-        "num-examples": result.num_examples,
-        "train-loss": result.loss,
-        "train-steps": result.steps,
-        "train-seconds": result.seconds,
-        "train-samples-per-s": result.samples_per_second,
-    })
+    metrics = MetricRecord(
+        {
+            "partition-id": partition_id,
+            "num-examples": result.num_examples,
+            "train-loss": result.loss,
+            "train-steps": result.steps,
+            "train-seconds": result.seconds,
+            "train-samples-per-s": result.samples_per_second,
+        }
+    )
     content = RecordDict({"arrays": ArrayRecord(model.cpu().state_dict()), "metrics": metrics})
     return Message(content=content, reply_to=msg)
 
@@ -72,12 +82,20 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the global model on the local validation split."""
     cfg, partition_id, _, model, tokenizer, data = _prepare(msg, context, "val")
-    result = evaluate_model(model, tokenizer, data.head(cfg.local_eval_rows), batch_size=cfg.batch_size,
-                            max_length=cfg.max_length, device=pick_device(cfg.device))
-    metrics = MetricRecord({
-        "partition-id": partition_id,
-        "num-examples": result.num_examples,
-        "eval-loss": result.loss,
-        "eval-accuracy": result.accuracy,
-    })
+    result = evaluate_model(
+        model,
+        tokenizer,
+        data.head(cfg.local_eval_rows),
+        batch_size=cfg.batch_size,
+        max_length=cfg.max_length,
+        device=pick_device(cfg.device),
+    )
+    metrics = MetricRecord(
+        {
+            "partition-id": partition_id,
+            "num-examples": result.num_examples,
+            "eval-loss": result.loss,
+            "eval-accuracy": result.accuracy,
+        }
+    )
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)

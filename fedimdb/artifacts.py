@@ -19,9 +19,10 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 RUN_FILE = "run.json"
 ROUNDS_FILE = "rounds.csv"
@@ -45,9 +46,14 @@ def software_versions() -> dict[str, str]:
 
     import fedimdb
 
-    return {"fedimdb": fedimdb.__version__, "flwr": flwr.__version__, "torch": torch.__version__,
-            "transformers": transformers.__version__, "datasets": datasets.__version__,
-            "python": platform.python_version()}
+    return {
+        "fedimdb": fedimdb.__version__,
+        "flwr": flwr.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "datasets": datasets.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def utc_now() -> str:

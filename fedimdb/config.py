@@ -18,9 +18,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Any, TypeVar
 
 from dotenv import dotenv_values
 
@@ -46,8 +47,15 @@ class ConfigError(ValueError):
     """A setting has a bad value; the message names the setting and the fix."""
 
 
-def setting(default: Any, help: str, *, low: float | None = None, high: float | None = None,
-            low_open: bool = False, choices: tuple[str, ...] | None = None) -> Any:
+def setting(
+    default: Any,
+    help: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    choices: tuple[str, ...] | None = None,
+) -> Any:
     """Declare one setting: default, one-line help, inclusive range or choices."""
     meta = {"help": help, "low": low, "high": high, "low_open": low_open, "choices": choices}
     return field(default=default, metadata=meta)
@@ -86,8 +94,7 @@ def _coerce(f: dataclasses.Field, raw: Any, origin: str) -> Any:
         return str(raw).strip()
     except (TypeError, ValueError):
         raise ConfigError(
-            f"{where}: {raw!r} is not a valid {kind.__name__}; "
-            f"set it to a {kind.__name__} like {f.default!r}"
+            f"{where}: {raw!r} is not a valid {kind.__name__}; set it to a {kind.__name__} like {f.default!r}"
         ) from None
 
 
@@ -128,9 +135,12 @@ class _Settings:
         return obj
 
     @classmethod
-    def from_env(cls: type[T], env_file: Path | None = Path(".env"),
-                 environ: Mapping[str, str] | None = None,
-                 overrides: Mapping[str, Any] | None = None) -> T:
+    def from_env(
+        cls: type[T],
+        env_file: Path | None = Path(".env"),
+        environ: Mapping[str, str] | None = None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> T:
         """Defaults < ``.env`` file < process environment < explicit overrides."""
         environ = os.environ if environ is None else environ
         file_values = dotenv_values(env_file) if env_file and Path(env_file).is_file() else {}
@@ -162,11 +172,17 @@ class RunConfig(_Settings):
 
     num_rounds: int = setting(10, "Federated rounds", low=1, high=10_000)
     num_clients: int = setting(10, "Clients (SuperNodes); the server waits for all of them", low=1, high=1000)
-    fraction_train: float = setting(1.0, "Fraction of clients sampled for training each round", low=0.0, high=1.0, low_open=True)
-    fraction_evaluate: float = setting(1.0, "Fraction of clients sampled for local evaluation (0 = none)", low=0.0, high=1.0)
+    fraction_train: float = setting(
+        1.0, "Fraction of clients sampled for training each round", low=0.0, high=1.0, low_open=True
+    )
+    fraction_evaluate: float = setting(
+        1.0, "Fraction of clients sampled for local evaluation (0 = none)", low=0.0, high=1.0
+    )
     strategy: str = setting("fedavg", "Aggregation strategy (Flower's own classes)", choices=STRATEGIES)
     proximal_mu: float = setting(0.01, "FedProx proximal term weight", low=0.0)
-    server_learning_rate: float = setting(0.1, "Server-side learning rate (eta) of FedAdam/FedYogi/FedAdagrad", low=0.0, low_open=True)
+    server_learning_rate: float = setting(
+        0.1, "Server-side learning rate (eta) of FedAdam/FedYogi/FedAdagrad", low=0.0, low_open=True
+    )
     trimmed_beta: float = setting(0.2, "FedTrimmedAvg: fraction cut from each tail", low=0.0, high=0.49, low_open=True)
     krum_malicious_nodes: int = setting(0, "Krum: assumed number of malicious clients", low=0)
     model: str = setting("minilm", "Model: preset tiny|minilm, a local directory or a hub id (owner/name)")
@@ -200,11 +216,15 @@ class RunConfig(_Settings):
 class DataConfig(_Settings):
     """How the IMDB shards are made (``python -m fedimdb.data prepare``)."""
 
-    data_source: str = setting("stanfordnlp/imdb", "Hub dataset id, or a local folder with train.parquet and test.parquet")
+    data_source: str = setting(
+        "stanfordnlp/imdb", "Hub dataset id, or a local folder with train.parquet and test.parquet"
+    )
     num_partitions: int = setting(10, "Shards (one per client)", low=1, high=1000)
     partitioner: str = setting("iid", "flwr-datasets partitioner", choices=PARTITIONERS)
     alpha: float = setting(0.5, "Dirichlet concentration (smaller = more label skew)", low=0.0, low_open=True)
-    val_fraction: float = setting(0.1, "Share of each client's shard kept for local validation", low=0.0, high=0.9, low_open=True)
+    val_fraction: float = setting(
+        0.1, "Share of each client's shard kept for local validation", low=0.0, high=0.9, low_open=True
+    )
     data_seed: int = setting(42, "Seed of shuffling and partitioning", low=0)
     data_dir: str = setting("data/shards", "Where the shards are written")
 
@@ -226,8 +246,12 @@ class ExperimentConfig(_Settings):
     backend: str = setting("auto", "auto (docker when a daemon answers, else local), docker or local", choices=BACKENDS)
     repeats: int = setting(1, "Repeats of the run; repeat k uses seed + k", low=1, high=1000)
     retries: int = setting(1, "Further attempts for a failed repeat", low=0, high=10)
-    on_failure: str = setting("stop", "After a repeat failed every attempt: stop or continue", choices=("stop", "continue"))
-    metrics_port: int = setting(9101, "Port of the orchestrator's Prometheus /metrics (0 = do not serve)", low=0, high=65535)
+    on_failure: str = setting(
+        "stop", "After a repeat failed every attempt: stop or continue", choices=("stop", "continue")
+    )
+    metrics_port: int = setting(
+        9101, "Port of the orchestrator's Prometheus /metrics (0 = do not serve)", low=0, high=65535
+    )
 
 
 def check_clients_fit(run: RunConfig, num_partitions: int) -> None:

@@ -56,7 +56,9 @@ def load_imdb(source: str) -> Any:
     for split in ("train", "test"):
         cols = set(ds[split].column_names)
         if not {"text", "label"} <= cols:
-            raise ConfigError(f"data-source: split {split} of {source!r} needs columns text and label, has {sorted(cols)}")
+            raise ConfigError(
+                f"data-source: split {split} of {source!r} needs columns text and label, has {sorted(cols)}"
+            )
     return ds
 
 
@@ -84,8 +86,11 @@ def _table(ds: Any) -> pa.Table:
 def _write_split(table: pa.Table, path: Path) -> dict[str, Any]:
     pq.write_table(table, path)
     labels = Counter(int(x) for x in table.column("label").to_pylist())
-    return {"rows": table.num_rows, "labels": {str(k): v for k, v in sorted(labels.items())},
-            "sha256": sha256_file(path)}
+    return {
+        "rows": table.num_rows,
+        "labels": {str(k): v for k, v in sorted(labels.items())},
+        "sha256": sha256_file(path),
+    }
 
 
 def _write_folder(folder: Path, splits: dict[str, pa.Table], meta: dict[str, Any]) -> dict[str, Any]:
@@ -140,15 +145,22 @@ def prepare_shards(cfg: DataConfig, log: Any = print) -> Path:
         for pid in range(cfg.num_partitions):
             part = partitioner.load_partition(pid)
             if len(part) < 2:
-                raise ConfigError(f"num-partitions: partition {pid} has {len(part)} rows; use fewer partitions or a larger alpha")
+                raise ConfigError(
+                    f"num-partitions: partition {pid} has {len(part)} rows; use fewer partitions or a larger alpha"
+                )
             split = part.train_test_split(test_size=cfg.val_fraction, seed=cfg.data_seed + pid)
             meta = {"partition-id": pid, "num-partitions": cfg.num_partitions, "recipe": recipe}
             shards[client_dir_name(pid)] = _write_folder(
-                staging / client_dir_name(pid), {"train": _table(split["train"]), "val": _table(split["test"])}, meta)
+                staging / client_dir_name(pid), {"train": _table(split["train"]), "val": _table(split["test"])}, meta
+            )
         server = _write_folder(staging / SERVER_DIR, {"test": _table(test)}, {"recipe": recipe})
-        summary = {name: {"rows": {f: v["rows"] for f, v in m["files"].items()},
-                          "manifest-sha256": sha256_file(staging / name / MANIFEST)}
-                   for name, m in {**shards, SERVER_DIR: server}.items()}
+        summary = {
+            name: {
+                "rows": {f: v["rows"] for f, v in m["files"].items()},
+                "manifest-sha256": sha256_file(staging / name / MANIFEST),
+            }
+            for name, m in {**shards, SERVER_DIR: server}.items()
+        }
         for name in summary:
             (staging / name).rename(out / name)
         write_json_atomic(out / MANIFEST, {"recipe": recipe, "num-partitions": cfg.num_partitions, "folders": summary})
@@ -164,8 +176,10 @@ def _clear_unfinished(out: Path) -> None:
     ours = re.compile(rf"^(client-\d+|{SERVER_DIR}|{re.escape(STAGING_PREFIX)}.*)$")
     foreign = [p.name for p in out.iterdir() if not ours.match(p.name)]
     if foreign:
-        raise ConfigError(f"data-dir: {out} is not empty and holds no prepared shards ({', '.join(sorted(foreign)[:5])}); "
-                          "choose an empty or new folder")
+        raise ConfigError(
+            f"data-dir: {out} is not empty and holds no prepared shards ({', '.join(sorted(foreign)[:5])}); "
+            "choose an empty or new folder"
+        )
     for leftover in out.iterdir():
         shutil.rmtree(leftover)
 
@@ -181,7 +195,9 @@ def verify_folder(folder: Path) -> dict[str, Any]:
         if not path.is_file():
             raise ShardError(f"{path}: missing; re-run `python -m fedimdb.data prepare` into an empty folder")
         if sha256_file(path) != info["sha256"]:
-            raise ShardError(f"{path}: sha256 does not match {folder / MANIFEST}; the shard is corrupt, prepare it again")
+            raise ShardError(
+                f"{path}: sha256 does not match {folder / MANIFEST}; the shard is corrupt, prepare it again"
+            )
     return manifest
 
 
@@ -205,7 +221,7 @@ class Examples:
     texts: list[str]
     labels: list[int]
 
-    def head(self, rows: int) -> "Examples":
+    def head(self, rows: int) -> Examples:
         """The first ``rows`` examples (0 = all)."""
         return self if rows <= 0 else Examples(self.texts[:rows], self.labels[:rows])
 

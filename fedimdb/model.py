@@ -24,16 +24,135 @@ NUM_LABELS = 2
 LABEL_NAMES = {0: "negative", 1: "positive"}
 
 # A fixed vocabulary keeps the tiny preset reproducible without training a tokenizer.
-_TINY_WORDS = (
-    "the a an and or but not no is was are were be been it this that to of in on for with as at by "
-    "from his her he she they i you we my me movie film story plot acting actor actors actress scene "
-    "scenes character characters director script ending time people one all so very too just really "
-    "good great best excellent wonderful amazing brilliant perfect beautiful love loved enjoy enjoyed "
-    "fun funny favorite fantastic superb masterpiece touching bad worst awful terrible boring waste "
-    "poor horrible stupid dull worse disappointing disappointed mess annoying hate hated ridiculous "
-    "lame weak nothing never better well like liked even only much more most some would could should "
-    "watch watched watching seen see saw br make made first again"
-).split()
+_TINY_WORDS = [
+    "the",
+    "a",
+    "an",
+    "and",
+    "or",
+    "but",
+    "not",
+    "no",
+    "is",
+    "was",
+    "are",
+    "were",
+    "be",
+    "been",
+    "it",
+    "this",
+    "that",
+    "to",
+    "of",
+    "in",
+    "on",
+    "for",
+    "with",
+    "as",
+    "at",
+    "by",
+    "from",
+    "his",
+    "her",
+    "he",
+    "she",
+    "they",
+    "i",
+    "you",
+    "we",
+    "my",
+    "me",
+    "movie",
+    "film",
+    "story",
+    "plot",
+    "acting",
+    "actor",
+    "actors",
+    "actress",
+    "scene",
+    "scenes",
+    "character",
+    "characters",
+    "director",
+    "script",
+    "ending",
+    "time",
+    "people",
+    "one",
+    "all",
+    "so",
+    "very",
+    "too",
+    "just",
+    "really",
+    "good",
+    "great",
+    "best",
+    "excellent",
+    "wonderful",
+    "amazing",
+    "brilliant",
+    "perfect",
+    "beautiful",
+    "love",
+    "loved",
+    "enjoy",
+    "enjoyed",
+    "fun",
+    "funny",
+    "favorite",
+    "fantastic",
+    "superb",
+    "masterpiece",
+    "touching",
+    "bad",
+    "worst",
+    "awful",
+    "terrible",
+    "boring",
+    "waste",
+    "poor",
+    "horrible",
+    "stupid",
+    "dull",
+    "worse",
+    "disappointing",
+    "disappointed",
+    "mess",
+    "annoying",
+    "hate",
+    "hated",
+    "ridiculous",
+    "lame",
+    "weak",
+    "nothing",
+    "never",
+    "better",
+    "well",
+    "like",
+    "liked",
+    "even",
+    "only",
+    "much",
+    "more",
+    "most",
+    "some",
+    "would",
+    "could",
+    "should",
+    "watch",
+    "watched",
+    "watching",
+    "seen",
+    "see",
+    "saw",
+    "br",
+    "make",
+    "made",
+    "first",
+    "again",
+]
 
 
 def _tiny_vocab() -> dict[str, int]:
@@ -57,8 +176,13 @@ def build_tiny_tokenizer() -> Any:
         single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])]
     )
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-        sep_token="[SEP]", mask_token="[MASK]", model_max_length=512,
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=512,
     )
 
 
@@ -67,9 +191,15 @@ def build_tiny_model(vocab_size: int) -> Any:
     from transformers import AutoModelForSequenceClassification, BertConfig
 
     config = BertConfig(
-        vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=512, num_labels=NUM_LABELS,
-        id2label=LABEL_NAMES, label2id={v: k for k, v in LABEL_NAMES.items()},
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        num_labels=NUM_LABELS,
+        id2label=LABEL_NAMES,
+        label2id={v: k for k, v in LABEL_NAMES.items()},
     )
     return AutoModelForSequenceClassification.from_config(config)
 
@@ -123,4 +253,3 @@ def load_global_model(run_dir: Path, server_round: int | None = None) -> Any:
     if server_round is not None:
         net.load_state_dict(load_file(weights / f"round-{server_round:03d}.safetensors"))
     return net
-

@@ -71,12 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="orchestrate.py",
         description="Run a federated IMDB experiment (N repeats) on real Flower deployments, collect, "
-                    "verify and summarise it. Options override .env.",
+        "verify and summarise it. Options override .env.",
     )
     p.add_argument("--repeats", type=int, help="repeats of the run; repeat k uses seed + k (FEDIMDB_REPEATS)")
-    p.add_argument("--backend", choices=("auto", "docker", "local"),
-                   help="docker: one Compose stack per repeat; local: SuperLink and SuperNodes as local processes; "
-                        "auto (default): docker when a Docker daemon answers (FEDIMDB_BACKEND)")
+    p.add_argument(
+        "--backend",
+        choices=("auto", "docker", "local"),
+        help="docker: one Compose stack per repeat; local: SuperLink and SuperNodes as local processes; "
+        "auto (default): docker when a Docker daemon answers (FEDIMDB_BACKEND)",
+    )
     p.add_argument("--rounds", dest="num_rounds", type=int, help="federated rounds (FEDIMDB_NUM_ROUNDS)")
     p.add_argument("--clients", dest="num_clients", type=int, help="clients / SuperNodes (FEDIMDB_NUM_CLIENTS)")
     p.add_argument("--model", help=f"preset {'|'.join(MODEL_PRESETS)}, local directory or hub id (FEDIMDB_MODEL)")
@@ -86,16 +89,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--partitioner", choices=("iid", "dirichlet"), help="FEDIMDB_PARTITIONER")
     p.add_argument("--alpha", type=float, help="Dirichlet concentration (FEDIMDB_ALPHA)")
     p.add_argument("--data-dir", help="where shards are prepared / reused (FEDIMDB_DATA_DIR)")
-    p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other run setting, e.g. --set max-steps=5 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other run setting, e.g. --set max-steps=5 (repeatable)",
+    )
     p.add_argument("--retries", type=int, help="further attempts for a failed repeat (FEDIMDB_RETRIES)")
-    p.add_argument("--on-failure", choices=("stop", "continue"),
-                   help="after a repeat failed every attempt (FEDIMDB_ON_FAILURE)")
+    p.add_argument(
+        "--on-failure", choices=("stop", "continue"), help="after a repeat failed every attempt (FEDIMDB_ON_FAILURE)"
+    )
     p.add_argument("--metrics-port", type=int, help="Prometheus /metrics port, 0 = off (FEDIMDB_METRICS_PORT)")
-    p.add_argument("--resume", metavar="EXPERIMENT_ID",
-                   help="finish that experiment in --out: verified repeats are kept, the others redone")
+    p.add_argument(
+        "--resume",
+        metavar="EXPERIMENT_ID",
+        help="finish that experiment in --out: verified repeats are kept, the others redone",
+    )
     p.add_argument("--keep-up", action="store_true", help="docker: leave the last repeat's stack up for inspection")
-    p.add_argument("--compose-file", type=Path, default=COMPOSE_FILE, help="docker: the stack (default: docker-compose.yml)")
+    p.add_argument(
+        "--compose-file", type=Path, default=COMPOSE_FILE, help="docker: the stack (default: docker-compose.yml)"
+    )
     p.add_argument("--out", type=Path, default=Path("results"), help="results root (default: results)")
     p.add_argument("--env-file", type=Path, default=Path(".env"), help="settings file (default: .env)")
     return p
@@ -103,17 +118,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_configs(args: argparse.Namespace) -> tuple[RunConfig, DataConfig, ExperimentConfig]:
     """The three configurations, validated; data-dir is shared by run and data."""
-    run_overrides: dict[str, Any] = {k: getattr(args, k) for k in ("num_rounds", "num_clients", "model", "strategy",
-                                                                   "seed", "data_dir")}
+    run_overrides: dict[str, Any] = {
+        k: getattr(args, k) for k in ("num_rounds", "num_clients", "model", "strategy", "seed", "data_dir")
+    }
     for item in args.settings:
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"--set {item!r}: write it as KEY=VALUE, e.g. --set max-steps=5")
         run_overrides[key.strip()] = value
-    exp_cfg = ExperimentConfig.from_env(args.env_file, overrides={k: getattr(args, k) for k in (
-        "backend", "repeats", "retries", "on_failure", "metrics_port")})
-    data_cfg = DataConfig.from_env(args.env_file, overrides={k: getattr(args, k) for k in (
-        "data_source", "partitioner", "alpha", "data_dir")})
+    exp_cfg = ExperimentConfig.from_env(
+        args.env_file,
+        overrides={k: getattr(args, k) for k in ("backend", "repeats", "retries", "on_failure", "metrics_port")},
+    )
+    data_cfg = DataConfig.from_env(
+        args.env_file, overrides={k: getattr(args, k) for k in ("data_source", "partitioner", "alpha", "data_dir")}
+    )
     run_cfg = RunConfig.from_env(args.env_file, overrides={**run_overrides, "data_dir": data_cfg.data_dir})
     check_clients_fit(run_cfg, data_cfg.num_partitions)
     return run_cfg, data_cfg, exp_cfg
@@ -122,15 +141,29 @@ def load_configs(args: argparse.Namespace) -> tuple[RunConfig, DataConfig, Exper
 def resume_configs(exp_dir: Path, args: argparse.Namespace) -> tuple[RunConfig, DataConfig, ExperimentConfig, dict]:
     """An existing experiment's recorded settings; retries/on-failure/metrics-port may change."""
     if not (exp_dir / EXPERIMENT_FILE).is_file():
-        known = sorted(p.name for p in exp_dir.parent.glob("*/") if (p / EXPERIMENT_FILE).is_file()) if exp_dir.parent.is_dir() else []
-        raise ConfigError(f"--resume: no experiment {exp_dir.name!r} in {exp_dir.parent}; "
-                          f"known: {', '.join(known[-5:]) or 'none'}")
+        known = (
+            sorted(p.name for p in exp_dir.parent.glob("*/") if (p / EXPERIMENT_FILE).is_file())
+            if exp_dir.parent.is_dir()
+            else []
+        )
+        raise ConfigError(
+            f"--resume: no experiment {exp_dir.name!r} in {exp_dir.parent}; known: {', '.join(known[-5:]) or 'none'}"
+        )
     record = read_json(exp_dir / EXPERIMENT_FILE)
     recorded = dict(record["experiment"])
-    recorded.update({k.replace("_", "-"): v for k in ("retries", "on_failure", "metrics_port")
-                     if (v := getattr(args, k)) is not None})
-    return (RunConfig.from_mapping(record["config"]), DataConfig.from_mapping(record["data"]),
-            ExperimentConfig.from_mapping(recorded), record)
+    recorded.update(
+        {
+            k.replace("_", "-"): v
+            for k in ("retries", "on_failure", "metrics_port")
+            if (v := getattr(args, k)) is not None
+        }
+    )
+    return (
+        RunConfig.from_mapping(record["config"]),
+        DataConfig.from_mapping(record["data"]),
+        ExperimentConfig.from_mapping(recorded),
+        record,
+    )
 
 
 def choose_backend(requested: str, compose_file: Path) -> str:
@@ -138,7 +171,9 @@ def choose_backend(requested: str, compose_file: Path) -> str:
     if requested == "local":
         missing = [c for c in FLOWER_COMMANDS if shutil.which(c) is None]
         if missing:
-            raise ConfigError(f"backend local needs {', '.join(missing)} on PATH; install the project: pip install -e .")
+            raise ConfigError(
+                f"backend local needs {', '.join(missing)} on PATH; install the project: pip install -e ."
+            )
         return "local"
     problem = docker_problem(compose_file)
     if problem is None:
@@ -152,9 +187,15 @@ def choose_backend(requested: str, compose_file: Path) -> str:
 def process_env(cfg: RunConfig, flwr_home: Path) -> dict[str, str]:
     """Environment of every local Flower process: own FLWR_HOME, no telemetry, threads shared fairly."""
     threads = cfg.torch_threads or max(1, (os.cpu_count() or 1) // cfg.num_clients)
-    return {"FLWR_HOME": str(flwr_home), "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
-            "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-            "TOKENIZERS_PARALLELISM": "false"}
+    return {
+        "FLWR_HOME": str(flwr_home),
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        "TOKENIZERS_PARALLELISM": "false",
+    }
 
 
 def run_local(cfg: RunConfig, shards: Path, run_dir: Path, on_round) -> None:
@@ -165,15 +206,26 @@ def run_local(cfg: RunConfig, shards: Path, run_dir: Path, on_round) -> None:
             flwr_cli.write_connection(Path(tmp), CONNECTION, fed.control_address)
             console.print(f"{cfg.num_clients} SuperNodes connect over gRPC to the SuperLink at {fed.fleet_address}")
             run_config = {**cfg.as_dict(), "data-dir": str(shards.resolve()), "output-dir": str(run_dir.resolve())}
-            flwr_cli.run_to_completion(CONNECTION, run_config, env, log=console.print, check=fed.check_alive,
-                                       on_round=on_round)
+            flwr_cli.run_to_completion(
+                CONNECTION, run_config, env, log=console.print, check=fed.check_alive, on_round=on_round
+            )
 
 
 class Experiment:
     """The repeat loop: run, verify, retry, record, summarise; resumable at any point."""
 
-    def __init__(self, exp_dir: Path, record: dict, run_cfg: RunConfig, data_cfg: DataConfig,
-                 exp_cfg: ExperimentConfig, backend: str, shards: Path, keep_up: bool, compose_file: Path) -> None:
+    def __init__(
+        self,
+        exp_dir: Path,
+        record: dict,
+        run_cfg: RunConfig,
+        data_cfg: DataConfig,
+        exp_cfg: ExperimentConfig,
+        backend: str,
+        shards: Path,
+        keep_up: bool,
+        compose_file: Path,
+    ) -> None:
         self.exp_dir, self.record, self.run_cfg, self.data_cfg = exp_dir, record, run_cfg, data_cfg
         self.exp_cfg, self.backend, self.shards, self.keep_up = exp_cfg, backend, shards, keep_up
         self.compose_file = compose_file
@@ -204,12 +256,20 @@ class Experiment:
         try:
             self.metrics.serve(self.exp_cfg.metrics_port)
         except OSError as exc:
-            console.print(f"notice: metrics not served on port {self.exp_cfg.metrics_port} ({exc}); "
-                          f"they are still written to {self.metrics.path}")
+            console.print(
+                f"notice: metrics not served on port {self.exp_cfg.metrics_port} ({exc}); "
+                f"they are still written to {self.metrics.path}"
+            )
         self.record["status"] = "running"
         self.save()
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   TextColumn("ETA"), TimeRemainingColumn())
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+        )
         stopped = False
         with Progress(*columns, console=console, transient=False) as progress:
             all_repeats = progress.add_task("repeats", total=n, completed=len(verified))
@@ -229,14 +289,17 @@ class Experiment:
         done = {k: self.repeat_dir(k) for k in range(n) if reps.get(str(k), {}).get("status") == "verified"}
         if done:
             write_summary(self.exp_dir, done)
-        self.record.update(status="completed" if len(done) == n else ("stopped" if stopped else "incomplete"),
-                           ended=utc_now())
+        self.record.update(
+            status="completed" if len(done) == n else ("stopped" if stopped else "incomplete"), ended=utc_now()
+        )
         self.save()
         self.metrics.flush()
         self._print_table(n)
         console.print(f"experiment {self.exp_dir.name}: {len(done)}/{n} repeats verified; results in {self.exp_dir}")
         if len(done) < n:
-            console.print(f"resume with: python orchestrate.py --out {self.exp_dir.parent} --resume {self.exp_dir.name}")
+            console.print(
+                f"resume with: python orchestrate.py --out {self.exp_dir.parent} --resume {self.exp_dir.name}"
+            )
         return 0 if len(done) == n else 1
 
     def _still_verified(self, k: int) -> bool:
@@ -274,10 +337,17 @@ class Experiment:
             try:
                 if self.backend == "docker":
                     last = k == self.exp_cfg.repeats - 1
-                    run_compose(cfg, self.data_cfg, self.shards, path,
-                                project=compose_project_name(self.exp_dir.name, k, attempt),
-                                keep_up=self.keep_up and last, on_round=on_round, log=console.print,
-                                compose_file=self.compose_file)
+                    run_compose(
+                        cfg,
+                        self.data_cfg,
+                        self.shards,
+                        path,
+                        project=compose_project_name(self.exp_dir.name, k, attempt),
+                        keep_up=self.keep_up and last,
+                        on_round=on_round,
+                        log=console.print,
+                        compose_file=self.compose_file,
+                    )
                 else:
                     run_local(cfg, self.shards, path, on_round)
                 meta = verify_run(path)
@@ -297,8 +367,13 @@ class Experiment:
             seconds = round(time.monotonic() - t0, 1)
             final = read_csv(path / "rounds.csv")[-1]
             entry.update(status="verified", seconds=seconds)
-            rep.update(status="verified", seconds=seconds, run_id=meta.get("run-id"),
-                       final_accuracy=float(final["central_accuracy"]), final_loss=float(final["central_loss"]))
+            rep.update(
+                status="verified",
+                seconds=seconds,
+                run_id=meta.get("run-id"),
+                final_accuracy=float(final["central_accuracy"]),
+                final_loss=float(final["central_loss"]),
+            )
             self.save()
             self.metrics.repeat_finished(k, seconds, rep["final_accuracy"], rep["final_loss"])
             return True
@@ -311,9 +386,15 @@ class Experiment:
         for k in range(n):
             rep = self.record["repeats"].get(str(k), {})
             acc, loss = rep.get("final_accuracy"), rep.get("final_loss")
-            table.add_row(str(k), str(rep.get("seed", self.run_cfg.seed + k)), rep.get("status", "not run"),
-                          str(len(rep.get("attempts", []))), str(rep.get("seconds", "")),
-                          f"{acc:.4f}" if acc is not None else "", f"{loss:.4f}" if loss is not None else "")
+            table.add_row(
+                str(k),
+                str(rep.get("seed", self.run_cfg.seed + k)),
+                rep.get("status", "not run"),
+                str(len(rep.get("attempts", []))),
+                str(rep.get("seconds", "")),
+                f"{acc:.4f}" if acc is not None else "",
+                f"{loss:.4f}" if loss is not None else "",
+            )
         console.print(table)
 
 
@@ -327,8 +408,10 @@ def new_experiment_dir(out: Path, cfg: RunConfig) -> Path:
 
 def _interrupt_on_sigterm() -> None:
     """SIGTERM (e.g. docker stop, a CI timeout) tears down like Ctrl-C."""
+
     def handler(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
+
     signal.signal(signal.SIGTERM, handler)
 
 
@@ -350,21 +433,31 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if exp_dir is None:
         exp_dir = new_experiment_dir(args.out, run_cfg)
-        record = {"experiment-id": exp_dir.name, "backend": backend, "created": utc_now(),
-                  "experiment": exp_cfg.as_dict(), "config": run_cfg.as_dict(), "data": data_cfg.as_dict(),
-                  "seeds": [run_cfg.seed + k for k in range(exp_cfg.repeats)], "versions": software_versions(),
-                  "repeats": {}}
+        record = {
+            "experiment-id": exp_dir.name,
+            "backend": backend,
+            "created": utc_now(),
+            "experiment": exp_cfg.as_dict(),
+            "config": run_cfg.as_dict(),
+            "data": data_cfg.as_dict(),
+            "seeds": [run_cfg.seed + k for k in range(exp_cfg.repeats)],
+            "versions": software_versions(),
+            "repeats": {},
+        }
     console.print(f"experiment {exp_dir} ({exp_cfg.repeats} repeats, backend {backend})")
-    experiment = Experiment(exp_dir, record, run_cfg, data_cfg, exp_cfg, backend, shards, args.keep_up,
-                            args.compose_file)
+    experiment = Experiment(
+        exp_dir, record, run_cfg, data_cfg, exp_cfg, backend, shards, args.keep_up, args.compose_file
+    )
     _interrupt_on_sigterm()
     try:
         return experiment.run()
     except KeyboardInterrupt:
         record.update(status="interrupted", ended=utc_now())
         experiment.save()
-        console.print(f"interrupted; what was collected is kept. Resume with: python orchestrate.py "
-                      f"--out {exp_dir.parent} --resume {exp_dir.name}")
+        console.print(
+            f"interrupted; what was collected is kept. Resume with: python orchestrate.py "
+            f"--out {exp_dir.parent} --resume {exp_dir.name}"
+        )
         return 130
 
 

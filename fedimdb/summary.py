@@ -9,18 +9,54 @@ from __future__ import annotations
 import math
 import statistics
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from fedimdb.artifacts import CLIENTS_FILE, ROUNDS_FILE, csv_bytes, read_csv, write_bytes_atomic
 
-SUMMARY_METRICS = ("central_accuracy", "central_loss", "train_loss", "local_eval_accuracy", "local_eval_loss",
-                   "round_seconds")
+SUMMARY_METRICS = (
+    "central_accuracy",
+    "central_loss",
+    "train_loss",
+    "local_eval_accuracy",
+    "local_eval_loss",
+    "round_seconds",
+)
 SUMMARY_COLUMNS = ("metric", "round", "n", "mean", "std", "ci95_low", "ci95_high")
 # Two-sided 95 % Student t quantiles for 1..30 degrees of freedom; beyond that, the normal 1.96.
-_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-        2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-        2.045, 2.042)
+_T95 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
 
 
 def t95(dof: int) -> float:
@@ -39,7 +75,9 @@ def describe(values: list[float]) -> dict[str, float | int]:
     return {"n": n, "mean": mean, "std": std, "ci95_low": mean - half, "ci95_high": mean + half}
 
 
-def summarize(repeats: Iterable[list[dict[str, str]]], metrics: Iterable[str] = SUMMARY_METRICS) -> list[dict[str, Any]]:
+def summarize(
+    repeats: Iterable[list[dict[str, str]]], metrics: Iterable[str] = SUMMARY_METRICS
+) -> list[dict[str, Any]]:
     """Rows of summary.csv from each repeat's rounds.csv rows."""
     by_key: dict[tuple[str, int], list[float]] = defaultdict(list)
     for rows in repeats:
@@ -47,26 +85,41 @@ def summarize(repeats: Iterable[list[dict[str, str]]], metrics: Iterable[str] = 
             for metric in metrics:
                 if row.get(metric) not in (None, ""):
                     by_key[(metric, int(row["round"]))].append(float(row[metric]))
-    return [{"metric": metric, "round": rnd, **describe(values)}
-            for (metric, rnd), values in sorted(by_key.items(), key=lambda kv: (list(metrics).index(kv[0][0]), kv[0][1]))]
+    return [
+        {"metric": metric, "round": rnd, **describe(values)}
+        for (metric, rnd), values in sorted(by_key.items(), key=lambda kv: (list(metrics).index(kv[0][0]), kv[0][1]))
+    ]
 
 
 def markdown_table(summary: list[dict[str, Any]], experiment_id: str, n_repeats: int) -> str:
     """summary.md: the final round of every metric, then accuracy per round."""
+
     def fmt(x: float) -> str:
         return "–" if isinstance(x, float) and math.isnan(x) else f"{x:.4f}"
 
     last = max((r["round"] for r in summary), default=0)
-    lines = [f"# Experiment {experiment_id}", "", f"{n_repeats} verified repeat(s); mean ± std, 95 % CI of the mean.", "",
-             f"## Round {last}", "", "| metric | n | mean | std | 95 % CI |", "| --- | --- | --- | --- | --- |"]
+    lines = [
+        f"# Experiment {experiment_id}",
+        "",
+        f"{n_repeats} verified repeat(s); mean ± std, 95 % CI of the mean.",
+        "",
+        f"## Round {last}",
+        "",
+        "| metric | n | mean | std | 95 % CI |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for r in summary:
         if r["round"] == last:
-            lines.append(f"| {r['metric']} | {r['n']} | {fmt(r['mean'])} | {fmt(r['std'])} | "
-                         f"[{fmt(r['ci95_low'])}, {fmt(r['ci95_high'])}] |")
+            lines.append(
+                f"| {r['metric']} | {r['n']} | {fmt(r['mean'])} | {fmt(r['std'])} | "
+                f"[{fmt(r['ci95_low'])}, {fmt(r['ci95_high'])}] |"
+            )
     lines += ["", "## Central accuracy per round", "", "| round | n | mean | 95 % CI |", "| --- | --- | --- | --- |"]
     for r in summary:
         if r["metric"] == "central_accuracy":
-            lines.append(f"| {r['round']} | {r['n']} | {fmt(r['mean'])} | [{fmt(r['ci95_low'])}, {fmt(r['ci95_high'])}] |")
+            lines.append(
+                f"| {r['round']} | {r['n']} | {fmt(r['mean'])} | [{fmt(r['ci95_low'])}, {fmt(r['ci95_high'])}] |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -77,8 +130,9 @@ def _band(ax: Any, summary: list[dict[str, Any]], metric: str, label: str) -> No
     rounds = [r["round"] for r in rows]
     ax.plot(rounds, [r["mean"] for r in rows], marker="o", label=f"{label} (mean)")
     if all(not math.isnan(r["ci95_low"]) for r in rows):
-        ax.fill_between(rounds, [r["ci95_low"] for r in rows], [r["ci95_high"] for r in rows], alpha=0.25,
-                        label="95 % CI")
+        ax.fill_between(
+            rounds, [r["ci95_low"] for r in rows], [r["ci95_high"] for r in rows], alpha=0.25, label="95 % CI"
+        )
     ax.set_xlabel("round")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(label)
@@ -95,9 +149,11 @@ def write_plots(exp_dir: Path, summary: list[dict[str, Any]], clients: dict[int,
     from matplotlib.ticker import MaxNLocator
 
     written = []
-    for name, metric, label in (("accuracy.png", "central_accuracy", "global accuracy"),
-                                ("loss.png", "central_loss", "global loss"),
-                                ("round-seconds.png", "round_seconds", "round duration (s)")):
+    for name, metric, label in (
+        ("accuracy.png", "central_accuracy", "global accuracy"),
+        ("loss.png", "central_loss", "global loss"),
+        ("round-seconds.png", "round_seconds", "round duration (s)"),
+    ):
         fig, ax = plt.subplots(figsize=(6, 4))
         _band(ax, summary, metric, label)
         fig.tight_layout()
@@ -109,8 +165,12 @@ def write_plots(exp_dir: Path, summary: list[dict[str, Any]], clients: dict[int,
             if row["train_loss"]:
                 per_client[int(row["partition_id"])].append((int(row["round"]), float(row["train_loss"])))
         for pid, points in sorted(per_client.items()):
-            ax.plot(*zip(*sorted(points)), color=f"C{pid % 10}", alpha=0.6,
-                    label=f"client {pid}" if repeat == min(clients) else None)
+            ax.plot(
+                *zip(*sorted(points), strict=True),
+                color=f"C{pid % 10}",
+                alpha=0.6,
+                label=f"client {pid}" if repeat == min(clients) else None,
+            )
     ax.set_xlabel("round")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("client train loss")

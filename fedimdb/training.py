@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -40,16 +41,28 @@ def seed_everything(seed: int, threads: int = 0) -> None:
 
 def _batches(tokenizer: Any, data: Examples, order: list[int], batch_size: int, max_length: int, device: torch.device):
     for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        enc = tokenizer([data.texts[i] for i in idx], truncation=True, max_length=max_length,
-                        padding=True, return_tensors="pt")
+        idx = order[start : start + batch_size]
+        enc = tokenizer(
+            [data.texts[i] for i in idx], truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+        )
         enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
         yield enc, torch.tensor([data.labels[i] for i in idx], device=device)
 
 
-def train(model: Any, tokenizer: Any, data: Examples, *, epochs: int, max_steps: int, batch_size: int,
-          learning_rate: float, max_length: int, seed: int, device: torch.device,
-          proximal_mu: float = 0.0) -> TrainResult:
+def train(
+    model: Any,
+    tokenizer: Any,
+    data: Examples,
+    *,
+    epochs: int,
+    max_steps: int,
+    batch_size: int,
+    learning_rate: float,
+    max_length: int,
+    seed: int,
+    device: torch.device,
+    proximal_mu: float = 0.0,
+) -> TrainResult:
     """AdamW over ``epochs`` shuffled passes, stopping early after ``max_steps`` (0 = no cap).
 
     With ``proximal_mu`` > 0 the FedProx term mu/2 * ||w - w_global||^2 is added to the loss.
@@ -65,7 +78,7 @@ def train(model: Any, tokenizer: Any, data: Examples, *, epochs: int, max_steps:
         for inputs, labels in _batches(tokenizer, data, order, batch_size, max_length, device):
             loss = model(**inputs, labels=labels).loss
             if anchor is not None:
-                prox = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor))
+                prox = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor, strict=True))
                 loss = loss + 0.5 * proximal_mu * prox
             optimizer.zero_grad()
             loss.backward()
@@ -79,13 +92,15 @@ def train(model: Any, tokenizer: Any, data: Examples, *, epochs: int, max_steps:
             break
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return TrainResult(loss=loss_sum / max(seen, 1), num_examples=seen, steps=steps,
-                       seconds=time.perf_counter() - start)
+    return TrainResult(
+        loss=loss_sum / max(seen, 1), num_examples=seen, steps=steps, seconds=time.perf_counter() - start
+    )
 
 
 @torch.no_grad()
-def evaluate(model: Any, tokenizer: Any, data: Examples, *, batch_size: int, max_length: int,
-             device: torch.device) -> EvalResult:
+def evaluate(
+    model: Any, tokenizer: Any, data: Examples, *, batch_size: int, max_length: int, device: torch.device
+) -> EvalResult:
     """Mean cross-entropy and accuracy over all of ``data``, in file order."""
     model.to(device).eval()
     loss_sum, correct = 0.0, 0

@@ -38,8 +38,16 @@ def main(grid: Grid, context: Context) -> None:
     data_recipe = read_json(eval_dir / MANIFEST)["recipe"]
     check_clients_fit(cfg, int(data_recipe["num-partitions"]))
     output = Path(cfg.output_dir or f"artifacts/run-{context.run_id}")
-    artifacts = RunArtifacts(output, {"run-id": context.run_id, "seed": cfg.seed, "config": cfg.as_dict(),
-                                      "data": data_recipe, "versions": software_versions()})
+    artifacts = RunArtifacts(
+        output,
+        {
+            "run-id": context.run_id,
+            "seed": cfg.seed,
+            "config": cfg.as_dict(),
+            "data": data_recipe,
+            "versions": software_versions(),
+        },
+    )
     try:
         run_federation(grid, cfg, eval_dir, artifacts)
     except BaseException as exc:
@@ -72,11 +80,18 @@ def run_federation(grid: Grid, cfg: RunConfig, eval_dir: Path, artifacts: RunArt
         latest["state"] = state
         artifacts.write_weights(round_weights_name(server_round), state)
         load_state(model, state)
-        res = evaluate(model, tokenizer, held_out.head(cfg.eval_rows), batch_size=cfg.batch_size,
-                       max_length=cfg.max_length, device=device)
+        res = evaluate(
+            model,
+            tokenizer,
+            held_out.head(cfg.eval_rows),
+            batch_size=cfg.batch_size,
+            max_length=cfg.max_length,
+            device=device,
+        )
         if server_round == 0:
-            artifacts.update(initial_evaluation={"loss": res.loss, "accuracy": res.accuracy,
-                                                 "examples": res.num_examples})
+            artifacts.update(
+                initial_evaluation={"loss": res.loss, "accuracy": res.accuracy, "examples": res.num_examples}
+            )
         else:
             round_log.finish_round(server_round, res.loss, res.accuracy, res.num_examples)
             artifacts.write_csv(ROUNDS_FILE, ROUND_COLUMNS, round_log.rounds)
@@ -84,11 +99,15 @@ def run_federation(grid: Grid, cfg: RunConfig, eval_dir: Path, artifacts: RunArt
             artifacts.update(rounds_completed=server_round)
         return MetricRecord({"loss": res.loss, "accuracy": res.accuracy})
 
-    strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=cfg.num_rounds,
-                   timeout=cfg.round_timeout, evaluate_fn=central_evaluate)
+    strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(model.state_dict()),
+        num_rounds=cfg.num_rounds,
+        timeout=cfg.round_timeout,
+        evaluate_fn=central_evaluate,
+    )
     artifacts.write_weights(f"{WEIGHTS_DIR}/{FINAL_WEIGHTS}", latest["state"])
     if cfg.final_eval_full:
         load_state(model, latest["state"])
-        res = evaluate(model, tokenizer, held_out, batch_size=cfg.batch_size, max_length=cfg.max_length,
-                       device=device)
+        res = evaluate(model, tokenizer, held_out, batch_size=cfg.batch_size, max_length=cfg.max_length, device=device)
         artifacts.update(final_evaluation={"loss": res.loss, "accuracy": res.accuracy, "examples": res.num_examples})

@@ -41,13 +41,33 @@ STRATEGY_CLASSES: dict[str, type[Strategy]] = {
 }
 
 ROUND_COLUMNS = (
-    "round", "central_loss", "central_accuracy", "central_examples",
-    "train_loss", "train_examples", "local_eval_loss", "local_eval_accuracy", "local_eval_examples",
-    "clients_sampled", "clients_participating", "clients_failed", "round_seconds",
+    "round",
+    "central_loss",
+    "central_accuracy",
+    "central_examples",
+    "train_loss",
+    "train_examples",
+    "local_eval_loss",
+    "local_eval_accuracy",
+    "local_eval_examples",
+    "clients_sampled",
+    "clients_participating",
+    "clients_failed",
+    "round_seconds",
 )
 CLIENT_COLUMNS = (
-    "round", "partition_id", "node_id", "status", "num_examples", "train_loss", "train_steps",
-    "train_seconds", "train_samples_per_s", "local_eval_loss", "local_eval_accuracy", "local_eval_examples",
+    "round",
+    "partition_id",
+    "node_id",
+    "status",
+    "num_examples",
+    "train_loss",
+    "train_steps",
+    "train_seconds",
+    "train_samples_per_s",
+    "local_eval_loss",
+    "local_eval_accuracy",
+    "local_eval_examples",
 )
 
 WeightsSink = Callable[[int, int, ArrayRecord], None]
@@ -91,9 +111,13 @@ class RoundLog:
                 continue
             m = msg.content["metrics"]
             row = self._row(server_round, int(m["partition-id"]), msg.metadata.src_node_id)
-            row.update(num_examples=int(m["num-examples"]), train_loss=float(m["train-loss"]),
-                       train_steps=int(m["train-steps"]), train_seconds=float(m["train-seconds"]),
-                       train_samples_per_s=float(m["train-samples-per-s"]))
+            row.update(
+                num_examples=int(m["num-examples"]),
+                train_loss=float(m["train-loss"]),
+                train_steps=int(m["train-steps"]),
+                train_seconds=float(m["train-seconds"]),
+                train_samples_per_s=float(m["train-samples-per-s"]),
+            )
             if self._on_client_weights is not None:
                 self._on_client_weights(server_round, int(m["partition-id"]), msg.content["arrays"])
 
@@ -104,15 +128,21 @@ class RoundLog:
                 continue
             m = msg.content["metrics"]
             row = self._row(server_round, int(m["partition-id"]), msg.metadata.src_node_id)
-            row.update(local_eval_loss=float(m["eval-loss"]), local_eval_accuracy=float(m["eval-accuracy"]),
-                       local_eval_examples=int(m["num-examples"]))
+            row.update(
+                local_eval_loss=float(m["eval-loss"]),
+                local_eval_accuracy=float(m["eval-accuracy"]),
+                local_eval_examples=int(m["num-examples"]),
+            )
 
     def finish_round(self, server_round: int, loss: float, accuracy: float, examples: int) -> dict[str, Any]:
         """Close the round with the central evaluation; return its rounds.csv row."""
         rows = [r for r in self.clients if r["round"] == server_round]
         trained = [r for r in rows if r["num_examples"] != ""]
         row = {
-            "round": server_round, "central_loss": loss, "central_accuracy": accuracy, "central_examples": examples,
+            "round": server_round,
+            "central_loss": loss,
+            "central_accuracy": accuracy,
+            "central_examples": examples,
             "train_loss": _weighted_mean(trained, "train_loss", "num_examples"),
             "train_examples": sum(r["num_examples"] for r in trained),
             "local_eval_loss": _weighted_mean(rows, "local_eval_loss", "local_eval_examples"),
@@ -129,10 +159,12 @@ class RoundLog:
 
 def _by_partition(replies: Iterable[Message]) -> list[Message]:
     """Replies in partition order (errors last): aggregation no longer depends on arrival order."""
+
     def key(msg: Message) -> tuple[int, int]:
         if msg.has_error():
             return (1, msg.metadata.src_node_id)
         return (0, int(msg.content["metrics"]["partition-id"]))
+
     return sorted(replies, key=key)
 
 
@@ -141,8 +173,9 @@ class RecordingMixin:
 
     round_log: RoundLog
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         messages = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
         self.round_log.start_round(server_round, len(messages))
         return messages

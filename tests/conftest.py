@@ -33,8 +33,10 @@ def require_docker() -> None:
         subprocess.run(["docker", "compose", "version"], capture_output=True, check=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
         if os.environ.get("FEDIMDB_REQUIRE_DOCKER") == "1":
-            raise RuntimeError("FEDIMDB_REQUIRE_DOCKER=1 but no Docker daemon with Compose v2 answers; "
-                               "run .ci/docker/install-docker.sh") from None
+            raise RuntimeError(
+                "FEDIMDB_REQUIRE_DOCKER=1 but no Docker daemon with Compose v2 answers; "
+                "run .ci/docker/install-docker.sh"
+            ) from None
         pytest.skip("no Docker daemon with Compose v2", allow_module_level=True)
 
 
@@ -64,17 +66,38 @@ def write_parquet_dataset(folder: Path, rows: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for split in ("train", "test"):
         labels = [i % 2 for i in range(rows)]
-        texts = [("a great movie, loved it " if y else "a boring film, awful acting ") + f"#{i} {split}"
-                 for i, y in enumerate(labels)]
+        texts = [
+            ("a great movie, loved it " if y else "a boring film, awful acting ") + f"#{i} {split}"
+            for i, y in enumerate(labels)
+        ]
         pq.write_table(pa.table({"text": texts, "label": labels}), folder / f"{split}.parquet")
     return folder
 
 
 def run_orchestrate(out: Path, data_dir: Path, imdb: Path, *extra: str, watch=None) -> subprocess.CompletedProcess:
     """``python orchestrate.py --backend local`` as a user runs it; ``watch(proc)`` runs alongside."""
-    args = [sys.executable, "orchestrate.py", "--backend", "local", "--model", "tiny",
-            "--clients", str(E2E_CLIENTS), "--rounds", str(E2E_ROUNDS), "--seed", "7",
-            "--out", str(out), "--data-dir", str(data_dir), "--data-source", str(imdb), "--env-file", "/dev/null"]
+    args = [
+        sys.executable,
+        "orchestrate.py",
+        "--backend",
+        "local",
+        "--model",
+        "tiny",
+        "--clients",
+        str(E2E_CLIENTS),
+        "--rounds",
+        str(E2E_ROUNDS),
+        "--seed",
+        "7",
+        "--out",
+        str(out),
+        "--data-dir",
+        str(data_dir),
+        "--data-source",
+        str(imdb),
+        "--env-file",
+        "/dev/null",
+    ]
     for setting in E2E_SETTINGS:
         args += ["--set", setting]
     proc = subprocess.Popen([*args, *extra], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -107,12 +130,20 @@ class ConnectionWatch:
                 try:
                     sample = {
                         "superlink_cmd": link[0].cmdline(),
-                        "superlink_listening": [c.laddr.port for c in link[0].net_connections("tcp")
-                                                if c.status == psutil.CONN_LISTEN],
-                        "nodes": [{"cmd": n.cmdline(),
-                                   "peers": [c.raddr.port for c in n.net_connections("tcp")
-                                             if c.status == psutil.CONN_ESTABLISHED and c.raddr]}
-                                  for n in nodes],
+                        "superlink_listening": [
+                            c.laddr.port for c in link[0].net_connections("tcp") if c.status == psutil.CONN_LISTEN
+                        ],
+                        "nodes": [
+                            {
+                                "cmd": n.cmdline(),
+                                "peers": [
+                                    c.raddr.port
+                                    for c in n.net_connections("tcp")
+                                    if c.status == psutil.CONN_ESTABLISHED and c.raddr
+                                ],
+                            }
+                            for n in nodes
+                        ],
                     }
                 except psutil.Error:
                     continue

@@ -26,8 +26,14 @@ from tests.conftest import require_docker
 ROOT = Path(__file__).resolve().parents[1]
 RUN_NAME = "compose-e2e"
 ROUNDS = 2
-SETTINGS = {"model": "tiny", "num-rounds": ROUNDS, "max-steps": 2, "batch-size": 8, "eval-rows": 64,
-            "local-eval-rows": 32}
+SETTINGS = {
+    "model": "tiny",
+    "num-rounds": ROUNDS,
+    "max-steps": 2,
+    "batch-size": 8,
+    "eval-rows": 64,
+    "local-eval-rows": 32,
+}
 # Each client checks, from inside its own container, which shard files it can see and write.
 SHARD_PROBE = """
 import json, os
@@ -44,21 +50,25 @@ print(json.dumps({"seen": seen, "writable": writable,
 
 SECRET_NAME = re.compile(r"(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY)(_|$)")
 # Data or run outputs anywhere in an image, outside the installed packages (pyarrow ships test Parquet files).
-FIND_DATA = ("find / -xdev -path /opt/venv -prune -o -path /proc -prune -o \\( -name '*.parquet' -o -name run.json "
-             "-o -name '*.safetensors' \\) -print 2>/dev/null | wc -l; ls -A /data /artifacts; env")
+FIND_DATA = (
+    "find / -xdev -path /opt/venv -prune -o -path /proc -prune -o \\( -name '*.parquet' -o -name run.json "
+    "-o -name '*.safetensors' \\) -print 2>/dev/null | wc -l; ls -A /data /artifacts; env"
+)
 
 
 pytestmark = pytest.mark.docker
 require_docker()
 
 
-def compose(files: list[Path], *args: str, env: dict | None = None, project: str | None = None,
-            timeout: float = 120) -> subprocess.CompletedProcess:
+def compose(
+    files: list[Path], *args: str, env: dict | None = None, project: str | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess:
     cmd = ["docker", "compose", *(["-p", project] if project else [])]
     for f in files:
         cmd += ["-f", str(f)]
-    return subprocess.run([*cmd, *args], cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [*cmd, *args], cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture(scope="module")
@@ -73,13 +83,30 @@ def stack(imdb_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     project = f"fedimdb-test-{secrets.token_hex(3)}"
     env = {"SHARDS_DIR": str(base / "shards")}
     try:
-        up = compose(files, "up", "--build", "--exit-code-from", "runner", "--no-attach", "prepare",
-                     env=env, project=project, timeout=1800)
+        up = compose(
+            files,
+            "up",
+            "--build",
+            "--exit-code-from",
+            "runner",
+            "--no-attach",
+            "prepare",
+            env=env,
+            project=project,
+            timeout=1800,
+        )
         (base / "compose-up.log").write_text(up.stdout + up.stderr)
         client = docker.from_env()
         collected = pull_artifacts(project, RUN_NAME, base / "results", client) if up.returncode == 0 else None
-        yield {"up": up, "files": files, "project": project, "env": env, "run_dir": collected,
-               "docker": client, "shards": base / "shards"}
+        yield {
+            "up": up,
+            "files": files,
+            "project": project,
+            "env": env,
+            "run_dir": collected,
+            "docker": client,
+            "shards": base / "shards",
+        }
     finally:
         compose(files, "down", "-v", "-t", "5", env=env, project=project)
 
@@ -93,7 +120,8 @@ def test_compose_run_completes_and_artifacts_verify(stack) -> None:
     assert [int(r["round"]) for r in read_csv(stack["run_dir"] / "rounds.csv")] == [1, 2]
     clients = read_csv(stack["run_dir"] / "clients.csv")
     assert sorted((int(r["round"]), int(r["partition_id"])) for r in clients) == [
-        (rnd, pid) for rnd in (1, 2) for pid in range(10)]
+        (rnd, pid) for rnd in (1, 2) for pid in range(10)
+    ]
     assert (stack["run_dir"] / "logs" / "serverapp.log").is_file()
 
 
@@ -101,9 +129,21 @@ def test_each_client_sees_only_its_own_shard_read_only(stack) -> None:
     for pid in range(10):
         (container,) = service_containers(stack["docker"], stack["project"], f"client-{pid}")
         binds = [m for m in container.attrs["Mounts"] if m["Type"] in ("bind", "volume")]
-        assert [(Path(m["Source"]).name, m["Destination"], m["RW"]) for m in binds] == [(f"client-{pid}", "/data", False)]
-        probe = compose(stack["files"], "run", "--rm", "--no-deps", f"client-{pid}", "python", "-c", SHARD_PROBE,
-                        env=stack["env"], project=stack["project"])
+        assert [(Path(m["Source"]).name, m["Destination"], m["RW"]) for m in binds] == [
+            (f"client-{pid}", "/data", False)
+        ]
+        probe = compose(
+            stack["files"],
+            "run",
+            "--rm",
+            "--no-deps",
+            f"client-{pid}",
+            "python",
+            "-c",
+            SHARD_PROBE,
+            env=stack["env"],
+            project=stack["project"],
+        )
         assert probe.returncode == 0, probe.stderr
         seen = json.loads(probe.stdout.strip().splitlines()[-1])
         assert seen == {"seen": ["/data/train.parquet", "/data/val.parquet"], "writable": False, "partition": pid}
@@ -128,8 +168,7 @@ def test_images_run_as_non_root_and_hold_no_data(stack) -> None:
         (container,) = service_containers(stack["docker"], stack["project"], service)
         assert container.attrs["Config"]["User"] == "fedimdb"
     for image in ("fedimdb-server:latest", "fedimdb-client:latest"):
-        out = stack["docker"].containers.run(image, ["sh", "-c", FIND_DATA],
-                                             remove=True, network_mode="none").decode()
+        out = stack["docker"].containers.run(image, ["sh", "-c", FIND_DATA], remove=True, network_mode="none").decode()
         lines = out.splitlines()
         assert lines[0] == "0", out
         names = [line.split("=", 1)[0] for line in lines if "=" in line]
@@ -139,8 +178,9 @@ def test_images_run_as_non_root_and_hold_no_data(stack) -> None:
 def test_other_client_counts_by_override(tmp_path: Path, imdb_dir: Path) -> None:
     for n in (3, 12):
         override = tmp_path / f"override-{n}.yml"
-        override.write_text(yaml.safe_dump(build_override(n, {"num-rounds": 1}, {"num-partitions": 12,
-                                                                                   "data-source": str(imdb_dir)})))
+        override.write_text(
+            yaml.safe_dump(build_override(n, {"num-rounds": 1}, {"num-partitions": 12, "data-source": str(imdb_dir)}))
+        )
         files = [ROOT / "docker-compose.yml", override]
         services = set(compose(files, "config", "--services").stdout.split())
         assert services == {"prepare", "server", "runner", *(f"client-{i}" for i in range(n))}
@@ -149,12 +189,14 @@ def test_other_client_counts_by_override(tmp_path: Path, imdb_dir: Path) -> None
         last = config["services"][f"client-{n - 1}"]
         assert last["environment"]["PARTITION_ID"] == str(n - 1)
         assert [(Path(v["source"]).name, v["target"], v["read_only"]) for v in last["volumes"]] == [
-            (f"client-{n - 1}", "/data", True)]
+            (f"client-{n - 1}", "/data", True)
+        ]
 
 
 def test_gpu_override_reserves_nvidia_devices_for_every_client() -> None:
-    config = json.loads(compose([ROOT / "docker-compose.yml", ROOT / "docker-compose.gpu.yml"],
-                                "config", "--format", "json").stdout)
+    config = json.loads(
+        compose([ROOT / "docker-compose.yml", ROOT / "docker-compose.gpu.yml"], "config", "--format", "json").stdout
+    )
     for pid in range(10):
         client = config["services"][f"client-{pid}"]
         (device,) = client["deploy"]["resources"]["reservations"]["devices"]

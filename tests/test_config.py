@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 from dotenv import dotenv_values
 
 from fedimdb.config import ConfigError, DataConfig, ExperimentConfig, RunConfig, check_clients_fit, env_name
@@ -31,8 +31,9 @@ def test_every_dotenv_key_is_a_known_setting_and_valid() -> None:
 def test_precedence_defaults_file_environment_overrides(tmp_path: Path) -> None:
     env_file = tmp_path / ".env"
     env_file.write_text("FEDIMDB_NUM_ROUNDS=4\nFEDIMDB_BATCH_SIZE=8\nFEDIMDB_SEED=3\n")
-    cfg = RunConfig.from_env(env_file, environ={"FEDIMDB_BATCH_SIZE": "32", "FEDIMDB_SEED": "5"},
-                             overrides={"seed": 9, "model": None})
+    cfg = RunConfig.from_env(
+        env_file, environ={"FEDIMDB_BATCH_SIZE": "32", "FEDIMDB_SEED": "5"}, overrides={"seed": 9, "model": None}
+    )
     assert (cfg.num_rounds, cfg.batch_size, cfg.seed, cfg.model) == (4, 32, 9, "minilm")
 
 
@@ -41,15 +42,18 @@ def test_run_config_values_from_flower_are_typed() -> None:
     assert cfg.num_rounds == 3 and cfg.learning_rate == 1e-4 and cfg.final_eval_full is True
 
 
-@pytest.mark.parametrize(("values", "message"), [
-    ({"num-rounds": 0}, "num-rounds: 0 is out of range; set it >= 1"),
-    ({"num-rounds": "ten"}, "num-rounds .*'ten' is not a valid int"),
-    ({"strategy": "fedsgd"}, "strategy: unknown value 'fedsgd'; choose one of fedavg"),
-    ({"model": "no such model"}, "model: unknown model 'no such model'; use a preset"),
-    ({"fraction-train": 0.0}, "fraction-train: 0.0 is out of range; set it > 0.0"),
-    ({"num-rouns": 3}, "num-rouns .*unknown setting"),
-    ({"final-eval-full": "maybe"}, "final-eval-full .*'maybe' is not a valid bool"),
-])
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"num-rounds": 0}, "num-rounds: 0 is out of range; set it >= 1"),
+        ({"num-rounds": "ten"}, "num-rounds .*'ten' is not a valid int"),
+        ({"strategy": "fedsgd"}, "strategy: unknown value 'fedsgd'; choose one of fedavg"),
+        ({"model": "no such model"}, "model: unknown model 'no such model'; use a preset"),
+        ({"fraction-train": 0.0}, "fraction-train: 0.0 is out of range; set it > 0.0"),
+        ({"num-rouns": 3}, "num-rouns .*unknown setting"),
+        ({"final-eval-full": "maybe"}, "final-eval-full .*'maybe' is not a valid bool"),
+    ],
+)
 def test_bad_run_values_name_the_setting_and_the_fix(values: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         RunConfig.from_mapping(values)
@@ -58,7 +62,7 @@ def test_bad_run_values_name_the_setting_and_the_fix(values: dict, message: str)
 def test_bad_data_values(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"alpha: 0.0 is out of range; set it > 0"):
         DataConfig.from_mapping({"alpha": 0, "data-source": str(tmp_path)})
-    with pytest.raises(ConfigError, match="data-source: folder .*does not exist"):
+    with pytest.raises(ConfigError, match=r"data-source: folder .*does not exist"):
         DataConfig.from_mapping({"data-source": str(tmp_path / "missing")})
     assert DataConfig.from_mapping({"data-source": "stanfordnlp/imdb"}).data_source == "stanfordnlp/imdb"
 

@@ -46,17 +46,25 @@ def test_corrupt_or_missing_shard_is_detected(shards: Path, tmp_path: Path) -> N
     shutil.copytree(shards, copy)
     table = pq.read_table(copy / "client-1" / "val.parquet").slice(0, 10)
     pq.write_table(table, copy / "client-1" / "val.parquet")
-    with pytest.raises(ShardError, match="client-1/val.parquet: sha256 does not match"):
+    with pytest.raises(ShardError, match=r"client-1/val\.parquet: sha256 does not match"):
         verify_shards(copy)
     (copy / "client-2" / "train.parquet").unlink()
-    with pytest.raises(ShardError, match="client-2/train.parquet: missing"):
+    with pytest.raises(ShardError, match=r"client-2/train\.parquet: missing"):
         read_split(copy / "client-2", "train")
 
 
 def test_dirichlet_partitioner_skews_labels(tmp_path: Path) -> None:
     source = write_parquet_dataset(tmp_path / "imdb", rows=2000)
-    out = prepare_shards(DataConfig(data_source=str(source), data_dir=str(tmp_path / "shards"), num_partitions=4,
-                                    partitioner="dirichlet", alpha=0.1), log=lambda *_: None)
+    out = prepare_shards(
+        DataConfig(
+            data_source=str(source),
+            data_dir=str(tmp_path / "shards"),
+            num_partitions=4,
+            partitioner="dirichlet",
+            alpha=0.1,
+        ),
+        log=lambda *_: None,
+    )
     shares = [sum(s.labels) / len(s) for s in (read_split(out / f"client-{p}", "train") for p in range(4))]
     assert max(shares) - min(shares) > 0.3, shares
     assert verify_shards(out)["recipe"]["alpha"] == 0.1

@@ -18,10 +18,36 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_two_repeats_on_compose_stacks(imdb_dir: Path, tmp_path: Path) -> None:
-    cmd = [sys.executable, "orchestrate.py", "--repeats", "2", "--model", "tiny", "--rounds", "2",
-           "--backend", "docker", "--env-file", "/dev/null", "--metrics-port", "0",
-           "--set", "max-steps=2", "--set", "batch-size=8", "--set", "eval-rows=64", "--set", "local-eval-rows=32",
-           "--data-source", str(imdb_dir), "--data-dir", str(tmp_path / "shards"), "--out", str(tmp_path / "results")]
+    cmd = [
+        sys.executable,
+        "orchestrate.py",
+        "--repeats",
+        "2",
+        "--model",
+        "tiny",
+        "--rounds",
+        "2",
+        "--backend",
+        "docker",
+        "--env-file",
+        "/dev/null",
+        "--metrics-port",
+        "0",
+        "--set",
+        "max-steps=2",
+        "--set",
+        "batch-size=8",
+        "--set",
+        "eval-rows=64",
+        "--set",
+        "local-eval-rows=32",
+        "--data-source",
+        str(imdb_dir),
+        "--data-dir",
+        str(tmp_path / "shards"),
+        "--out",
+        str(tmp_path / "results"),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=2400)
     assert proc.returncode == 0, proc.stderr[-5000:]
     (exp,) = (tmp_path / "results").iterdir()

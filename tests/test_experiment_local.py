@@ -3,6 +3,7 @@ a corrupted repeat detected and redone, metrics served while it runs, statistics
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import signal
@@ -21,15 +22,43 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _cmd(out: Path, data_dir: Path, imdb: Path, *extra: str) -> list[str]:
-    return [sys.executable, "orchestrate.py", "--env-file", "/dev/null", "--backend", "local", "--model", "tiny",
-            "--clients", "2", "--rounds", "1", "--set", "max-steps=2", "--set", "batch-size=8", "--set", "eval-rows=32",
-            "--set", "local-eval-rows=16", "--data-source", str(imdb), "--data-dir", str(data_dir), "--out", str(out),
-            *extra]
+    return [
+        sys.executable,
+        "orchestrate.py",
+        "--env-file",
+        "/dev/null",
+        "--backend",
+        "local",
+        "--model",
+        "tiny",
+        "--clients",
+        "2",
+        "--rounds",
+        "1",
+        "--set",
+        "max-steps=2",
+        "--set",
+        "batch-size=8",
+        "--set",
+        "eval-rows=32",
+        "--set",
+        "local-eval-rows=16",
+        "--data-source",
+        str(imdb),
+        "--data-dir",
+        str(data_dir),
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def _fingerprint(folder: Path) -> dict[str, tuple[str, int]]:
-    return {str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _status(exp: Path) -> dict:
@@ -44,18 +73,21 @@ def interrupted(imdb_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     """Two repeats; SIGINT while repeat 1 runs, after repeat 0 was verified; metrics scraped meanwhile."""
     base = tmp_path_factory.mktemp("experiment")
     out, port = base / "results", free_port()
-    proc = subprocess.Popen(_cmd(out, base / "shards", imdb_dir, "--repeats", "2", "--metrics-port", str(port)),
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        _cmd(out, base / "shards", imdb_dir, "--repeats", "2", "--metrics-port", str(port)),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     scraped, exp = "", None
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and proc.poll() is None:
         exps = list(out.glob("*/experiment.json")) if out.exists() else []
         exp = exps[0].parent if exps else None
         if exp is not None and not scraped:
-            try:
+            with contextlib.suppress(OSError):
                 scraped = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-            except OSError:
-                pass
         reps = _status(exp).get("repeats", {}) if exp else {}
         if reps.get("0", {}).get("status") == "verified" and reps.get("1", {}).get("status") == "running":
             time.sleep(5)  # well inside repeat 1
@@ -63,8 +95,16 @@ def interrupted(imdb_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
             break
         time.sleep(0.5)
     output, _ = proc.communicate(timeout=120)
-    return {"code": proc.returncode, "output": output, "exp": exp, "out": out, "base": base, "scraped": scraped,
-            "imdb": imdb_dir, "repeat0": _fingerprint(exp / "repeat-0") if exp and (exp / "repeat-0").exists() else {}}
+    return {
+        "code": proc.returncode,
+        "output": output,
+        "exp": exp,
+        "out": out,
+        "base": base,
+        "scraped": scraped,
+        "imdb": imdb_dir,
+        "repeat0": _fingerprint(exp / "repeat-0") if exp and (exp / "repeat-0").exists() else {},
+    }
 
 
 def test_interrupt_keeps_what_was_collected(interrupted: dict) -> None:
@@ -85,9 +125,21 @@ def test_metrics_were_served_while_running(interrupted: dict) -> None:
 
 def test_resume_finishes_without_touching_verified_repeats(interrupted: dict) -> None:
     exp = interrupted["exp"]
-    proc = subprocess.run(_cmd(interrupted["out"], interrupted["base"] / "shards", interrupted["imdb"],
-                               "--resume", exp.name, "--metrics-port", "0"),
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        _cmd(
+            interrupted["out"],
+            interrupted["base"] / "shards",
+            interrupted["imdb"],
+            "--resume",
+            exp.name,
+            "--metrics-port",
+            "0",
+        ),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "repeat 0: verified earlier, kept as it is" in proc.stderr
     assert _fingerprint(exp / "repeat-0") == interrupted["repeat0"]
@@ -110,9 +162,21 @@ def test_corrupted_repeat_is_detected_and_redone(interrupted: dict) -> None:
     assert before["status"] == "completed"  # after the resume above
     with open(exp / "repeat-1" / "rounds.csv", "a") as fh:
         fh.write("9,tampered\n")
-    proc = subprocess.run(_cmd(interrupted["out"], interrupted["base"] / "shards", interrupted["imdb"],
-                               "--resume", exp.name, "--metrics-port", "0"),
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        _cmd(
+            interrupted["out"],
+            interrupted["base"] / "shards",
+            interrupted["imdb"],
+            "--resume",
+            exp.name,
+            "--metrics-port",
+            "0",
+        ),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "repeat 1: no longer verifies" in proc.stderr and "rounds.csv: sha256 mismatch" in proc.stderr
     corrupt = exp / "repeat-1.corrupt-1"

@@ -12,10 +12,10 @@ from fedimdb.training import evaluate, seed_everything, train
 
 def test_tiny_preset_is_reproducible() -> None:
     (a, tok_a), (b, tok_b) = load_model("tiny", 1), load_model("tiny", 1)
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
     assert tok_a("A great movie!")["input_ids"] == tok_b("A great movie!")["input_ids"]
     c, _ = load_model("tiny", 2)
-    assert any(not torch.equal(x, y) for x, y in zip(a.state_dict().values(), c.state_dict().values()))
+    assert any(not torch.equal(x, y) for x, y in zip(a.state_dict().values(), c.state_dict().values(), strict=True))
 
 
 def test_tiny_tokenizer_is_wordpiece_with_bert_specials() -> None:
@@ -41,8 +41,9 @@ def test_training_learns_a_separable_task() -> None:
     seed_everything(0)
     cpu = pick_device("cpu")
     before = evaluate(model, tok, data, batch_size=16, max_length=16, device=cpu)
-    result = train(model, tok, data, epochs=15, max_steps=0, batch_size=16, learning_rate=3e-3,
-                   max_length=16, seed=0, device=cpu)
+    result = train(
+        model, tok, data, epochs=15, max_steps=0, batch_size=16, learning_rate=3e-3, max_length=16, seed=0, device=cpu
+    )
     after = evaluate(model, tok, data, batch_size=16, max_length=16, device=cpu)
     assert result.num_examples == 15 * 64 and result.steps == 15 * 4
     assert after.loss < before.loss and after.accuracy == 1.0
@@ -51,8 +52,18 @@ def test_training_learns_a_separable_task() -> None:
 def test_max_steps_caps_local_training() -> None:
     data = Examples(["good"] * 40, [1] * 40)
     model, tok = load_model("tiny", 0)
-    result = train(model, tok, data, epochs=3, max_steps=2, batch_size=8, learning_rate=1e-3,
-                   max_length=8, seed=0, device=pick_device("cpu"))
+    result = train(
+        model,
+        tok,
+        data,
+        epochs=3,
+        max_steps=2,
+        batch_size=8,
+        learning_rate=1e-3,
+        max_length=8,
+        seed=0,
+        device=pick_device("cpu"),
+    )
     assert (result.steps, result.num_examples) == (2, 16)
 
 
@@ -63,6 +74,7 @@ def test_training_on_cuda() -> None:
     model, tok = load_model("tiny", 0)
     device = pick_device("auto")
     assert device.type == "cuda"
-    result = train(model, tok, data, epochs=2, max_steps=0, batch_size=8, learning_rate=1e-3,
-                   max_length=8, seed=0, device=device)
+    result = train(
+        model, tok, data, epochs=2, max_steps=0, batch_size=8, learning_rate=1e-3, max_length=8, seed=0, device=device
+    )
     assert result.steps == 8 and next(model.parameters()).is_cuda

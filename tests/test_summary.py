@@ -25,8 +25,16 @@ def test_describe_uses_the_t_quantile() -> None:
 
 
 def _rounds(acc: list[float]) -> list[dict[str, str]]:
-    return [{**{c: "" for c in ROUND_COLUMNS}, "round": str(i + 1), "central_accuracy": str(a),
-             "central_loss": str(1 - a), "round_seconds": "10.0"} for i, a in enumerate(acc)]
+    return [
+        {
+            **{c: "" for c in ROUND_COLUMNS},
+            "round": str(i + 1),
+            "central_accuracy": str(a),
+            "central_loss": str(1 - a),
+            "round_seconds": "10.0",
+        }
+        for i, a in enumerate(acc)
+    ]
 
 
 def test_summarize_groups_by_metric_and_round() -> None:
@@ -45,8 +53,11 @@ def test_write_summary_makes_csv_markdown_and_valid_pngs(tmp_path: Path) -> None
         d = tmp_path / f"repeat-{k}"
         d.mkdir()
         (d / "rounds.csv").write_bytes(csv_bytes(ROUND_COLUMNS, _rounds(acc)))
-        clients = [{**{c: "" for c in CLIENT_COLUMNS}, "round": r, "partition_id": p, "train_loss": 0.7 - 0.01 * r}
-                   for r in (1, 2) for p in (0, 1)]
+        clients = [
+            {**{c: "" for c in CLIENT_COLUMNS}, "round": r, "partition_id": p, "train_loss": 0.7 - 0.01 * r}
+            for r in (1, 2)
+            for p in (0, 1)
+        ]
         (d / "clients.csv").write_bytes(csv_bytes(CLIENT_COLUMNS, clients))
         dirs[k] = d
     write_summary(tmp_path, dirs)

@@ -27,12 +27,14 @@ CONTAINER_SOURCE = "/imdb"  # where the prepare service mounts a local IMDB fold
 
 
 def _env(settings: dict[str, Any]) -> dict[str, str]:
-    return {env_name(k.replace("-", "_")): str(v).lower() if isinstance(v, bool) else str(v)
-            for k, v in settings.items()}
+    return {
+        env_name(k.replace("-", "_")): str(v).lower() if isinstance(v, bool) else str(v) for k, v in settings.items()
+    }
 
 
-def build_override(num_clients: int, run_settings: dict[str, Any], data_settings: dict[str, Any],
-                   run_name: str | None = None) -> dict[str, Any]:
+def build_override(
+    num_clients: int, run_settings: dict[str, Any], data_settings: dict[str, Any], run_name: str | None = None
+) -> dict[str, Any]:
     """The override as a dict; validates the settings against fedimdb/config.py first."""
     RunConfig.from_mapping({**run_settings, "num-clients": num_clients}, origin="compose override")
     data = dict(data_settings)
@@ -68,10 +70,22 @@ def main(argv: list[str] | None = None) -> int:
     """Print (or write with -o) the override for the given client count and settings."""
     p = argparse.ArgumentParser(prog="python -m fedimdb.deploy.compose", description=__doc__.split("\n\n")[0])
     p.add_argument("--clients", type=int, required=True, help="number of client containers")
-    p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
-                   help="run setting, e.g. --set num-rounds=2 (repeatable)")
-    p.add_argument("--data-set", dest="data_settings", action="append", default=[], metavar="KEY=VALUE",
-                   help="data setting, e.g. --data-set partitioner=dirichlet (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="run setting, e.g. --set num-rounds=2 (repeatable)",
+    )
+    p.add_argument(
+        "--data-set",
+        dest="data_settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="data setting, e.g. --data-set partitioner=dirichlet (repeatable)",
+    )
     p.add_argument("--data-source", help="hub id, or a local folder with train/test Parquet (mounted read-only)")
     p.add_argument("--run-name", help="name of the run's folder in the artifacts volume")
     p.add_argument("-o", "--output", type=Path, help="write here instead of standard output")

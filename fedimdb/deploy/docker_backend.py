@@ -13,9 +13,10 @@ import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
-import docker
+
 import yaml
 
+import docker
 from fedimdb.config import DataConfig, RunConfig
 from fedimdb.deploy.compose import COMPOSE_FILE, build_override
 from fedimdb.deploy.docker_artifacts import pull_artifacts, service_containers
@@ -35,7 +36,7 @@ def docker_problem(compose_file: Path = COMPOSE_FILE) -> str | None:
         import docker
 
         docker.from_env(timeout=10).ping()
-    except Exception as exc:  # noqa: BLE001 - any failure means: no usable daemon
+    except Exception as exc:
         return f"no Docker daemon answers ({type(exc).__name__}: {exc}); start dockerd or use --backend local"
     try:
         subprocess.run(["docker", "compose", "version"], capture_output=True, check=True, timeout=30)
@@ -51,9 +52,18 @@ def _compose(project: str, files: list[Path], *args: str) -> list[str]:
     return [*cmd, *args]
 
 
-def run_compose(cfg: RunConfig, data_cfg: DataConfig, shards: Path, run_dir: Path, *, project: str,
-                keep_up: bool, on_round: Callable[[int], None], log: Callable[[str], None],
-                compose_file: Path = COMPOSE_FILE) -> None:
+def run_compose(
+    cfg: RunConfig,
+    data_cfg: DataConfig,
+    shards: Path,
+    run_dir: Path,
+    *,
+    project: str,
+    keep_up: bool,
+    on_round: Callable[[int], None],
+    log: Callable[[str], None],
+    compose_file: Path = COMPOSE_FILE,
+) -> None:
     """Bring the stack up for one run and collect its artifacts into ``run_dir`` (verified by the runner)."""
     work = run_dir.parent / f".{run_dir.name}.compose"
     work.mkdir(parents=True, exist_ok=True)
@@ -67,11 +77,19 @@ def run_compose(cfg: RunConfig, data_cfg: DataConfig, shards: Path, run_dir: Pat
     log(f"docker compose project {project}: {cfg.num_clients} client containers")
     try:
         # Detached, then wait on the runner: the one-shot prepare exiting must not end the stack.
-        up = subprocess.run(_compose(project, files, "up", "--detach", "--build"), cwd=compose_file.parent, env=env,
-                            capture_output=True, text=True, timeout=3600)
+        up = subprocess.run(
+            _compose(project, files, "up", "--detach", "--build"),
+            cwd=compose_file.parent,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=3600,
+        )
         (work / "compose-up.log").write_text(up.stdout + up.stderr)
         if up.returncode != 0:
-            raise ComposeRunError(f"docker compose up exited {up.returncode}: {(up.stdout + up.stderr).strip()[-2000:]}")
+            raise ComposeRunError(
+                f"docker compose up exited {up.returncode}: {(up.stdout + up.stderr).strip()[-2000:]}"
+            )
         runners = service_containers(client, project, "runner")
         if len(runners) != 1:
             raise ComposeRunError(f"expected one runner container in project {project}, found {len(runners)}")
@@ -86,13 +104,24 @@ def run_compose(cfg: RunConfig, data_cfg: DataConfig, shards: Path, run_dir: Pat
         pulled = pull_artifacts(project, run_dir.name, work / "pulled", client)
         shutil.move(str(pulled), run_dir)
     finally:
-        logs = subprocess.run(_compose(project, files, "logs", "--no-color", "--timestamps"), cwd=compose_file.parent,
-                              env=env, capture_output=True, text=True, timeout=300)
+        logs = subprocess.run(
+            _compose(project, files, "logs", "--no-color", "--timestamps"),
+            cwd=compose_file.parent,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         (run_dir / "logs").mkdir(parents=True, exist_ok=True)  # kept with a failed attempt too
         (run_dir / "logs" / "compose.log").write_text(logs.stdout + logs.stderr)
         if not keep_up:
-            subprocess.run(_compose(project, files, "down", "-v", "-t", "10"), cwd=compose_file.parent,
-                           env=env, capture_output=True, timeout=300)
+            subprocess.run(
+                _compose(project, files, "down", "-v", "-t", "10"),
+                cwd=compose_file.parent,
+                env=env,
+                capture_output=True,
+                timeout=300,
+            )
         else:
             log(f"stack left up: docker compose -p {project} -f {files[0]} -f {override} ps")
     if not keep_up:
@@ -102,4 +131,3 @@ def run_compose(cfg: RunConfig, data_cfg: DataConfig, shards: Path, run_dir: Pat
 def compose_project_name(experiment_id: str, repeat: int, attempt: int) -> str:
     """Compose project names: lower-case letters, digits, dashes and underscores."""
     return re.sub(r"[^a-z0-9_-]", "-", f"fedimdb-{experiment_id}-r{repeat}-a{attempt}".lower())
-

@@ -36,20 +36,23 @@ def write_connection(flwr_home: Path, name: str, address: str) -> None:
 
 
 def _flwr(args: list[str], env: Mapping[str, str], timeout: float = 120) -> dict[str, Any]:
-    proc = subprocess.run(["flwr", *args, "--format", "json"], env={**os.environ, **env},
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        ["flwr", *args, "--format", "json"], env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout
+    )
     try:
         out = json.loads(proc.stdout)
     except ValueError:
-        raise FlowerRunError(f"flwr {args[0]} gave no JSON (exit {proc.returncode}): "
-                             f"{(proc.stdout + proc.stderr).strip()[-2000:]}") from None
+        raise FlowerRunError(
+            f"flwr {args[0]} gave no JSON (exit {proc.returncode}): {(proc.stdout + proc.stderr).strip()[-2000:]}"
+        ) from None
     if not out.get("success", False):
         raise FlowerRunError(f"flwr {args[0]} failed: {out.get('error-message', out)}")
     return out
 
 
-def submit_run(app_dir: Path, connection: str, run_config: Mapping[str, Any], env: Mapping[str, str],
-               overrides_file: Path) -> int:
+def submit_run(
+    app_dir: Path, connection: str, run_config: Mapping[str, Any], env: Mapping[str, str], overrides_file: Path
+) -> int:
     """``flwr run``: build the app's FAB, submit it with these run-config overrides; return the run id."""
     overrides_file.write_text(tomli_w.dumps(dict(run_config)))
     out = _flwr(["run", str(app_dir), connection, "--run-config", str(overrides_file)], env)
@@ -64,8 +67,14 @@ def run_status(connection: str, run_id: int, env: Mapping[str, str]) -> dict[str
     return runs[0]
 
 
-def wait_for_run(connection: str, run_id: int, env: Mapping[str, str], timeout: float,
-                 poll_seconds: float = 3.0, on_poll: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+def wait_for_run(
+    connection: str,
+    run_id: int,
+    env: Mapping[str, str],
+    timeout: float,
+    poll_seconds: float = 3.0,
+    on_poll: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """Poll until the run is finished; return its final entry (completed or failed)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -81,8 +90,13 @@ def wait_for_run(connection: str, run_id: int, env: Mapping[str, str], timeout: 
 
 def run_log(connection: str, run_id: int, env: Mapping[str, str]) -> str:
     """The ServerApp's log (``flwr log --show``)."""
-    proc = subprocess.run(["flwr", "log", str(run_id), connection, "--show"], env={**os.environ, **env},
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        ["flwr", "log", str(run_id), connection, "--show"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     return proc.stdout + proc.stderr
 
 
@@ -94,9 +108,15 @@ def rounds_completed(run_dir: Path) -> int:
         return 0
 
 
-def run_to_completion(connection: str, run_config: Mapping[str, Any], env: Mapping[str, str], *,
-                      log: Callable[[str], None], check: Callable[[], None] | None = None,
-                      on_round: Callable[[int], None] | None = None) -> dict[str, Any]:
+def run_to_completion(
+    connection: str,
+    run_config: Mapping[str, Any],
+    env: Mapping[str, str],
+    *,
+    log: Callable[[str], None],
+    check: Callable[[], None] | None = None,
+    on_round: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
     """Submit the app, follow it round by round, save the ServerApp log, verify the artifacts.
 
     ``run_config`` must hold ``output-dir`` (where the ServerApp writes, readable from here).
@@ -107,8 +127,10 @@ def run_to_completion(connection: str, run_config: Mapping[str, Any], env: Mappi
     num_rounds = int(run_config["num-rounds"])
     with tempfile.TemporaryDirectory(prefix="fedimdb-run-config-") as tmp:
         run_id = submit_run(APP_DIR, connection, run_config, env, Path(tmp) / "run-config.toml")
-    log(f"run {run_id} submitted: {num_rounds} rounds of {run_config['strategy']} on model {run_config['model']}, "
-        f"{run_config['num-clients']} clients; artifacts go to {run_dir}")
+    log(
+        f"run {run_id} submitted: {num_rounds} rounds of {run_config['strategy']} on model {run_config['model']}, "
+        f"{run_config['num-clients']} clients; artifacts go to {run_dir}"
+    )
     shown = {"round": -1}
 
     def on_poll(_: dict[str, Any]) -> None:
@@ -122,13 +144,16 @@ def run_to_completion(connection: str, run_config: Mapping[str, Any], env: Mappi
                 on_round(done)
 
     try:
-        entry = wait_for_run(connection, run_id, env, timeout=float(run_config["round-timeout"]) * (num_rounds + 1),
-                             on_poll=on_poll)
+        entry = wait_for_run(
+            connection, run_id, env, timeout=float(run_config["round-timeout"]) * (num_rounds + 1), on_poll=on_poll
+        )
     finally:
         (run_dir / "logs").mkdir(parents=True, exist_ok=True)
         (run_dir / "logs" / "serverapp.log").write_text(run_log(connection, run_id, env))
     if entry["status"] != COMPLETED:
-        raise FlowerRunError(f"run {run_id} ended {entry['status']}: {entry.get('status-details')}; "
-                             f"see {run_dir / 'logs' / 'serverapp.log'}")
+        raise FlowerRunError(
+            f"run {run_id} ended {entry['status']}: {entry.get('status-details')}; "
+            f"see {run_dir / 'logs' / 'serverapp.log'}"
+        )
     verify_run(run_dir)
     return entry

@@ -7,6 +7,7 @@ also stops the ``flower-superexec``, ServerApp and ClientApp processes it starte
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -65,15 +66,16 @@ class LocalFederation:
         return f"{LOOPBACK}:{self.fleet_port}"
 
     def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen:
-        log = open(self.workdir / log_name, "wb")
+        log = open(self.workdir / log_name, "wb")  # noqa: SIM115 - open while the process runs; closed in stop()
         self._logs.append(log)
         return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
 
-    def __enter__(self) -> "LocalFederation":
+    def __enter__(self) -> LocalFederation:
         self.workdir.mkdir(parents=True, exist_ok=True)
         try:
-            self.superlink = self._spawn(superlink_argv(self.fleet_address, LOOPBACK, self.control_port),
-                                         "superlink.log")
+            self.superlink = self._spawn(
+                superlink_argv(self.fleet_address, LOOPBACK, self.control_port), "superlink.log"
+            )
             wait_for_port(self.control_port, 60, self.superlink)
             wait_for_port(self.fleet_port, 60, self.superlink)
             for pid in range(self.num_clients):
@@ -91,24 +93,22 @@ class LocalFederation:
         """Raise if the SuperLink or a SuperNode exited while a run is going on."""
         for proc in [self.superlink, *self.supernodes]:
             if proc is not None and proc.poll() is not None:
-                raise RuntimeError(f"{' '.join(proc.args[:1])} (pid {proc.pid}) exited with code {proc.returncode}; "
-                                   f"see the logs in {self.workdir}")
+                raise RuntimeError(
+                    f"{' '.join(proc.args[:1])} (pid {proc.pid}) exited with code {proc.returncode}; "
+                    f"see the logs in {self.workdir}"
+                )
 
     def stop(self, grace: float = 10.0) -> None:
         """SIGTERM every process group, then SIGKILL whatever is left of them after ``grace`` s."""
         procs = [p for p in [*self.supernodes, self.superlink] if p is not None]
         for sig in (signal.SIGTERM, signal.SIGKILL):
             for proc in procs:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, sig)
-                except ProcessLookupError:
-                    pass
             deadline = time.monotonic() + grace
             for proc in procs:
-                try:
+                with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    pass
         for log in self._logs:
             log.close()
         self._logs.clear()

@@ -10,23 +10,44 @@ from __future__ import annotations
 import os
 import sys
 
-FLEET_PORT = 9092    # gRPC Fleet API: SuperNodes -> SuperLink
+FLEET_PORT = 9092  # gRPC Fleet API: SuperNodes -> SuperLink
 CONTROL_PORT = 8000  # HTTP Control (flwr CLI) and Runtime (ServerApp) API
-NODE_PORT = 9094     # a SuperNode's own Runtime API for its ClientApps
+NODE_PORT = 9094  # a SuperNode's own Runtime API for its ClientApps
 
 
 def superlink_argv(fleet_address: str, host: str, port: int) -> list[str]:
     """A SuperLink with the gRPC (grpc-rere) Fleet API; no per-run dependency installation."""
-    return ["flower-superlink", "--insecure", "--disable-runtime-dependency-installation",
-            "--fleet-api-type", "grpc-rere", "--fleet-api-address", fleet_address,
-            "--host", host, "--port", str(port)]
+    return [
+        "flower-superlink",
+        "--insecure",
+        "--disable-runtime-dependency-installation",
+        "--fleet-api-type",
+        "grpc-rere",
+        "--fleet-api-address",
+        fleet_address,
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
 
 
 def supernode_argv(superlink: str, partition_id: int, data_dir: str, port: int = NODE_PORT) -> list[str]:
     """A SuperNode on gRPC (grpc-rere) serving one partition, read from ``data_dir``."""
     node_config = f'partition-id={partition_id} data-dir="{data_dir}"'
-    return ["flower-supernode", "--insecure", "--grpc-rere", "--superlink", superlink,
-            "--host", "127.0.0.1", "--port", str(port), "--node-config", node_config]
+    return [
+        "flower-supernode",
+        "--insecure",
+        "--grpc-rere",
+        "--superlink",
+        superlink,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--node-config",
+        node_config,
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -39,8 +60,9 @@ def main(argv: list[str] | None = None) -> None:
             partition_id = int(os.environ["PARTITION_ID"])
         except (KeyError, ValueError):
             sys.exit("supernode: set PARTITION_ID to this client's partition number (0, 1, ...)")
-        cmd = supernode_argv(os.environ.get("SUPERLINK", f"server:{FLEET_PORT}"), partition_id,
-                             os.environ.get("SHARD_DIR", "/data"))
+        cmd = supernode_argv(
+            os.environ.get("SUPERLINK", f"server:{FLEET_PORT}"), partition_id, os.environ.get("SHARD_DIR", "/data")
+        )
     else:
         sys.exit("usage: python -m fedimdb.deploy.processes superlink|supernode")
     print(" ".join(cmd), flush=True)
