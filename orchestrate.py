@@ -3,7 +3,7 @@
 
 import sys
 
-from fedimdb.orchestrator import main
+from fedimdb.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

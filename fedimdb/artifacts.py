@@ -9,6 +9,9 @@ Layout of one run folder::
     weights/model.safetensors     the final global model; with config.json and the
                                   tokenizer files beside it, weights/ loads with from_pretrained
     weights/clients/round-001-client-0.safetensors   (only with archive-client-weights)
+    logs/                         the deployment's logs (not hashed: written around the run)
+
+run.json's keys are kebab-case, like Flower's run config and ``flwr ls``.
 """
 
 from __future__ import annotations
@@ -29,6 +32,14 @@ ROUNDS_FILE = "rounds.csv"
 CLIENTS_FILE = "clients.csv"
 WEIGHTS_DIR = "weights"
 FINAL_WEIGHTS = "model.safetensors"
+LOGS_DIR = "logs"
+
+# run.json keys read outside this module.
+STATUS = "status"
+RUN_ID = "run-id"
+SEED = "seed"
+ROUNDS_COMPLETED = "rounds-completed"
+COMPLETED, FAILED, RUNNING = "completed", "failed", "running"
 
 
 class ArtifactError(RuntimeError):

@@ -1,13 +1,15 @@
 """The one validated configuration of fedimdb.
 
 Every knob is declared once, here, as a dataclass field with its type, default,
-range and help. The same declaration is read from three places:
+range and help. Values reach it from four places, all checked against these declarations:
 
 * Flower's run config (``[tool.flwr.app.config]`` in pyproject.toml, overridden
   with ``flwr run --run-config``), keys in kebab-case: ``num-rounds``;
 * the ``.env`` file and the process environment, ``FEDIMDB_`` + upper snake case:
   ``FEDIMDB_NUM_ROUNDS``;
-* command-line options of ``orchestrate.py`` and ``python -m fedimdb.data``.
+* the command-line options of ``orchestrate.py`` (fedimdb/cli.py) and
+  ``python -m fedimdb.data``: written by hand there, they pass their values in as
+  overrides (``--set KEY=VALUE`` reaches any run setting by its kebab-case key).
 
 Bad values raise :class:`ConfigError`, naming the setting and the fix, before
 anything expensive starts.
@@ -187,7 +189,13 @@ class RunConfig(_Settings):
     krum_malicious_nodes: int = setting(0, "Krum: assumed number of malicious clients", low=0)
     model: str = setting("minilm", "Model: preset tiny|minilm, a local directory or a hub id (owner/name)")
     device: str = setting("auto", "Training device", choices=DEVICES)
-    torch_threads: int = setting(0, "torch CPU threads per process (0 = torch default)", low=0, high=256)
+    torch_threads: int = setting(
+        0,
+        "torch CPU threads per process (0 = torch's default, which follows OMP_NUM_THREADS: "
+        "the local backend sets it to cores / clients, Compose to CLIENT_THREADS)",
+        low=0,
+        high=256,
+    )
     max_length: int = setting(128, "Tokens per review (truncation length)", low=8, high=512)
     batch_size: int = setting(16, "Batch size for training and evaluation", low=1, high=4096)
     learning_rate: float = setting(5e-5, "Client AdamW learning rate", low=0.0, low_open=True, high=1.0)
@@ -199,7 +207,9 @@ class RunConfig(_Settings):
     seed: int = setting(42, "Base seed (model init, sampling, shuffling, dropout)", low=0)
     round_timeout: float = setting(3600.0, "Seconds the server waits for client replies each round", low=1.0)
     archive_client_weights: bool = setting(False, "Also archive every client's returned weights per round")
-    data_dir: str = setting("data/shards", "Prepared shards; the server reads DATA_DIR/server")
+    held_out_dir: str = setting(
+        "", "The server's held-out set (SHARDS_DIR/server) as the ServerApp sees it (set by the deployment)"
+    )
     output_dir: str = setting("", "Where the ServerApp writes this run's artifacts (set by the deployment)")
 
     def validate(self) -> None:
@@ -226,7 +236,7 @@ class DataConfig(_Settings):
         0.1, "Share of each client's shard kept for local validation", low=0.0, high=0.9, low_open=True
     )
     data_seed: int = setting(42, "Seed of shuffling and partitioning", low=0)
-    data_dir: str = setting("data/shards", "Where the shards are written")
+    shards_dir: str = setting("data/shards", "Where the shards are written: client-0 ... client-N-1 and server")
 
     def validate(self) -> None:
         """Ranges, then a local source must exist (a hub id is checked when loaded)."""
@@ -261,3 +271,12 @@ def check_clients_fit(run: RunConfig, num_partitions: int) -> None:
             f"num-clients: {run.num_clients} clients but only {num_partitions} shards were prepared; "
             f"lower num-clients or prepare the data with --num-partitions {run.num_clients}"
         )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything an experiment is made of: the run, its data, and how it is repeated."""
+
+    run: RunConfig
+    data: DataConfig
+    experiment: ExperimentConfig

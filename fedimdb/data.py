@@ -104,7 +104,7 @@ def _write_folder(folder: Path, splits: dict[str, pa.Table], meta: dict[str, Any
 def _recipe(cfg: DataConfig) -> dict[str, Any]:
     """The settings that determine the shards' content (the idempotence key)."""
     recipe = cfg.as_dict()
-    recipe.pop("data-dir")
+    recipe.pop("shards-dir")
     local = Path(cfg.data_source).expanduser()
     if local.is_dir():  # identified by content, so a folder mounted elsewhere (a container) still matches
         files = sorted(p for p in local.iterdir() if p.suffix == ".parquet")
@@ -116,14 +116,14 @@ def _recipe(cfg: DataConfig) -> dict[str, Any]:
 
 def prepare_shards(cfg: DataConfig, log: Any = print) -> Path:
     """Write (or verify and reuse) the shards described by ``cfg``; return their folder."""
-    out = Path(cfg.data_dir)
+    out = Path(cfg.shards_dir)
     recipe = _recipe(cfg)
     if (out / MANIFEST).exists():
         existing = read_json(out / MANIFEST)
         if existing.get("recipe") != recipe:
             raise ConfigError(
-                f"data-dir: {out} already holds shards made with other settings {existing.get('recipe')}; "
-                "choose another folder (FEDIMDB_DATA_DIR, --data-dir, or --out of fedimdb.data) or delete this one yourself"
+                f"shards-dir: {out} already holds shards made with other settings {existing.get('recipe')}; "
+                "choose another folder (FEDIMDB_SHARDS_DIR, --shards-dir, or --out of fedimdb.data) or delete this one yourself"
             )
         verify_shards(out)
         log(f"shards at {out} already prepared with these settings: verified, reusing")
@@ -177,7 +177,7 @@ def _clear_unfinished(out: Path) -> None:
     foreign = [p.name for p in out.iterdir() if not ours.match(p.name)]
     if foreign:
         raise ConfigError(
-            f"data-dir: {out} is not empty and holds no prepared shards ({', '.join(sorted(foreign)[:5])}); "
+            f"shards-dir: {out} is not empty and holds no prepared shards ({', '.join(sorted(foreign)[:5])}); "
             "choose an empty or new folder"
         )
     for leftover in out.iterdir():
@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     prep.add_argument("--alpha", type=float, help="Dirichlet concentration (partitioner dirichlet)")
     prep.add_argument("--val-fraction", type=float)
     prep.add_argument("--seed", dest="data_seed", type=int)
-    prep.add_argument("--out", dest="data_dir", help="output folder (default data/shards)")
+    prep.add_argument("--out", dest="shards_dir", help="output folder (default data/shards)")
     prep.add_argument("--env-file", default=".env", help="settings file (default .env)")
     args = vars(parser.parse_args(argv))
     env_file = Path(args.pop("env_file"))

@@ -30,6 +30,10 @@ class EvalResult:
     accuracy: float
     num_examples: int
 
+    def as_dict(self) -> dict[str, float | int]:
+        """loss, accuracy and examples, as run.json records an evaluation."""
+        return {"loss": self.loss, "accuracy": self.accuracy, "examples": self.num_examples}
+
 
 def seed_everything(seed: int, threads: int = 0) -> None:
     """Same seed, same numbers on CPU: seed torch and make its kernels deterministic."""

@@ -1,4 +1,9 @@
-"""ServerApp: runs the chosen Flower strategy, evaluates centrally and archives every round."""
+"""ServerApp: runs the chosen Flower strategy; after every round it archives, evaluates and records.
+
+The end of each round (Flower's ``evaluate_fn`` hook, called before round 1 and after every
+round) is three visible steps, in :meth:`RoundEnd.__call__`: archive the global weights,
+evaluate them on the held-out set, write the round's rows.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +17,13 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedimdb.artifacts import (
     CLIENTS_FILE,
+    COMPLETED,
+    FAILED,
     FINAL_WEIGHTS,
+    ROUNDS_COMPLETED,
     ROUNDS_FILE,
+    RUN_ID,
+    SEED,
     WEIGHTS_DIR,
     RunArtifacts,
     client_weights_name,
@@ -21,11 +31,12 @@ from fedimdb.artifacts import (
     round_weights_name,
     software_versions,
 )
-from fedimdb.config import RunConfig, check_clients_fit
-from fedimdb.data import MANIFEST, SERVER_DIR, read_split
+from fedimdb.config import ConfigError, RunConfig, check_clients_fit
+from fedimdb.data import MANIFEST, Examples, read_split
 from fedimdb.model import load_model, pick_device
-from fedimdb.training import evaluate, load_state, seed_everything
-from server.strategy import CLIENT_COLUMNS, ROUND_COLUMNS, RoundLog, make_strategy
+from fedimdb.training import EvalResult, evaluate, load_state, seed_everything
+from server.records import CLIENT_COLUMNS, ROUND_COLUMNS, RoundLog
+from server.strategy import make_strategy
 
 app = ServerApp()
 
@@ -34,35 +45,74 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     """Validate the run config, then run the federation into the output folder."""
     cfg = RunConfig.from_mapping(context.run_config)
-    eval_dir = Path(cfg.data_dir) / SERVER_DIR
-    data_recipe = read_json(eval_dir / MANIFEST)["recipe"]
+    if not cfg.held_out_dir:
+        raise ConfigError("held-out-dir: not set; pass the prepared shards' server/ folder with --run-config")
+    data_recipe = read_json(Path(cfg.held_out_dir) / MANIFEST)["recipe"]
     check_clients_fit(cfg, int(data_recipe["num-partitions"]))
     output = Path(cfg.output_dir or f"artifacts/run-{context.run_id}")
-    artifacts = RunArtifacts(
-        output,
-        {
-            "run-id": context.run_id,
-            "seed": cfg.seed,
-            "config": cfg.as_dict(),
-            "data": data_recipe,
-            "versions": software_versions(),
-        },
-    )
+    header = {
+        RUN_ID: context.run_id,
+        SEED: cfg.seed,
+        "config": cfg.as_dict(),
+        "data": data_recipe,
+        "versions": software_versions(),
+    }
+    artifacts = RunArtifacts(output, header)
     try:
-        run_federation(grid, cfg, eval_dir, artifacts)
+        run_federation(grid, cfg, artifacts)
     except BaseException as exc:
-        artifacts.finish("failed", error=f"{type(exc).__name__}: {exc}")
+        artifacts.finish(FAILED, error=f"{type(exc).__name__}: {exc}")
         raise
-    artifacts.finish("completed")
+    artifacts.finish(COMPLETED)
 
 
-def run_federation(grid: Grid, cfg: RunConfig, eval_dir: Path, artifacts: RunArtifacts) -> None:
-    """All rounds: strategy.start with central evaluation that archives each round's weights."""
+class RoundEnd:
+    """Flower's ``evaluate_fn``: archive the global weights, evaluate them, record the round."""
+
+    def __init__(self, cfg: RunConfig, model: Any, tokenizer: Any, artifacts: RunArtifacts, round_log: RoundLog):
+        self.cfg, self.model, self.tokenizer = cfg, model, tokenizer
+        self.artifacts, self.round_log = artifacts, round_log
+        self.device = pick_device(cfg.device)
+        self.held_out = read_split(Path(cfg.held_out_dir), "test")
+        self.latest: dict[str, Any] = {}
+
+    def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        """Round 0 is the initial model; round k the global model after round k."""
+        state = arrays.to_torch_state_dict()
+        self.archive(server_round, state)
+        res = self.evaluate(state, self.held_out.head(self.cfg.eval_rows))
+        self.record(server_round, res)
+        return MetricRecord({"loss": res.loss, "accuracy": res.accuracy})
+
+    def archive(self, server_round: int, state: dict[str, Any]) -> None:
+        """Write the round's global weights (hashed in run.json)."""
+        self.latest = state
+        self.artifacts.write_weights(round_weights_name(server_round), state)
+
+    def evaluate(self, state: dict[str, Any], data: Examples) -> EvalResult:
+        """Central evaluation of ``state`` on held-out rows."""
+        load_state(self.model, state)
+        cfg = self.cfg
+        return evaluate(
+            self.model, self.tokenizer, data, batch_size=cfg.batch_size, max_length=cfg.max_length, device=self.device
+        )
+
+    def record(self, server_round: int, res: EvalResult) -> None:
+        """The initial evaluation goes to run.json; a round's rows to rounds.csv and clients.csv."""
+        if server_round == 0:
+            self.artifacts.update(**{"initial-evaluation": res.as_dict()})
+            return
+        self.round_log.finish_round(server_round, res.loss, res.accuracy, res.num_examples)
+        self.artifacts.write_csv(ROUNDS_FILE, ROUND_COLUMNS, self.round_log.rounds)
+        self.artifacts.write_csv(CLIENTS_FILE, CLIENT_COLUMNS, self.round_log.clients)
+        self.artifacts.update(**{ROUNDS_COMPLETED: server_round})
+
+
+def run_federation(grid: Grid, cfg: RunConfig, artifacts: RunArtifacts) -> None:
+    """All rounds of the strategy, then the final model (and, if asked, its full evaluation)."""
     random.seed(cfg.seed)
     model, tokenizer = load_model(cfg.model, cfg.seed)
     seed_everything(cfg.seed, cfg.torch_threads)
-    device = pick_device(cfg.device)
-    held_out = read_split(eval_dir, "test")
     with tempfile.TemporaryDirectory() as tmp:  # config + tokenizer: weights/ loads with from_pretrained
         model.config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -71,43 +121,17 @@ def run_federation(grid: Grid, cfg: RunConfig, eval_dir: Path, artifacts: RunArt
     def archive_client(server_round: int, partition_id: int, arrays: ArrayRecord) -> None:
         artifacts.write_weights(client_weights_name(server_round, partition_id), arrays.to_torch_state_dict())
 
-    round_log = RoundLog(archive_client if cfg.archive_client_weights else None)
-    strategy = make_strategy(cfg, round_log)
-    latest: dict[str, Any] = {}
-
-    def central_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        state = arrays.to_torch_state_dict()
-        latest["state"] = state
-        artifacts.write_weights(round_weights_name(server_round), state)
-        load_state(model, state)
-        res = evaluate(
-            model,
-            tokenizer,
-            held_out.head(cfg.eval_rows),
-            batch_size=cfg.batch_size,
-            max_length=cfg.max_length,
-            device=device,
-        )
-        if server_round == 0:
-            artifacts.update(
-                initial_evaluation={"loss": res.loss, "accuracy": res.accuracy, "examples": res.num_examples}
-            )
-        else:
-            round_log.finish_round(server_round, res.loss, res.accuracy, res.num_examples)
-            artifacts.write_csv(ROUNDS_FILE, ROUND_COLUMNS, round_log.rounds)
-            artifacts.write_csv(CLIENTS_FILE, CLIENT_COLUMNS, round_log.clients)
-            artifacts.update(rounds_completed=server_round)
-        return MetricRecord({"loss": res.loss, "accuracy": res.accuracy})
-
+    round_log = RoundLog()
+    strategy = make_strategy(cfg, round_log, archive_client if cfg.archive_client_weights else None)
+    round_end = RoundEnd(cfg, model, tokenizer, artifacts, round_log)
     strategy.start(
         grid=grid,
         initial_arrays=ArrayRecord(model.state_dict()),
         num_rounds=cfg.num_rounds,
         timeout=cfg.round_timeout,
-        evaluate_fn=central_evaluate,
+        evaluate_fn=round_end,
     )
-    artifacts.write_weights(f"{WEIGHTS_DIR}/{FINAL_WEIGHTS}", latest["state"])
+    artifacts.write_weights(f"{WEIGHTS_DIR}/{FINAL_WEIGHTS}", round_end.latest)
     if cfg.final_eval_full:
-        load_state(model, latest["state"])
-        res = evaluate(model, tokenizer, held_out, batch_size=cfg.batch_size, max_length=cfg.max_length, device=device)
-        artifacts.update(final_evaluation={"loss": res.loss, "accuracy": res.accuracy, "examples": res.num_examples})
+        res = round_end.evaluate(round_end.latest, round_end.held_out)
+        artifacts.update(**{"final-evaluation": res.as_dict()})

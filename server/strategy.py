@@ -1,15 +1,16 @@
-"""Strategy selection and per-round bookkeeping around Flower's own strategies.
+"""Strategy selection, and a recording wrapper around Flower's own strategies.
 
-:func:`make_strategy` returns Flower's strategy class extended by :class:`RecordingMixin`,
-which (1) records every reply as a per-client row, (2) orders replies by partition id
-before Flower aggregates them, so the floating-point sums (and the run) are the same
-for the same seed whatever order the replies arrived in, and (3) times each round.
+:func:`make_strategy` builds the Flower strategy named in the run config and wraps it in
+:class:`RecordingStrategy`, which (1) records every reply in a :class:`~server.records.RoundLog`,
+(2) orders replies by partition id before the wrapped strategy aggregates them, so the
+floating-point sums (and the run) are the same for the same seed whatever order the replies
+arrived in, (3) times each round, and (4) hands each client's returned weights to an optional
+archiver. Aggregation itself stays Flower's.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -28,6 +29,8 @@ from flwr.serverapp.strategy import (
 )
 
 from fedimdb.config import RunConfig
+from fedimdb.protocol import ARRAYS, METRICS, PARTITION_ID
+from server.records import RoundLog, partition_order
 
 STRATEGY_CLASSES: dict[str, type[Strategy]] = {
     "fedavg": FedAvg,
@@ -40,160 +43,68 @@ STRATEGY_CLASSES: dict[str, type[Strategy]] = {
     "krum": Krum,
 }
 
-ROUND_COLUMNS = (
-    "round",
-    "central_loss",
-    "central_accuracy",
-    "central_examples",
-    "train_loss",
-    "train_examples",
-    "local_eval_loss",
-    "local_eval_accuracy",
-    "local_eval_examples",
-    "clients_sampled",
-    "clients_participating",
-    "clients_failed",
-    "round_seconds",
-)
-CLIENT_COLUMNS = (
-    "round",
-    "partition_id",
-    "node_id",
-    "status",
-    "num_examples",
-    "train_loss",
-    "train_steps",
-    "train_seconds",
-    "train_samples_per_s",
-    "local_eval_loss",
-    "local_eval_accuracy",
-    "local_eval_examples",
-)
-
-WeightsSink = Callable[[int, int, ArrayRecord], None]
+ClientArchiver = Callable[[int, int, ArrayRecord], None]
+"""Called with (round, partition id, the client's returned arrays)."""
 
 
-def _weighted_mean(rows: list[dict[str, Any]], key: str, weight: str) -> float | str:
-    pairs = [(r[key], r[weight]) for r in rows if r.get(key) not in (None, "") and r.get(weight)]
-    total = sum(w for _, w in pairs)
-    return sum(v * w for v, w in pairs) / total if total else ""
+class RecordingStrategy(Strategy):
+    """A Flower strategy that records, orders and times the replies of the strategy it wraps.
 
+    Parameters
+    ----------
+    inner : Strategy
+        The Flower strategy that samples clients and aggregates their replies.
+    round_log : RoundLog
+        Where the per-round and per-client rows go.
+    archive_client : ClientArchiver, optional
+        Called with every successful train reply's arrays (e.g. to archive client weights).
+    """
 
-class RoundLog:
-    """The rows of rounds.csv and clients.csv, filled in as the strategy runs."""
-
-    def __init__(self, on_client_weights: WeightsSink | None = None) -> None:
-        self.rounds: list[dict[str, Any]] = []
-        self.clients: list[dict[str, Any]] = []
-        self._started: dict[int, float] = {}
-        self._sampled: dict[int, int] = {}
-        self._failed: dict[int, int] = {}
-        self._on_client_weights = on_client_weights
-
-    def start_round(self, server_round: int, sampled: int) -> None:
-        self._started[server_round] = time.monotonic()
-        self._sampled[server_round] = sampled
-
-    def _row(self, server_round: int, partition_id: int, node_id: int) -> dict[str, Any]:
-        for row in self.clients:
-            if row["round"] == server_round and row["partition_id"] == partition_id:
-                return row
-        row = {c: "" for c in CLIENT_COLUMNS}
-        row.update(round=server_round, partition_id=partition_id, node_id=node_id, status="ok")
-        self.clients.append(row)
-        return row
-
-    def record_train(self, server_round: int, replies: list[Message]) -> None:
-        """One row per training reply; errors count as failed clients."""
-        for msg in replies:
-            if msg.has_error():
-                self._failed[server_round] = self._failed.get(server_round, 0) + 1
-                continue
-            m = msg.content["metrics"]
-            row = self._row(server_round, int(m["partition-id"]), msg.metadata.src_node_id)
-            row.update(
-                num_examples=int(m["num-examples"]),
-                train_loss=float(m["train-loss"]),
-                train_steps=int(m["train-steps"]),
-                train_seconds=float(m["train-seconds"]),
-                train_samples_per_s=float(m["train-samples-per-s"]),
-            )
-            if self._on_client_weights is not None:
-                self._on_client_weights(server_round, int(m["partition-id"]), msg.content["arrays"])
-
-    def record_evaluate(self, server_round: int, replies: list[Message]) -> None:
-        """Local validation results join the client's row of that round."""
-        for msg in replies:
-            if msg.has_error():
-                continue
-            m = msg.content["metrics"]
-            row = self._row(server_round, int(m["partition-id"]), msg.metadata.src_node_id)
-            row.update(
-                local_eval_loss=float(m["eval-loss"]),
-                local_eval_accuracy=float(m["eval-accuracy"]),
-                local_eval_examples=int(m["num-examples"]),
-            )
-
-    def finish_round(self, server_round: int, loss: float, accuracy: float, examples: int) -> dict[str, Any]:
-        """Close the round with the central evaluation; return its rounds.csv row."""
-        rows = [r for r in self.clients if r["round"] == server_round]
-        trained = [r for r in rows if r["num_examples"] != ""]
-        row = {
-            "round": server_round,
-            "central_loss": loss,
-            "central_accuracy": accuracy,
-            "central_examples": examples,
-            "train_loss": _weighted_mean(trained, "train_loss", "num_examples"),
-            "train_examples": sum(r["num_examples"] for r in trained),
-            "local_eval_loss": _weighted_mean(rows, "local_eval_loss", "local_eval_examples"),
-            "local_eval_accuracy": _weighted_mean(rows, "local_eval_accuracy", "local_eval_examples"),
-            "local_eval_examples": sum(r["local_eval_examples"] or 0 for r in rows),
-            "clients_sampled": self._sampled.get(server_round, 0),
-            "clients_participating": len(trained),
-            "clients_failed": self._failed.get(server_round, 0),
-            "round_seconds": time.monotonic() - self._started.get(server_round, time.monotonic()),
-        }
-        self.rounds.append(row)
-        return row
-
-
-def _by_partition(replies: Iterable[Message]) -> list[Message]:
-    """Replies in partition order (errors last): aggregation no longer depends on arrival order."""
-
-    def key(msg: Message) -> tuple[int, int]:
-        if msg.has_error():
-            return (1, msg.metadata.src_node_id)
-        return (0, int(msg.content["metrics"]["partition-id"]))
-
-    return sorted(replies, key=key)
-
-
-class RecordingMixin:
-    """Put in front of a Flower strategy class: records and orders replies, times rounds."""
-
-    round_log: RoundLog
+    def __init__(self, inner: Strategy, round_log: RoundLog, archive_client: ClientArchiver | None = None) -> None:
+        self.inner = inner
+        self.round_log = round_log
+        self.archive_client = archive_client
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        messages = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
+        """The wrapped strategy's train messages; the round's clock starts here."""
+        messages = list(self.inner.configure_train(server_round, arrays, config, grid))
         self.round_log.start_round(server_round, len(messages))
         return messages
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
-        ordered = _by_partition(replies)
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Record the replies (and archive client weights), then aggregate them in partition order."""
+        ordered = partition_order(replies)
         self.round_log.record_train(server_round, ordered)
-        return super().aggregate_train(server_round, ordered)  # type: ignore[misc]
+        if self.archive_client is not None:
+            for msg in ordered:
+                if not msg.has_error():
+                    partition_id = int(msg.content[METRICS][PARTITION_ID])
+                    self.archive_client(server_round, partition_id, msg.content[ARRAYS])
+        return self.inner.aggregate_train(server_round, ordered)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """The wrapped strategy's evaluate messages."""
+        return self.inner.configure_evaluate(server_round, arrays, config, grid)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        ordered = _by_partition(replies)
+        """Record the local evaluations, then aggregate them in partition order."""
+        ordered = partition_order(replies)
         self.round_log.record_evaluate(server_round, ordered)
-        return super().aggregate_evaluate(server_round, ordered)  # type: ignore[misc]
+        return self.inner.aggregate_evaluate(server_round, ordered)
+
+    def summary(self) -> None:
+        """The wrapped strategy's summary."""
+        self.inner.summary()
 
 
-def make_strategy(cfg: RunConfig, round_log: RoundLog) -> Strategy:
-    """Flower's strategy named by ``cfg.strategy``, waiting for all ``num-clients`` nodes."""
-    base = STRATEGY_CLASSES[cfg.strategy]
+def strategy_kwargs(cfg: RunConfig) -> dict[str, Any]:
+    """Keyword arguments of the Flower strategy named by ``cfg.strategy``: all clients must be online."""
     kwargs: dict[str, Any] = {
         "fraction_train": cfg.fraction_train,
         "fraction_evaluate": cfg.fraction_evaluate,
@@ -209,7 +120,12 @@ def make_strategy(cfg: RunConfig, round_log: RoundLog) -> Strategy:
         kwargs["beta"] = cfg.trimmed_beta
     elif cfg.strategy == "krum":
         kwargs["num_malicious_nodes"] = cfg.krum_malicious_nodes
-    recording = type(f"Recording{base.__name__}", (RecordingMixin, base), {})
-    strategy = recording(**kwargs)
-    strategy.round_log = round_log
-    return strategy
+    return kwargs
+
+
+def make_strategy(
+    cfg: RunConfig, round_log: RoundLog, archive_client: ClientArchiver | None = None
+) -> RecordingStrategy:
+    """Flower's strategy named by ``cfg.strategy``, wrapped so that every round is recorded."""
+    inner = STRATEGY_CLASSES[cfg.strategy](**strategy_kwargs(cfg))
+    return RecordingStrategy(inner, round_log, archive_client)

@@ -58,7 +58,7 @@ def imdb_dir() -> Path:
 def shards(imdb_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """All 50,000 reviews, ten IID shards."""
     out = tmp_path_factory.mktemp("shards") / "shards"
-    return prepare_shards(DataConfig(data_source=str(imdb_dir), data_dir=str(out)), log=lambda *_: None)
+    return prepare_shards(DataConfig(data_source=str(imdb_dir), shards_dir=str(out)), log=lambda *_: None)
 
 
 def write_parquet_dataset(folder: Path, rows: int) -> Path:
@@ -91,7 +91,7 @@ def run_orchestrate(out: Path, data_dir: Path, imdb: Path, *extra: str, watch=No
         "7",
         "--out",
         str(out),
-        "--data-dir",
+        "--shards-dir",
         str(data_dir),
         "--data-source",
         str(imdb),

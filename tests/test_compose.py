@@ -81,7 +81,7 @@ def stack(imdb_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     override.write_text(yaml.safe_dump(build_override(10, SETTINGS, {"data-source": str(imdb_dir)}, RUN_NAME)))
     files = [ROOT / "docker-compose.yml", override]
     project = f"fedimdb-test-{secrets.token_hex(3)}"
-    env = {"SHARDS_DIR": str(base / "shards")}
+    env = {"FEDIMDB_SHARDS_DIR": str(base / "shards")}
     try:
         up = compose(
             files,
@@ -116,7 +116,7 @@ def test_compose_run_completes_and_artifacts_verify(stack) -> None:
     assert up.returncode == 0, (up.stdout + up.stderr)[-6000:]
     assert "run completed (finished:completed)" in up.stdout
     meta = verify_run(stack["run_dir"])
-    assert meta["config"]["num-clients"] == 10 and meta["config"]["data-dir"] == "/data"
+    assert meta["config"]["num-clients"] == 10 and meta["config"]["held-out-dir"] == "/held-out"
     assert [int(r["round"]) for r in read_csv(stack["run_dir"] / "rounds.csv")] == [1, 2]
     clients = read_csv(stack["run_dir"] / "clients.csv")
     assert sorted((int(r["round"]), int(r["partition_id"])) for r in clients) == [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -19,10 +20,13 @@ def test_pyproject_run_config_matches_the_declared_defaults() -> None:
     assert app_config == RunConfig().as_dict()
 
 
-def test_every_dotenv_key_is_a_known_setting_and_valid() -> None:
+def test_every_setting_is_in_dotenv_and_every_dotenv_key_is_known_and_valid() -> None:
     known = {env_name(f.name) for cls in (RunConfig, DataConfig, ExperimentConfig) for f in dataclasses.fields(cls)}
+    text = (ROOT / ".env").read_text()
     values = {k for k in dotenv_values(ROOT / ".env") if k.startswith("FEDIMDB_")}  # others are Compose's
     assert values <= known, values - known
+    documented = values | set(re.findall(r"^# (FEDIMDB_[A-Z_]+)=$", text, re.MULTILINE))  # set by the deployment
+    assert documented == known, known - documented
     RunConfig.from_env(ROOT / ".env", environ={})
     DataConfig.from_env(ROOT / ".env", environ={})
     ExperimentConfig.from_env(ROOT / ".env", environ={})

@@ -33,12 +33,12 @@ def test_ten_iid_shards_cover_the_train_split_once(shards: Path) -> None:
 
 
 def test_prepare_is_idempotent_and_never_overwrites(shards: Path, imdb_dir: Path) -> None:
-    same = DataConfig(data_source=str(imdb_dir), data_dir=str(shards))
+    same = DataConfig(data_source=str(imdb_dir), shards_dir=str(shards))
     before = (shards / "client-0" / "train.parquet").stat().st_mtime_ns
     assert prepare_shards(same, log=lambda *_: None) == shards
     assert (shards / "client-0" / "train.parquet").stat().st_mtime_ns == before
     with pytest.raises(ConfigError, match="already holds shards made with other settings"):
-        prepare_shards(DataConfig(data_source=str(imdb_dir), data_dir=str(shards), num_partitions=5))
+        prepare_shards(DataConfig(data_source=str(imdb_dir), shards_dir=str(shards), num_partitions=5))
 
 
 def test_corrupt_or_missing_shard_is_detected(shards: Path, tmp_path: Path) -> None:
@@ -58,7 +58,7 @@ def test_dirichlet_partitioner_skews_labels(tmp_path: Path) -> None:
     out = prepare_shards(
         DataConfig(
             data_source=str(source),
-            data_dir=str(tmp_path / "shards"),
+            shards_dir=str(tmp_path / "shards"),
             num_partitions=4,
             partitioner="dirichlet",
             alpha=0.1,

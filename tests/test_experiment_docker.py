@@ -43,7 +43,7 @@ def test_two_repeats_on_compose_stacks(imdb_dir: Path, tmp_path: Path) -> None:
         "local-eval-rows=32",
         "--data-source",
         str(imdb_dir),
-        "--data-dir",
+        "--shards-dir",
         str(tmp_path / "shards"),
         "--out",
         str(tmp_path / "results"),

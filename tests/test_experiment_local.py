@@ -45,7 +45,7 @@ def _cmd(out: Path, data_dir: Path, imdb: Path, *extra: str) -> list[str]:
         "local-eval-rows=16",
         "--data-source",
         str(imdb),
-        "--data-dir",
+        "--shards-dir",
         str(data_dir),
         "--out",
         str(out),

@@ -10,7 +10,7 @@ from PIL import Image
 
 from fedimdb.artifacts import csv_bytes, read_csv
 from fedimdb.summary import SUMMARY_METRICS, describe, markdown_table, summarize, t95, write_summary
-from server.strategy import CLIENT_COLUMNS, ROUND_COLUMNS
+from server.records import CLIENT_COLUMNS, ROUND_COLUMNS
 
 
 def test_describe_uses_the_t_quantile() -> None:

@@ -20,10 +20,14 @@ from typing import Any
 import yaml
 
 from fedimdb.config import ConfigError, DataConfig, RunConfig, check_clients_fit, env_name
+from fedimdb.data import client_dir_name
+from fedimdb.deploy import APP_DIR
+from fedimdb.deploy.processes import CLIENT_SHARD_MOUNT
 
-COMPOSE_FILE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
+COMPOSE_FILE = APP_DIR / "docker-compose.yml"
 DECLARED_CLIENTS = 10  # client-0 ... client-9 in docker-compose.yml
 CONTAINER_SOURCE = "/imdb"  # where the prepare service mounts a local IMDB folder
+SHARDS_DIR_VAR = env_name("shards_dir")  # docker-compose.yml mounts the shards from this host folder
 
 
 def _env(settings: dict[str, Any]) -> dict[str, str]:
@@ -61,7 +65,7 @@ def build_override(
         services[f"client-{i}"] = {
             "extends": {"file": str(COMPOSE_FILE), "service": "client-0"},
             "environment": {"PARTITION_ID": str(i)},
-            "volumes": [f"${{SHARDS_DIR:-./data/shards}}/client-{i}:/data:ro"],
+            "volumes": [f"${{{SHARDS_DIR_VAR}:-./data/shards}}/{client_dir_name(i)}:{CLIENT_SHARD_MOUNT}:ro"],
         }
     return {"services": services}
 

@@ -1,25 +1,44 @@
-"""Pull a run's artifacts out of the Compose stack's volume with the Docker SDK.
+"""Read a run's artifacts out of the Compose stack's volume with the Docker SDK.
 
-The runner container mounts the ``artifacts`` volume; ``get_archive`` works on it even after
-it exited, so nothing has to stay running to collect the results.
+The runner container mounts the ``artifacts`` volume; ``get_archive`` works on it while the
+runner runs (to follow the run's progress in its run.json) and after it exited (to collect the
+results), so nothing has to stay running to collect them.
 """
 
 from __future__ import annotations
 
+import json
 import tarfile
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import docker
 
-ARTIFACTS_MOUNT = "/artifacts"
+from fedimdb.artifacts import RUN_FILE
+from fedimdb.deploy.processes import ARTIFACTS_MOUNT
+
+RUNNER_SERVICE = "runner"
 
 
 def service_containers(client: Any, project: str, service: str) -> list[Any]:
     """All containers (running or not) of one service of a Compose project."""
     labels = [f"com.docker.compose.project={project}", f"com.docker.compose.service={service}"]
     return client.containers.list(all=True, filters={"label": labels})
+
+
+@contextmanager
+def _archive(container: Any, path: str, spool_dir: Path | None = None) -> Iterator[tarfile.TarFile]:
+    """``path`` in the container as an open tar archive, spooled through a temporary file."""
+    stream, _ = container.get_archive(path)
+    with tempfile.TemporaryFile(dir=spool_dir) as buf:
+        for chunk in stream:
+            buf.write(chunk)
+        buf.seek(0)
+        with tarfile.open(fileobj=buf) as tar:
+            yield tar
 
 
 def pull_artifacts(project: str, run_name: str, dest: Path, client: Any | None = None) -> Path:
@@ -31,15 +50,20 @@ def pull_artifacts(project: str, run_name: str, dest: Path, client: Any | None =
     target = Path(dest) / run_name
     if target.exists():
         raise FileExistsError(f"{target} already exists; results are never overwritten")
-    runners = service_containers(client, project, "runner")
+    runners = service_containers(client, project, RUNNER_SERVICE)
     if not runners:
         raise LookupError(f"Compose project {project!r} has no runner container")
-    stream, _ = runners[0].get_archive(f"{ARTIFACTS_MOUNT}/{run_name}")
     Path(dest).mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryFile(dir=dest) as buf:
-        for chunk in stream:
-            buf.write(chunk)
-        buf.seek(0)
-        with tarfile.open(fileobj=buf) as tar:
-            tar.extractall(dest, filter="data")
+    with _archive(runners[0], f"{ARTIFACTS_MOUNT}/{run_name}", spool_dir=Path(dest)) as tar:
+        tar.extractall(dest, filter="data")
     return target
+
+
+def read_run_file(container: Any, run_name: str) -> dict[str, Any] | None:
+    """The run's run.json as it stands now in the artifacts volume; None before it is there."""
+    try:
+        with _archive(container, f"{ARTIFACTS_MOUNT}/{run_name}/{RUN_FILE}") as tar:
+            member = tar.extractfile(RUN_FILE)
+            return json.loads(member.read()) if member is not None else None
+    except (docker.errors.NotFound, ValueError):
+        return None

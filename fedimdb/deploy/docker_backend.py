@@ -1,8 +1,9 @@
-"""One run as a Compose stack: up, follow the runner, pull the artifacts out of the volume, down.
+"""The Docker backend: one run as a Compose stack (the :class:`~fedimdb.deploy.backend.Stack` interface).
 
-Every run gets its own Compose project (so its own network and ``artifacts`` volume) and an
-override file with its settings; the stack is torn down with its volumes afterwards unless
-asked to stay up for inspection.
+Every attempt gets its own Compose project (so its own network and ``artifacts`` volume) and an
+override file with its settings. Progress is read from the run's run.json in the volume, the
+artifacts are pulled out of the volume with the Docker SDK, and the stack is torn down with its
+volumes afterwards unless asked to stay up for inspection.
 """
 
 from __future__ import annotations
@@ -11,17 +12,21 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Callable
+import time
 from pathlib import Path
-
-import yaml
+from typing import Any
 
 import docker
-from fedimdb.config import DataConfig, RunConfig
-from fedimdb.deploy.compose import COMPOSE_FILE, build_override
-from fedimdb.deploy.docker_artifacts import pull_artifacts, service_containers
+import yaml
 
-ROUND_LINE = re.compile(r"^\s*round (\d+)/\d+ done", re.MULTILINE)
+from fedimdb.artifacts import LOGS_DIR, ROUNDS_COMPLETED
+from fedimdb.deploy.backend import Log, RoundCallback, Stack, StackJob
+from fedimdb.deploy.compose import COMPOSE_FILE, SHARDS_DIR_VAR, build_override
+from fedimdb.deploy.docker_artifacts import RUNNER_SERVICE, pull_artifacts, read_run_file, service_containers
+from fedimdb.deploy.flwr_cli import RoundProgress
+
+COMPOSE_LOG = "compose.log"  # in the run folder's logs/
+POLL_SECONDS = 3.0
 
 
 class ComposeRunError(RuntimeError):
@@ -33,10 +38,8 @@ def docker_problem(compose_file: Path = COMPOSE_FILE) -> str | None:
     if not compose_file.is_file():
         return f"compose file {compose_file} not found; run from a fedimdb checkout or pass --compose-file"
     try:
-        import docker
-
         docker.from_env(timeout=10).ping()
-    except Exception as exc:
+    except Exception as exc:  # any failure means: no usable daemon
         return f"no Docker daemon answers ({type(exc).__name__}: {exc}); start dockerd or use --backend local"
     try:
         subprocess.run(["docker", "compose", "version"], capture_output=True, check=True, timeout=30)
@@ -45,89 +48,85 @@ def docker_problem(compose_file: Path = COMPOSE_FILE) -> str | None:
     return None
 
 
-def _compose(project: str, files: list[Path], *args: str) -> list[str]:
-    cmd = ["docker", "compose", "-p", project]
-    for f in files:
-        cmd += ["-f", str(f)]
-    return [*cmd, *args]
+def compose_project_name(experiment_id: str, repeat: int, attempt: int) -> str:
+    """Compose project names: lower-case letters, digits, dashes and underscores."""
+    return re.sub(r"[^a-z0-9_-]", "-", f"fedimdb-{experiment_id}-r{repeat}-a{attempt}".lower())
 
 
-def run_compose(
-    cfg: RunConfig,
-    data_cfg: DataConfig,
-    shards: Path,
-    run_dir: Path,
-    *,
-    project: str,
-    keep_up: bool,
-    on_round: Callable[[int], None],
-    log: Callable[[str], None],
-    compose_file: Path = COMPOSE_FILE,
-) -> None:
-    """Bring the stack up for one run and collect its artifacts into ``run_dir`` (verified by the runner)."""
-    work = run_dir.parent / f".{run_dir.name}.compose"
-    work.mkdir(parents=True, exist_ok=True)
-    run_settings = {k: v for k, v in cfg.as_dict().items() if k not in ("data-dir", "output-dir", "num-clients")}
-    data_settings = {k: v for k, v in data_cfg.as_dict().items() if k != "data-dir"}
-    override = work / "override.yml"
-    override.write_text(yaml.safe_dump(build_override(cfg.num_clients, run_settings, data_settings, run_dir.name)))
-    files = [compose_file, override]
-    env = {**os.environ, "SHARDS_DIR": str(shards.resolve())}
-    client = docker.from_env()
-    log(f"docker compose project {project}: {cfg.num_clients} client containers")
-    try:
-        # Detached, then wait on the runner: the one-shot prepare exiting must not end the stack.
-        up = subprocess.run(
-            _compose(project, files, "up", "--detach", "--build"),
-            cwd=compose_file.parent,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=3600,
+class DockerStack(Stack):
+    """One repeat as Compose project ``job.name``: server, N client containers, runner."""
+
+    def __init__(self, job: StackJob, log: Log, compose_file: Path = COMPOSE_FILE) -> None:
+        super().__init__(job, log)
+        self.compose_file = compose_file
+        self.work = job.run_dir.parent / f".{job.run_dir.name}.compose"
+        self.files = [compose_file, self.work / "override.yml"]
+        self.env = {**os.environ, SHARDS_DIR_VAR: str(job.shards.resolve())}
+        self.client = docker.from_env()
+        self._is_up = False
+
+    def _compose(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        cmd = ["docker", "compose", "-p", self.job.name]
+        for f in self.files:
+            cmd += ["-f", str(f)]
+        return subprocess.run(
+            [*cmd, *args], cwd=self.compose_file.parent, env=self.env, capture_output=True, text=True, timeout=timeout
         )
-        (work / "compose-up.log").write_text(up.stdout + up.stderr)
+
+    def up(self) -> None:
+        """Write the override, then ``up --detach --build``: the one-shot prepare exiting must not end it."""
+        job = self.job
+        run_settings = {k: v for k, v in job.run.as_dict().items() if k not in ("held-out-dir", "output-dir")}
+        data_settings = {k: v for k, v in job.data.as_dict().items() if k != "shards-dir"}
+        override = build_override(job.run.num_clients, run_settings, data_settings, job.run_dir.name)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.files[1].write_text(yaml.safe_dump(override))
+        self.log(f"docker compose project {job.name}: {job.run.num_clients} client containers")
+        self._is_up = True
+        up = self._compose("up", "--detach", "--build", timeout=3600)
+        (self.work / "compose-up.log").write_text(up.stdout + up.stderr)
         if up.returncode != 0:
             raise ComposeRunError(
                 f"docker compose up exited {up.returncode}: {(up.stdout + up.stderr).strip()[-2000:]}"
             )
-        runners = service_containers(client, project, "runner")
+
+    def _runner(self) -> Any:
+        runners = service_containers(self.client, self.job.name, RUNNER_SERVICE)
         if len(runners) != 1:
-            raise ComposeRunError(f"expected one runner container in project {project}, found {len(runners)}")
-        runner = runners[0]
-        for chunk in runner.logs(stream=True, follow=True):
-            for match in ROUND_LINE.finditer(chunk.decode(errors="replace")):
-                on_round(int(match.group(1)))
+            raise ComposeRunError(f"expected one runner container in project {self.job.name}, found {len(runners)}")
+        return runners[0]
+
+    def run(self, on_round: RoundCallback) -> None:
+        """Follow the runner (it submits the run and verifies it) until it exits; progress from run.json."""
+        runner, progress = self._runner(), RoundProgress(on_round)
+        while True:
+            runner.reload()
+            meta = read_run_file(runner, self.job.run_dir.name)
+            progress.update(int((meta or {}).get(ROUNDS_COMPLETED, 0)))
+            if runner.status not in ("created", "running", "restarting"):
+                break
+            time.sleep(POLL_SECONDS)
         code = runner.wait()["StatusCode"]
         if code != 0:
             tail = runner.logs(tail=15).decode(errors="replace")
             raise ComposeRunError(f"the runner exited {code}; its last lines:\n{tail}")
-        pulled = pull_artifacts(project, run_dir.name, work / "pulled", client)
-        shutil.move(str(pulled), run_dir)
-    finally:
-        logs = subprocess.run(
-            _compose(project, files, "logs", "--no-color", "--timestamps"),
-            cwd=compose_file.parent,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        (run_dir / "logs").mkdir(parents=True, exist_ok=True)  # kept with a failed attempt too
-        (run_dir / "logs" / "compose.log").write_text(logs.stdout + logs.stderr)
-        if not keep_up:
-            subprocess.run(
-                _compose(project, files, "down", "-v", "-t", "10"),
-                cwd=compose_file.parent,
-                env=env,
-                capture_output=True,
-                timeout=300,
-            )
-        else:
-            log(f"stack left up: docker compose -p {project} -f {files[0]} -f {override} ps")
-    if not keep_up:
-        shutil.rmtree(work, ignore_errors=True)
 
+    def collect(self) -> None:
+        """Pull the run folder out of the artifacts volume into ``job.run_dir``."""
+        pulled = pull_artifacts(self.job.name, self.job.run_dir.name, self.work / "pulled", self.client)
+        shutil.move(str(pulled), self.job.run_dir)
 
-def compose_project_name(experiment_id: str, repeat: int, attempt: int) -> str:
-    """Compose project names: lower-case letters, digits, dashes and underscores."""
-    return re.sub(r"[^a-z0-9_-]", "-", f"fedimdb-{experiment_id}-r{repeat}-a{attempt}".lower())
+    def down(self) -> None:
+        """Keep the stack's log with the run (a failed attempt's too), then remove the stack and its volumes."""
+        if not self._is_up:
+            return
+        self._is_up = False
+        logs = self._compose("logs", "--no-color", "--timestamps")
+        log_dir = self.job.run_dir / LOGS_DIR
+        log_dir.mkdir(parents=True, exist_ok=True)
+        (log_dir / COMPOSE_LOG).write_text(logs.stdout + logs.stderr)
+        if self.job.keep_up:
+            self.log(f"stack left up: docker compose -p {self.job.name} -f {self.files[0]} -f {self.files[1]} ps")
+            return
+        self._compose("down", "-v", "-t", "10")
+        shutil.rmtree(self.work, ignore_errors=True)

@@ -17,9 +17,10 @@ from typing import Any
 
 import tomli_w
 
-from fedimdb.artifacts import read_json, verify_run
+from fedimdb.artifacts import LOGS_DIR, ROUNDS_COMPLETED, RUN_FILE, read_json, verify_run
+from fedimdb.deploy import APP_DIR
 
-APP_DIR = Path(__file__).resolve().parents[2]  # the Flower App: pyproject.toml, server/, client/
+SERVERAPP_LOG = "serverapp.log"  # in the run folder's logs/
 FINISHED_PREFIX = "finished:"
 COMPLETED = "finished:completed"
 
@@ -101,11 +102,25 @@ def run_log(connection: str, run_id: int, env: Mapping[str, str]) -> str:
 
 
 def rounds_completed(run_dir: Path) -> int:
-    """How many rounds the ServerApp has archived so far (0 before the first)."""
+    """How many rounds the ServerApp has archived so far, from its run.json (0 before the first)."""
     try:
-        return int(read_json(run_dir / "run.json").get("rounds_completed", 0))
+        return int(read_json(run_dir / RUN_FILE).get(ROUNDS_COMPLETED, 0))
     except (OSError, ValueError):
         return 0
+
+
+class RoundProgress:
+    """Turns readings of "rounds completed so far" into one ``on_round`` call per newly completed round."""
+
+    def __init__(self, on_round: Callable[[int], None]) -> None:
+        self.on_round = on_round
+        self.last = 0
+
+    def update(self, done: int) -> None:
+        """Report ``done`` if it is more than was last reported."""
+        if done > self.last:
+            self.last = done
+            self.on_round(done)
 
 
 def run_to_completion(
@@ -120,8 +135,9 @@ def run_to_completion(
     """Submit the app, follow it round by round, save the ServerApp log, verify the artifacts.
 
     ``run_config`` must hold ``output-dir`` (where the ServerApp writes, readable from here).
-    Returns the final ``flwr ls`` entry; raises FlowerRunError if the run did not complete
-    and ArtifactError if its artifacts do not verify.
+    Progress comes from the ServerApp's run.json (``rounds-completed``). Returns the final
+    ``flwr ls`` entry; raises FlowerRunError if the run did not complete and ArtifactError if
+    its artifacts do not verify.
     """
     run_dir = Path(run_config["output-dir"])
     num_rounds = int(run_config["num-rounds"])
@@ -131,29 +147,27 @@ def run_to_completion(
         f"run {run_id} submitted: {num_rounds} rounds of {run_config['strategy']} on model {run_config['model']}, "
         f"{run_config['num-clients']} clients; artifacts go to {run_dir}"
     )
-    shown = {"round": -1}
+
+    def report(done: int) -> None:
+        log(f"  round {done}/{num_rounds} done")
+        if on_round is not None:
+            on_round(done)
+
+    progress = RoundProgress(report)
 
     def on_poll(_: dict[str, Any]) -> None:
         if check is not None:
             check()
-        done = rounds_completed(run_dir)
-        if done != shown["round"] and done > 0:
-            shown["round"] = done
-            log(f"  round {done}/{num_rounds} done")
-            if on_round is not None:
-                on_round(done)
+        progress.update(rounds_completed(run_dir))
 
+    server_log = run_dir / LOGS_DIR / SERVERAPP_LOG
     try:
-        entry = wait_for_run(
-            connection, run_id, env, timeout=float(run_config["round-timeout"]) * (num_rounds + 1), on_poll=on_poll
-        )
+        timeout = float(run_config["round-timeout"]) * (num_rounds + 1)
+        entry = wait_for_run(connection, run_id, env, timeout=timeout, on_poll=on_poll)
     finally:
-        (run_dir / "logs").mkdir(parents=True, exist_ok=True)
-        (run_dir / "logs" / "serverapp.log").write_text(run_log(connection, run_id, env))
+        server_log.parent.mkdir(parents=True, exist_ok=True)
+        server_log.write_text(run_log(connection, run_id, env))
     if entry["status"] != COMPLETED:
-        raise FlowerRunError(
-            f"run {run_id} ended {entry['status']}: {entry.get('status-details')}; "
-            f"see {run_dir / 'logs' / 'serverapp.log'}"
-        )
+        raise FlowerRunError(f"run {run_id} ended {entry['status']}: {entry.get('status-details')}; see {server_log}")
     verify_run(run_dir)
     return entry

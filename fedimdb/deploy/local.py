@@ -1,26 +1,36 @@
-"""A real Flower deployment as local processes: one SuperLink, N SuperNodes, gRPC on loopback.
+"""The local backend: a real Flower deployment as local processes, gRPC on loopback.
 
-The SuperNodes reach the SuperLink's Fleet API over gRPC (grpc-rere); ``flwr`` reaches
-its Control API over HTTP. Every process runs in its own session so that stopping it
-also stops the ``flower-superexec``, ServerApp and ClientApp processes it started.
+:class:`LocalFederation` is one SuperLink and N SuperNodes; the SuperNodes reach the
+SuperLink's Fleet API over gRPC (grpc-rere), ``flwr`` reaches its Control API over HTTP.
+Every process runs in its own session so that stopping it also stops the
+``flower-superexec``, ServerApp and ClientApp processes it started. :class:`LocalStack`
+runs one repeat on a fresh federation (the :class:`~fedimdb.deploy.backend.Stack` interface).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
 
-from fedimdb.data import client_dir_name
+from fedimdb.artifacts import LOGS_DIR
+from fedimdb.config import RunConfig
+from fedimdb.data import SERVER_DIR, client_dir_name
+from fedimdb.deploy import flwr_cli
+from fedimdb.deploy.backend import RoundCallback, Stack
 from fedimdb.deploy.processes import superlink_argv, supernode_argv
 
 LOOPBACK = "127.0.0.1"
+CONNECTION = "fedimdb-local"  # the flwr CLI's name for the local SuperLink
+FLOWER_COMMANDS = ("flwr", "flower-superlink", "flower-supernode")
 
 
 def free_port() -> int:
@@ -112,3 +122,63 @@ class LocalFederation:
         for log in self._logs:
             log.close()
         self._logs.clear()
+
+
+def missing_commands() -> list[str]:
+    """Flower's commands that the local backend needs and PATH lacks."""
+    return [c for c in FLOWER_COMMANDS if shutil.which(c) is None]
+
+
+def process_env(cfg: RunConfig, flwr_home: Path) -> dict[str, str]:
+    """Environment of every local Flower process: own FLWR_HOME, no telemetry, threads shared fairly."""
+    threads = cfg.torch_threads or max(1, (os.cpu_count() or 1) // cfg.num_clients)
+    return {
+        "FLWR_HOME": str(flwr_home),
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+
+
+class LocalStack(Stack):
+    """One repeat on a fresh LocalFederation; the ServerApp writes straight into ``job.run_dir``."""
+
+    federation: LocalFederation | None = None
+
+    def up(self) -> None:
+        """A private FLWR_HOME, the SuperLink and one SuperNode per client; logs into run_dir/logs."""
+        job = self.job
+        self._flwr_home = tempfile.TemporaryDirectory(prefix="fedimdb-flwr-")
+        self.env = process_env(job.run, Path(self._flwr_home.name))
+        self.federation = LocalFederation(job.shards, job.run.num_clients, job.run_dir / LOGS_DIR, self.env)
+        self.federation.__enter__()
+        flwr_cli.write_connection(Path(self._flwr_home.name), CONNECTION, self.federation.control_address)
+        self.log(
+            f"{job.run.num_clients} SuperNodes connect over gRPC to the SuperLink at {self.federation.fleet_address}"
+        )
+
+    def run(self, on_round: RoundCallback) -> None:
+        """``flwr run`` against the local SuperLink, followed to its end."""
+        job, fed = self.job, self.federation
+        assert fed is not None, "run() outside the stack's with-block"
+        run_config = {
+            **job.run.as_dict(),
+            "held-out-dir": str((job.shards / SERVER_DIR).resolve()),
+            "output-dir": str(job.run_dir.resolve()),
+        }
+        flwr_cli.run_to_completion(
+            CONNECTION, run_config, self.env, log=self.log, check=fed.check_alive, on_round=on_round
+        )
+
+    def collect(self) -> None:
+        """Nothing to move: the ServerApp ran on this filesystem and wrote into ``job.run_dir``."""
+
+    def down(self) -> None:
+        """Stop every process group; the logs stay in run_dir/logs."""
+        if self.federation is not None:
+            self.federation.stop()
+            self.federation = None
+            self._flwr_home.cleanup()

@@ -2,17 +2,26 @@
 
 Local processes (fedimdb/deploy/local.py) and containers (docker-compose.yml) both use
 these command lines; in a container, ``python -m fedimdb.deploy.processes superlink|supernode``
-builds them from environment variables and execs them.
+builds them from environment variables and execs them, and ``... healthcheck`` is the server
+container's health check. The ports and container paths are declared here and nowhere else in
+Python; docker-compose.yml repeats the mount points (it cannot import them).
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import sys
+
+from fedimdb.protocol import NODE_PARTITION_ID, NODE_SHARD_DIR
 
 FLEET_PORT = 9092  # gRPC Fleet API: SuperNodes -> SuperLink
 CONTROL_PORT = 8000  # HTTP Control (flwr CLI) and Runtime (ServerApp) API
 NODE_PORT = 9094  # a SuperNode's own Runtime API for its ClientApps
+SERVER_HOST = "server"  # the SuperLink's name on the Compose network (its service name)
+CLIENT_SHARD_MOUNT = "/data"  # where a client container sees its own shard (read-only)
+HELD_OUT_MOUNT = "/held-out"  # where the server container sees the held-out set (read-only)
+ARTIFACTS_MOUNT = "/artifacts"  # the artifacts volume, in the server and runner containers
 
 
 def superlink_argv(fleet_address: str, host: str, port: int) -> list[str]:
@@ -32,9 +41,9 @@ def superlink_argv(fleet_address: str, host: str, port: int) -> list[str]:
     ]
 
 
-def supernode_argv(superlink: str, partition_id: int, data_dir: str, port: int = NODE_PORT) -> list[str]:
-    """A SuperNode on gRPC (grpc-rere) serving one partition, read from ``data_dir``."""
-    node_config = f'partition-id={partition_id} data-dir="{data_dir}"'
+def supernode_argv(superlink: str, partition_id: int, shard_dir: str, port: int = NODE_PORT) -> list[str]:
+    """A SuperNode on gRPC (grpc-rere) serving one partition, read from ``shard_dir``."""
+    node_config = f'{NODE_PARTITION_ID}={partition_id} {NODE_SHARD_DIR}="{shard_dir}"'
     return [
         "flower-supernode",
         "--insecure",
@@ -50,9 +59,22 @@ def supernode_argv(superlink: str, partition_id: int, data_dir: str, port: int =
     ]
 
 
+def healthcheck() -> int:
+    """0 when the SuperLink in this container accepts connections on its Fleet and Control ports."""
+    try:
+        for port in (FLEET_PORT, CONTROL_PORT):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except OSError as exc:
+        print(f"unhealthy: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Container entry: ``superlink`` (listens on all interfaces) or ``supernode`` (env PARTITION_ID)."""
+    """Container entry: ``superlink`` (all interfaces), ``supernode`` (env PARTITION_ID) or ``healthcheck``."""
     role = (argv if argv is not None else sys.argv[1:] or [""])[0]
+    if role == "healthcheck":
+        sys.exit(healthcheck())
     if role == "superlink":
         cmd = superlink_argv(f"0.0.0.0:{FLEET_PORT}", "0.0.0.0", CONTROL_PORT)
     elif role == "supernode":
@@ -60,11 +82,9 @@ def main(argv: list[str] | None = None) -> None:
             partition_id = int(os.environ["PARTITION_ID"])
         except (KeyError, ValueError):
             sys.exit("supernode: set PARTITION_ID to this client's partition number (0, 1, ...)")
-        cmd = supernode_argv(
-            os.environ.get("SUPERLINK", f"server:{FLEET_PORT}"), partition_id, os.environ.get("SHARD_DIR", "/data")
-        )
+        cmd = supernode_argv(f"{SERVER_HOST}:{FLEET_PORT}", partition_id, CLIENT_SHARD_MOUNT)
     else:
-        sys.exit("usage: python -m fedimdb.deploy.processes superlink|supernode")
+        sys.exit("usage: python -m fedimdb.deploy.processes superlink|supernode|healthcheck")
     print(" ".join(cmd), flush=True)
     os.execvp(cmd[0], cmd)
 

@@ -2,8 +2,9 @@
 
 ``python -m fedimdb.deploy.runner`` inside the ``runner`` service. Settings come from the
 container's environment (FEDIMDB_*, from .env and docker-compose.yml); the run's artifacts
-go to ``$ARTIFACTS_DIR/$RUN_NAME`` on the shared volume (a new name per run: an existing
-folder is never overwritten).
+go to ``/artifacts/$RUN_NAME`` on the shared volume (a new name per run: an existing folder
+is never overwritten), and the ServerApp reads the held-out set at ``/held-out`` (both mounts:
+fedimdb/deploy/processes.py).
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from fedimdb.artifacts import ArtifactError
+from fedimdb.artifacts import RUN_FILE, ArtifactError
 from fedimdb.config import ConfigError, RunConfig
 from fedimdb.deploy import flwr_cli
+from fedimdb.deploy.processes import ARTIFACTS_MOUNT, CONTROL_PORT, HELD_OUT_MOUNT, SERVER_HOST
 
 CONNECTION = "fedimdb-compose"
 
@@ -48,17 +50,18 @@ def main() -> int:
         log(f"error: {exc}")
         return 2
     name = os.environ.get("RUN_NAME") or datetime.now(timezone.utc).strftime("run-%Y%m%d-%H%M%S")
-    run_dir = Path(os.environ.get("ARTIFACTS_DIR", "/artifacts")) / name
-    if (run_dir / "run.json").exists():
+    run_dir = Path(ARTIFACTS_MOUNT) / name
+    if (run_dir / RUN_FILE).exists():
         log(f"error: {run_dir} already holds a run; set RUN_NAME to a new name")
         return 2
-    address = os.environ.get("SUPERLINK_CONTROL", "server:8000")
+    address = f"{SERVER_HOST}:{CONTROL_PORT}"
     with tempfile.TemporaryDirectory(prefix="fedimdb-flwr-") as flwr_home:
         env = {"FLWR_HOME": flwr_home}
         flwr_cli.write_connection(Path(flwr_home), CONNECTION, address)
         try:
             wait_for_control_api(address)
-            entry = flwr_cli.run_to_completion(CONNECTION, {**cfg.as_dict(), "output-dir": str(run_dir)}, env, log=log)
+            run_config = {**cfg.as_dict(), "held-out-dir": HELD_OUT_MOUNT, "output-dir": str(run_dir)}
+            entry = flwr_cli.run_to_completion(CONNECTION, run_config, env, log=log)
         except (flwr_cli.FlowerRunError, ArtifactError) as exc:
             log(f"run failed: {exc}")
             return 1

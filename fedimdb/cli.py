@@ -1,0 +1,174 @@
+"""``python orchestrate.py``: the command line of an experiment (N repeats of one federated run).
+
+Options override ``.env`` / ``FEDIMDB_*`` values, which override the defaults declared in
+fedimdb/config.py. Everything is validated, the backend chosen and the shards prepared before
+any repeat starts; then :class:`~fedimdb.experiment.Experiment` runs the repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+from pathlib import Path
+from typing import Any
+
+from fedimdb.artifacts import utc_now
+from fedimdb.config import (
+    MODEL_PRESETS,
+    PARTITIONERS,
+    STRATEGIES,
+    ConfigError,
+    DataConfig,
+    ExperimentConfig,
+    RunConfig,
+    Settings,
+    check_clients_fit,
+)
+from fedimdb.data import ShardError, prepare_shards, verify_shards
+from fedimdb.deploy.backend import choose_backend
+from fedimdb.deploy.compose import COMPOSE_FILE
+from fedimdb.experiment import (
+    EXPERIMENT_FILE,
+    Experiment,
+    console,
+    load_record,
+    new_experiment_dir,
+    new_record,
+)
+
+RUN_OPTIONS = ("num_rounds", "num_clients", "model", "strategy", "seed")
+DATA_OPTIONS = ("data_source", "partitioner", "alpha", "shards_dir")
+EXPERIMENT_OPTIONS = ("backend", "repeats", "retries", "on_failure", "metrics_port")
+RESUMABLE_OPTIONS = ("retries", "on_failure", "metrics_port")  # what --resume may change
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Options override .env / FEDIMDB_* values, which override the defaults in fedimdb/config.py."""
+    p = argparse.ArgumentParser(
+        prog="orchestrate.py",
+        description="Run a federated IMDB experiment (N repeats) on real Flower deployments, collect, "
+        "verify and summarise it. Options override .env.",
+    )
+    add = p.add_argument
+    add("--repeats", type=int, help="repeats of the run; repeat k uses seed + k (FEDIMDB_REPEATS)")
+    add("--backend", choices=("auto", "docker", "local"),
+        help="docker: one Compose stack per repeat; local: SuperLink and SuperNodes as local processes; "
+        "auto (default): docker when a Docker daemon answers (FEDIMDB_BACKEND)")  # fmt: skip
+    add("--rounds", dest="num_rounds", type=int, help="federated rounds (FEDIMDB_NUM_ROUNDS)")
+    add("--clients", dest="num_clients", type=int, help="clients / SuperNodes (FEDIMDB_NUM_CLIENTS)")
+    add("--model", help=f"preset {'|'.join(MODEL_PRESETS)}, local directory or hub id (FEDIMDB_MODEL)")
+    add("--strategy", choices=STRATEGIES, help="aggregation strategy (FEDIMDB_STRATEGY)")
+    add("--seed", type=int, help="base seed (FEDIMDB_SEED)")
+    add("--data-source", help="hub id or local folder of train/test Parquet (FEDIMDB_DATA_SOURCE)")
+    add("--partitioner", choices=PARTITIONERS, help="FEDIMDB_PARTITIONER")
+    add("--alpha", type=float, help="Dirichlet concentration (FEDIMDB_ALPHA)")
+    add("--shards-dir", help="where shards are prepared / reused (FEDIMDB_SHARDS_DIR)")
+    add("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+        help="any other run setting, e.g. --set max-steps=5 (repeatable)")  # fmt: skip
+    add("--retries", type=int, help="further attempts for a failed repeat (FEDIMDB_RETRIES)")
+    add("--on-failure", choices=("stop", "continue"), help="after a repeat failed every attempt (FEDIMDB_ON_FAILURE)")
+    add("--metrics-port", type=int, help="Prometheus /metrics port, 0 = off (FEDIMDB_METRICS_PORT)")
+    add("--resume", metavar="EXPERIMENT_ID",
+        help="finish that experiment in --out with its recorded settings: verified repeats are kept, the others "
+        "redone; only --retries, --on-failure and --metrics-port may change")  # fmt: skip
+    add("--keep-up", action="store_true", help="docker backend: leave the last repeat's stack up for inspection")
+    add("--compose-file", type=Path, default=COMPOSE_FILE, help="docker: the stack (default: docker-compose.yml)")
+    add("--out", type=Path, default=Path("results"), help="results root (default: results)")
+    add("--env-file", type=Path, default=Path(".env"), help="settings file (default: .env)")
+    return p
+
+
+def _options(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, Any]:
+    return {name: getattr(args, name) for name in names}
+
+
+def load_settings(args: argparse.Namespace) -> Settings:
+    """The three configurations from defaults < --env-file < environment < options, validated."""
+    run_overrides = _options(args, RUN_OPTIONS)
+    for item in args.settings:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: write it as KEY=VALUE, e.g. --set max-steps=5")
+        run_overrides[key.strip()] = value
+    settings = Settings(
+        run=RunConfig.from_env(args.env_file, overrides=run_overrides),
+        data=DataConfig.from_env(args.env_file, overrides=_options(args, DATA_OPTIONS)),
+        experiment=ExperimentConfig.from_env(args.env_file, overrides=_options(args, EXPERIMENT_OPTIONS)),
+    )
+    check_clients_fit(settings.run, settings.data.num_partitions)
+    return settings
+
+
+def resume_settings(exp_dir: Path, args: argparse.Namespace) -> tuple[Settings, dict]:
+    """An existing experiment's recorded settings; only retries, on-failure and metrics-port may change.
+
+    Run, data and experiment options given with ``--resume`` are named in a notice and ignored.
+    """
+    if not (exp_dir / EXPERIMENT_FILE).is_file():
+        parent = exp_dir.parent
+        known = sorted(p.name for p in parent.glob("*/") if (p / EXPERIMENT_FILE).is_file()) if parent.is_dir() else []
+        raise ConfigError(
+            f"--resume: no experiment {exp_dir.name!r} in {parent}; known: {', '.join(known[-5:]) or 'none'}"
+        )
+    given = [
+        f"--{n.replace('_', '-')}"
+        for n in (*RUN_OPTIONS, *DATA_OPTIONS, "backend", "repeats")
+        if getattr(args, n) is not None
+    ]
+    given += ["--set"] * bool(args.settings)
+    if given:
+        console.print(
+            f"notice: --resume takes every setting from {exp_dir / EXPERIMENT_FILE}; ignoring {', '.join(given)} "
+            "(only --retries, --on-failure and --metrics-port apply to a resumed experiment)"
+        )  # fmt: skip
+    record = load_record(exp_dir)
+    recorded = dict(record["experiment"])
+    recorded.update({k.replace("_", "-"): v for k, v in _options(args, RESUMABLE_OPTIONS).items() if v is not None})
+    settings = Settings(
+        run=RunConfig.from_mapping(record["config"]),
+        data=DataConfig.from_mapping(record["data"]),
+        experiment=ExperimentConfig.from_mapping(recorded),
+    )
+    return settings, record
+
+
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM (e.g. docker stop, a CI timeout) tears down like Ctrl-C."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of orchestrate.py: validate everything, then run or resume the experiment."""
+    args = build_parser().parse_args(argv)
+    exp_dir = args.out / args.resume if args.resume else None
+    try:
+        settings, record = resume_settings(exp_dir, args) if exp_dir else (load_settings(args), None)
+        backend = choose_backend(record["backend"] if record else settings.experiment.backend, args.compose_file,
+                                 log=console.print)  # fmt: skip
+        if args.keep_up and backend.name != "docker":
+            raise ConfigError("--keep-up keeps a Compose stack up; the local backend has none: drop --keep-up")
+        shards = prepare_shards(settings.data, log=console.print)
+        verify_shards(shards)
+    except (ConfigError, ShardError) as exc:
+        console.print(f"error: {exc}", style="red", markup=False)
+        return 2
+    if exp_dir is None:
+        exp_dir = new_experiment_dir(args.out, settings.run)
+        record = new_record(exp_dir, settings, backend.name)
+    console.print(f"experiment {exp_dir} ({settings.experiment.repeats} repeats, backend {backend.name})")
+    experiment = Experiment(exp_dir, record, settings, backend, shards, args.keep_up)
+    _interrupt_on_sigterm()
+    try:
+        return experiment.run()
+    except KeyboardInterrupt:
+        record.update(status="interrupted", ended=utc_now())
+        experiment.save()
+        console.print(
+            "interrupted; what was collected is kept. Resume with: python orchestrate.py "
+            f"--out {exp_dir.parent} --resume {exp_dir.name}"
+        )
+        return 130

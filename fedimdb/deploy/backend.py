@@ -1,0 +1,101 @@
+"""The one interface both deployments offer the experiment loop: bring up, run, collect, tear down.
+
+A :class:`Stack` is one attempt at one repeat on a fresh deployment::
+
+    with backend.make(job) as stack:   # up(); down() on the way out, whatever happened
+        stack.run(on_round)            # submit the run and follow it to its end
+        stack.collect()                # its artifacts into job.run_dir
+
+:func:`choose_backend` picks the deployment: Compose (fedimdb/deploy/docker_backend.py) or local
+processes (fedimdb/deploy/local.py).
+"""
+
+from __future__ import annotations
+
+import functools
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from fedimdb.config import ConfigError, DataConfig, RunConfig
+
+Log = Callable[[str], None]
+RoundCallback = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class StackJob:
+    """One attempt at one repeat: its settings, its shards, and where its artifacts must end up."""
+
+    run: RunConfig
+    data: DataConfig
+    shards: Path
+    run_dir: Path
+    name: str  # unique per attempt: the Compose project name, or a label in logs
+    keep_up: bool = False
+
+
+class Stack(ABC):
+    """One repeat's deployment; a context manager that is up inside the ``with`` block."""
+
+    def __init__(self, job: StackJob, log: Log) -> None:
+        self.job = job
+        self.log = log
+
+    @abstractmethod
+    def up(self) -> None:
+        """Start the SuperLink and the SuperNodes."""
+
+    @abstractmethod
+    def run(self, on_round: RoundCallback) -> None:
+        """Submit the run, call ``on_round(k)`` as rounds complete, return once it completed; raise if not."""
+
+    @abstractmethod
+    def collect(self) -> None:
+        """Put the run's artifacts into ``job.run_dir`` (verified by the caller)."""
+
+    @abstractmethod
+    def down(self) -> None:
+        """Stop everything and keep the deployment's logs in ``job.run_dir``; safe to call twice."""
+
+    def __enter__(self) -> Stack:
+        try:
+            self.up()
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.down()
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A deployment by name, and how to make one attempt's stack on it."""
+
+    name: str
+    make: Callable[[StackJob], Stack]
+
+
+def choose_backend(requested: str, compose_file: Path, log: Log) -> Backend:
+    """docker or local; ``auto`` falls back to local (with a notice) when Docker cannot run."""
+    from fedimdb.deploy.docker_backend import DockerStack, docker_problem
+    from fedimdb.deploy.local import LocalStack, missing_commands
+
+    if requested == "local":
+        missing = missing_commands()
+        if missing:
+            raise ConfigError(
+                f"backend local needs {', '.join(missing)} on PATH; install the project: pip install -e ."
+            )
+        return Backend("local", functools.partial(LocalStack, log=log))
+    problem = docker_problem(compose_file)
+    if problem is None:
+        return Backend("docker", functools.partial(DockerStack, log=log, compose_file=compose_file))
+    if requested == "docker":
+        raise ConfigError(f"--backend docker: {problem}")
+    log(f"notice: backend auto falls back to local processes: {problem}")
+    return choose_backend("local", compose_file, log)

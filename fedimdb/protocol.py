@@ -1,0 +1,97 @@
+"""What the ServerApp and the ClientApps say to each other: message keys and typed reply metrics.
+
+Both sides import these names; no key is typed out twice. Keys set by Flower itself
+(``server-round``, FedProx's ``proximal-mu``, FedAvg's weighting key ``num-examples``) are
+declared here too, with where they come from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, ClassVar, TypeVar
+
+if TYPE_CHECKING:  # flwr is imported where records are built: the node-config keys stay import-light
+    from flwr.app import MetricRecord
+
+# RecordDict entries of a message.
+ARRAYS = "arrays"
+METRICS = "metrics"
+CONFIG = "config"
+
+# ConfigRecord entries that Flower's strategies put into train and evaluate messages.
+SERVER_ROUND = "server-round"
+PROXIMAL_MU = "proximal-mu"  # FedProx only
+
+# Node config of a SuperNode (``--node-config``): which partition it serves and from where.
+NODE_PARTITION_ID = "partition-id"
+NODE_SHARD_DIR = "shard-dir"
+
+# MetricRecord entries of the replies.
+PARTITION_ID = "partition-id"
+NUM_EXAMPLES = "num-examples"  # FedAvg weights replies by this key (its default weighted_by_key)
+TRAIN_LOSS = "train-loss"
+TRAIN_STEPS = "train-steps"
+TRAIN_SECONDS = "train-seconds"
+TRAIN_SAMPLES_PER_S = "train-samples-per-s"
+EVAL_LOSS = "eval-loss"
+EVAL_ACCURACY = "eval-accuracy"
+
+
+class _ReplyMetrics:
+    """A reply's metrics as a typed dataclass; ``KEYS`` maps each field to its MetricRecord key."""
+
+    KEYS: ClassVar[dict[str, str]]
+
+    def to_record(self) -> MetricRecord:
+        """The reply's MetricRecord."""
+        from flwr.app import MetricRecord
+
+        return MetricRecord({key: getattr(self, name) for name, key in self.KEYS.items()})
+
+    @classmethod
+    def from_record(cls: type[M], record: MetricRecord) -> M:
+        """Read a reply's MetricRecord, each value converted to its field's type."""
+        types = {f.name: _TYPES[str(f.type)] for f in fields(cls)}  # type: ignore[arg-type]
+        return cls(**{name: types[name](record[key]) for name, key in cls.KEYS.items()})
+
+
+_TYPES = {"int": int, "float": float}
+M = TypeVar("M", bound=_ReplyMetrics)
+
+
+@dataclass(frozen=True)
+class TrainMetrics(_ReplyMetrics):
+    """The metrics of one client's train reply."""
+
+    partition_id: int
+    num_examples: int
+    loss: float
+    steps: int
+    seconds: float
+    samples_per_second: float
+
+    KEYS: ClassVar[dict[str, str]] = {
+        "partition_id": PARTITION_ID,
+        "num_examples": NUM_EXAMPLES,
+        "loss": TRAIN_LOSS,
+        "steps": TRAIN_STEPS,
+        "seconds": TRAIN_SECONDS,
+        "samples_per_second": TRAIN_SAMPLES_PER_S,
+    }
+
+
+@dataclass(frozen=True)
+class EvalMetrics(_ReplyMetrics):
+    """The metrics of one client's evaluate reply."""
+
+    partition_id: int
+    num_examples: int
+    loss: float
+    accuracy: float
+
+    KEYS: ClassVar[dict[str, str]] = {
+        "partition_id": PARTITION_ID,
+        "num_examples": NUM_EXAMPLES,
+        "loss": EVAL_LOSS,
+        "accuracy": EVAL_ACCURACY,
+    }

@@ -1,0 +1,135 @@
+"""The rows of ``rounds.csv`` and ``clients.csv``: their schema, and filling them in as rounds go.
+
+:class:`RoundLog` is bookkeeping only: it reads the replies' metrics (see fedimdb/protocol.py)
+and the central evaluation, and keeps rows; writing them is the ServerApp's job.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from flwr.app import Message
+
+from fedimdb.protocol import METRICS, PARTITION_ID, EvalMetrics, TrainMetrics
+
+ROUND_COLUMNS = (
+    "round",
+    "central_loss",
+    "central_accuracy",
+    "central_examples",
+    "train_loss",
+    "train_examples",
+    "local_eval_loss",
+    "local_eval_accuracy",
+    "local_eval_examples",
+    "clients_sampled",
+    "clients_participating",
+    "clients_failed",
+    "round_seconds",
+)
+CLIENT_COLUMNS = (
+    "round",
+    "partition_id",
+    "node_id",
+    "status",
+    "num_examples",
+    "train_loss",
+    "train_steps",
+    "train_seconds",
+    "train_samples_per_s",
+    "local_eval_loss",
+    "local_eval_accuracy",
+    "local_eval_examples",
+)
+
+
+def weighted_mean(rows: list[dict[str, Any]], key: str, weight: str) -> float | str:
+    """Mean of ``key`` weighted by ``weight`` over the rows that have both; "" when none do."""
+    pairs = [(r[key], r[weight]) for r in rows if r.get(key) not in (None, "") and r.get(weight)]
+    total = sum(w for _, w in pairs)
+    return sum(v * w for v, w in pairs) / total if total else ""
+
+
+def partition_order(replies: Iterable[Message]) -> list[Message]:
+    """Replies in partition order (errors last), so aggregation does not depend on arrival order."""
+
+    def key(msg: Message) -> tuple[int, int]:
+        if msg.has_error():
+            return (1, msg.metadata.src_node_id)
+        return (0, int(msg.content[METRICS][PARTITION_ID]))
+
+    return sorted(replies, key=key)
+
+
+class RoundLog:
+    """The rows of rounds.csv and clients.csv, filled in as the strategy runs."""
+
+    def __init__(self) -> None:
+        self.rounds: list[dict[str, Any]] = []
+        self.clients: list[dict[str, Any]] = []
+        self._started: dict[int, float] = {}
+        self._sampled: dict[int, int] = {}
+        self._failed: dict[int, int] = {}
+
+    def start_round(self, server_round: int, sampled: int) -> None:
+        """A round's train messages went out to ``sampled`` clients."""
+        self._started[server_round] = time.monotonic()
+        self._sampled[server_round] = sampled
+
+    def _row(self, server_round: int, partition_id: int, node_id: int) -> dict[str, Any]:
+        for row in self.clients:
+            if row["round"] == server_round and row["partition_id"] == partition_id:
+                return row
+        row = dict.fromkeys(CLIENT_COLUMNS, "")
+        row.update(round=server_round, partition_id=partition_id, node_id=node_id, status="ok")
+        self.clients.append(row)
+        return row
+
+    def record_train(self, server_round: int, replies: list[Message]) -> None:
+        """One row per training reply; errors count as failed clients."""
+        for msg in replies:
+            if msg.has_error():
+                self._failed[server_round] = self._failed.get(server_round, 0) + 1
+                continue
+            m = TrainMetrics.from_record(msg.content[METRICS])
+            row = self._row(server_round, m.partition_id, msg.metadata.src_node_id)
+            row.update(
+                num_examples=m.num_examples,
+                train_loss=m.loss,
+                train_steps=m.steps,
+                train_seconds=m.seconds,
+                train_samples_per_s=m.samples_per_second,
+            )
+
+    def record_evaluate(self, server_round: int, replies: list[Message]) -> None:
+        """Local validation results join the client's row of that round."""
+        for msg in replies:
+            if msg.has_error():
+                continue
+            m = EvalMetrics.from_record(msg.content[METRICS])
+            row = self._row(server_round, m.partition_id, msg.metadata.src_node_id)
+            row.update(local_eval_loss=m.loss, local_eval_accuracy=m.accuracy, local_eval_examples=m.num_examples)
+
+    def finish_round(self, server_round: int, loss: float, accuracy: float, examples: int) -> dict[str, Any]:
+        """Close the round with the central evaluation; return its rounds.csv row."""
+        rows = [r for r in self.clients if r["round"] == server_round]
+        trained = [r for r in rows if r["num_examples"] != ""]
+        row = {
+            "round": server_round,
+            "central_loss": loss,
+            "central_accuracy": accuracy,
+            "central_examples": examples,
+            "train_loss": weighted_mean(trained, "train_loss", "num_examples"),
+            "train_examples": sum(r["num_examples"] for r in trained),
+            "local_eval_loss": weighted_mean(rows, "local_eval_loss", "local_eval_examples"),
+            "local_eval_accuracy": weighted_mean(rows, "local_eval_accuracy", "local_eval_examples"),
+            "local_eval_examples": sum(r["local_eval_examples"] or 0 for r in rows),
+            "clients_sampled": self._sampled.get(server_round, 0),
+            "clients_participating": len(trained),
+            "clients_failed": self._failed.get(server_round, 0),
+            "round_seconds": time.monotonic() - self._started.get(server_round, time.monotonic()),
+        }
+        self.rounds.append(row)
+        return row
