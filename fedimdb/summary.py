@@ -23,6 +23,14 @@ SUMMARY_METRICS = (
     "local_eval_loss",
     "round_seconds",
 )
+SUMMARY_CSV = "summary.csv"
+SUMMARY_MD = "summary.md"
+CLIENT_LOSS_PLOT = "client-train-loss.png"
+BAND_PLOTS = (  # file, metric, axis label: mean per round with a 95 % CI band
+    ("accuracy.png", "central_accuracy", "global accuracy"),
+    ("loss.png", "central_loss", "global loss"),
+    ("round-seconds.png", "round_seconds", "round duration (s)"),
+)
 SUMMARY_COLUMNS = ("metric", "round", "n", "mean", "std", "ci95_low", "ci95_high")
 # Two-sided 95 % Student t quantiles for 1..30 degrees of freedom; beyond that, the normal 1.96.
 _T95 = (
@@ -149,11 +157,7 @@ def write_plots(exp_dir: Path, summary: list[dict[str, Any]], clients: dict[int,
     from matplotlib.ticker import MaxNLocator
 
     written = []
-    for name, metric, label in (
-        ("accuracy.png", "central_accuracy", "global accuracy"),
-        ("loss.png", "central_loss", "global loss"),
-        ("round-seconds.png", "round_seconds", "round duration (s)"),
-    ):
+    for name, metric, label in BAND_PLOTS:
         fig, ax = plt.subplots(figsize=(6, 4))
         _band(ax, summary, metric, label)
         fig.tight_layout()
@@ -178,7 +182,7 @@ def write_plots(exp_dir: Path, summary: list[dict[str, Any]], clients: dict[int,
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", ncol=2)
     fig.tight_layout()
-    written.append(_save(fig, exp_dir / "client-train-loss.png"))
+    written.append(_save(fig, exp_dir / CLIENT_LOSS_PLOT))
     plt.close("all")
     return written
 
@@ -197,7 +201,7 @@ def write_summary(exp_dir: Path, repeat_dirs: dict[int, Path]) -> list[dict[str,
     rounds = {k: read_csv(d / ROUNDS_FILE) for k, d in sorted(repeat_dirs.items())}
     clients = {k: read_csv(d / CLIENTS_FILE) for k, d in sorted(repeat_dirs.items())}
     summary = summarize(rounds.values())
-    write_bytes_atomic(exp_dir / "summary.csv", csv_bytes(SUMMARY_COLUMNS, summary))
-    write_bytes_atomic(exp_dir / "summary.md", markdown_table(summary, exp_dir.name, len(rounds)).encode())
+    write_bytes_atomic(exp_dir / SUMMARY_CSV, csv_bytes(SUMMARY_COLUMNS, summary))
+    write_bytes_atomic(exp_dir / SUMMARY_MD, markdown_table(summary, exp_dir.name, len(rounds)).encode())
     write_plots(exp_dir, summary, clients)
     return summary
