@@ -3,6 +3,7 @@
 Layout of one run folder::
 
     run.json                      run id, seed, resolved config, versions, status, sha256 of every file
+    run.json.sha256               sha256 of run.json itself (``sha256sum -c`` format)
     rounds.csv                    one row per round
     clients.csv                   one row per client per round
     weights/round-000.safetensors global weights before round 1, then after each round
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 RUN_FILE = "run.json"
+RUN_HASH_FILE = RUN_FILE + ".sha256"  # protects run.json, which lists every other file's hash
 ROUNDS_FILE = "rounds.csv"
 CLIENTS_FILE = "clients.csv"
 WEIGHTS_DIR = "weights"
@@ -179,16 +181,24 @@ class RunArtifacts:
         self._write_run_file()
 
     def _write_run_file(self) -> None:
-        write_json_atomic(self.folder / RUN_FILE, {**self.meta, "files": dict(sorted(self.files.items()))})
+        digest = write_json_atomic(self.folder / RUN_FILE, {**self.meta, "files": dict(sorted(self.files.items()))})
+        write_bytes_atomic(self.folder / RUN_HASH_FILE, f"{digest}  {RUN_FILE}\n".encode())
 
 
 def verify_run(folder: Path, require_completed: bool = True) -> dict[str, Any]:
-    """Check run.json and every hash it lists; return run.json. Raises ArtifactError."""
+    """Check run.json against its sidecar hash, then every hash it lists; return run.json. Raises ArtifactError."""
     folder = Path(folder)
     try:
-        meta = read_json(folder / RUN_FILE)
+        raw = (folder / RUN_FILE).read_bytes()
+        meta = json.loads(raw)
     except (OSError, ValueError) as exc:
         raise ArtifactError(f"{folder}: no readable {RUN_FILE} ({exc})") from exc
+    try:
+        recorded = (folder / RUN_HASH_FILE).read_text().split()[0]
+    except (OSError, IndexError):
+        raise ArtifactError(f"{folder}: {RUN_HASH_FILE}: missing; {RUN_FILE} cannot be checked") from None
+    if sha256_bytes(raw) != recorded:
+        raise ArtifactError(f"{folder}: {RUN_FILE}: sha256 mismatch (against {RUN_HASH_FILE})")
     if require_completed and meta.get("status") != "completed":
         raise ArtifactError(f"{folder}: run status is {meta.get('status')!r}: {meta.get('error')}")
     problems = []
