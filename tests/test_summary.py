@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from pathlib import Path
 
 import pytest
@@ -12,14 +13,41 @@ from fedimdb.artifacts import csv_bytes, read_csv
 from fedimdb.summary import SUMMARY_METRICS, describe, markdown_table, summarize, t95, write_summary
 from server.records import CLIENT_COLUMNS, ROUND_COLUMNS
 
+pytestmark = pytest.mark.timeout(120)
 
-def test_describe_uses_the_t_quantile() -> None:
-    stats = describe([0.80, 0.82, 0.84])
-    assert stats["n"] == 3 and stats["mean"] == pytest.approx(0.82)
-    assert stats["std"] == pytest.approx(0.02)
-    half = 4.303 * 0.02 / math.sqrt(3)
-    assert (stats["ci95_low"], stats["ci95_high"]) == pytest.approx((0.82 - half, 0.82 + half))
-    assert t95(1) == 12.706 and t95(500) == 1.96
+
+def _t_pdf(x: float, dof: int) -> float:
+    log_c = math.lgamma((dof + 1) / 2) - math.lgamma(dof / 2) - 0.5 * math.log(dof * math.pi)
+    return math.exp(log_c) * (1 + x * x / dof) ** (-(dof + 1) / 2)
+
+
+def _t975(dof: int, steps: int = 4000) -> float:
+    """Student t's 97.5 % quantile, independently: bisection on P(0 < T < x) = 0.475, Simpson's rule."""
+
+    def mass(x: float) -> float:
+        h = x / steps
+        inner = sum((4 if i % 2 else 2) * _t_pdf(i * h, dof) for i in range(1, steps))
+        return (_t_pdf(0, dof) + inner + _t_pdf(x, dof)) * h / 3
+
+    lo, hi = 0.0, 100.0
+    while hi - lo > 1e-7:
+        lo, hi = ((lo + hi) / 2, hi) if mass((lo + hi) / 2) < 0.475 else (lo, (lo + hi) / 2)
+    return (lo + hi) / 2
+
+
+@pytest.mark.parametrize("dof", [1, 2, 4, 10, 29, 30])
+def test_describe_uses_the_t_quantile(dof: int) -> None:
+    reference = _t975(dof)
+    assert t95(dof) == pytest.approx(reference, abs=1e-3)
+    values = [0.8 + 0.01 * (i % 3) + 0.001 * i for i in range(dof + 1)]
+    stats = describe(values)
+    assert stats["n"] == dof + 1 and stats["mean"] == pytest.approx(statistics.fmean(values))
+    assert stats["std"] == pytest.approx(statistics.stdev(values))
+    half = (stats["ci95_high"] - stats["ci95_low"]) / 2
+    assert half * math.sqrt(dof + 1) / stats["std"] == pytest.approx(reference, abs=1e-3)
+
+
+def test_describe_of_one_value_has_no_spread() -> None:
     single = describe([0.5])
     assert single["mean"] == 0.5 and math.isnan(single["std"]) and math.isnan(single["ci95_low"])
 
