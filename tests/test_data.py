@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -12,6 +15,8 @@ from fedimdb.config import ConfigError, DataConfig
 from fedimdb.data import ShardError, load_imdb, prepare_shards, read_split, verify_shards
 from tests.conftest import write_parquet_dataset
 
+pytestmark = pytest.mark.timeout(600)  # the shards fixture prepares all 50,000 reviews
+
 
 def test_real_imdb_loads_through_load_dataset(imdb_dir: Path) -> None:
     ds = load_imdb(str(imdb_dir))
@@ -19,16 +24,28 @@ def test_real_imdb_loads_through_load_dataset(imdb_dir: Path) -> None:
     assert set(ds["train"].column_names) >= {"text", "label"}
 
 
-def test_ten_iid_shards_cover_the_train_split_once(shards: Path) -> None:
+def _hashes(texts: list[str]) -> Counter[str]:
+    return Counter(hashlib.sha256(t.encode()).hexdigest() for t in texts)
+
+
+def test_ten_iid_shards_cover_the_train_split_once(shards: Path, imdb_dir: Path) -> None:
     manifest = verify_shards(shards)
     assert manifest["recipe"]["partitioner"] == "iid"
-    texts = []
+    per_shard = {}
     for pid in range(10):
         train, val = read_split(shards / f"client-{pid}", "train"), read_split(shards / f"client-{pid}", "val")
         assert len(train) == 2250 and len(val) == 250
         assert 0.4 < sum(train.labels) / len(train) < 0.6  # shuffled before sharding: both labels everywhere
-        texts += train.texts + val.texts
-    assert len(texts) == 25_000
+        per_shard[pid] = _hashes(train.texts + val.texts)
+    source = _hashes(load_imdb(str(imdb_dir))["train"]["text"])
+    # Every review of the train split in exactly one shard: the same multiset of texts (IMDB
+    # repeats some reviews, so a Counter, not a set), and no text shared by two shards unless
+    # the source holds it more than once.
+    in_shards = sum(per_shard.values(), Counter())
+    assert in_shards == source, f"{(in_shards - source).total()} extra, {(source - in_shards).total()} missing reviews"
+    for a, b in itertools.combinations(per_shard, 2):
+        shared = [h for h in per_shard[a].keys() & per_shard[b].keys() if source[h] < 2]
+        assert not shared, f"client-{a} and client-{b} share {len(shared)} reviews"
     assert len(read_split(shards / "server", "test")) == 25_000
 
 
