@@ -148,7 +148,7 @@ class RunArtifacts:
             raise ArtifactError(f"{self.folder} already holds a run ({RUN_FILE}); give each run a new output-dir")
         self.folder.mkdir(parents=True, exist_ok=True)
         self.files: dict[str, str] = {}
-        self.meta: dict[str, Any] = {**header, "status": "running", "started": utc_now(), "ended": None}
+        self.meta: dict[str, Any] = {**header, STATUS: RUNNING, "started": utc_now(), "ended": None}
         self._write_run_file()
 
     def write(self, name: str, data: bytes) -> None:
@@ -199,8 +199,8 @@ def verify_run(folder: Path, require_completed: bool = True) -> dict[str, Any]:
         raise ArtifactError(f"{folder}: {RUN_HASH_FILE}: missing; {RUN_FILE} cannot be checked") from None
     if sha256_bytes(raw) != recorded:
         raise ArtifactError(f"{folder}: {RUN_FILE}: sha256 mismatch (against {RUN_HASH_FILE})")
-    if require_completed and meta.get("status") != "completed":
-        raise ArtifactError(f"{folder}: run status is {meta.get('status')!r}: {meta.get('error')}")
+    if require_completed and meta.get(STATUS) != COMPLETED:
+        raise ArtifactError(f"{folder}: run status is {meta.get(STATUS)!r}: {meta.get('error')}")
     problems = []
     for name, digest in meta.get("files", {}).items():
         path = folder / name
