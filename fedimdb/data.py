@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -47,6 +46,8 @@ def client_dir_name(partition_id: int) -> str:
 
 def load_imdb(source: str) -> Any:
     """Load IMDB's labelled train and test splits (hub id or local Parquet folder)."""
+    import datasets  # here, not at the top: a ClientApp only reads its shard (datasets is the prepare extra)
+
     local = Path(source).expanduser()
     path = str(local.resolve()) if local.is_dir() else source
     ds = datasets.load_dataset(path)
@@ -129,6 +130,8 @@ def prepare_shards(cfg: DataConfig, log: Any = print) -> Path:
         log(f"shards at {out} already prepared with these settings: verified, reusing")
         return out
     _clear_unfinished(out)
+
+    import datasets
 
     datasets.disable_progress_bars()
     ds = load_imdb(cfg.data_source)

