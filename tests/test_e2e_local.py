@@ -23,8 +23,8 @@ def _run_dirs(results: Path) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def run_dir(e2e_runs: dict) -> Path:
-    for proc in e2e_runs["runs"]:
-        assert proc.returncode == 0, proc.stdout[-5000:]
+    for run in e2e_runs["runs"]:
+        assert run.returncode == 0, run.stderr[-5000:]
     return _run_dirs(e2e_runs["results"])[0]
 
 
@@ -123,11 +123,6 @@ def test_weights_load_back_with_from_pretrained(run_dir: Path) -> None:
 
 
 def test_no_flower_process_outlives_the_run(e2e_runs: dict) -> None:
-    import psutil
-
-    leftovers = [
-        p.info
-        for p in psutil.process_iter(["pid", "cmdline"])
-        if any(str(e2e_runs["results"].parent) in part for part in (p.info["cmdline"] or []))
-    ]
-    assert leftovers == []
+    for run in e2e_runs["runs"]:
+        left = run.leftovers()
+        assert not left, f"processes of the run outlived orchestrate.py: {left}"

@@ -4,23 +4,19 @@ stack per repeat, artifacts pulled out of each stack's volume with the Docker SD
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from fedimdb.artifacts import read_csv, read_json, verify_run
-from tests.conftest import require_docker
+from tests.conftest import orchestrate, require_docker
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(2700)]
 require_docker()
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_two_repeats_on_compose_stacks(imdb_dir: Path, tmp_path: Path) -> None:
-    cmd = [
-        sys.executable,
-        "orchestrate.py",
+    run = orchestrate(
         "--repeats",
         "2",
         "--model",
@@ -29,8 +25,6 @@ def test_two_repeats_on_compose_stacks(imdb_dir: Path, tmp_path: Path) -> None:
         "2",
         "--backend",
         "docker",
-        "--env-file",
-        "/dev/null",
         "--metrics-port",
         "0",
         "--set",
@@ -47,9 +41,9 @@ def test_two_repeats_on_compose_stacks(imdb_dir: Path, tmp_path: Path) -> None:
         str(tmp_path / "shards"),
         "--out",
         str(tmp_path / "results"),
-    ]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=2400)
-    assert proc.returncode == 0, proc.stderr[-5000:]
+        timeout=2400,
+    )
+    assert run.returncode == 0, run.stderr[-5000:]
     (exp,) = (tmp_path / "results").iterdir()
     record = read_json(exp / "experiment.json")
     assert record["backend"] == "docker" and record["status"] == "completed"

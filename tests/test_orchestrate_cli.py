@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import Orchestrator, orchestrate
+
+pytestmark = pytest.mark.timeout(600)  # includes preparing the shards fixture
+
+
+def _fails_early(imdb: Path, tmp_path: Path, *args: str, env: dict | None = None) -> Orchestrator:
+    """orchestrate.py with fresh --shards-dir and --out under tmp_path; it must exit 2 having written neither."""
+    where = ["--data-source", str(imdb), "--shards-dir", str(tmp_path / "shards"), "--out", str(tmp_path / "results")]
+    run = orchestrate(*where, *args, timeout=120, env=env)
+    assert run.returncode == 2, run.stderr
+    assert not (tmp_path / "results").exists() and not (tmp_path / "shards").exists()
+    return run
 
 
 @pytest.mark.parametrize(
@@ -22,39 +31,14 @@ ROOT = Path(__file__).resolve().parents[1]
     ],
 )
 def test_bad_input_fails_before_anything_starts(args: list[str], message: str, imdb_dir: Path, tmp_path: Path) -> None:
-    cmd = [
-        sys.executable,
-        "orchestrate.py",
-        "--env-file",
-        "/dev/null",
-        "--data-source",
-        str(imdb_dir),
-        "--shards-dir",
-        str(tmp_path / "shards"),
-        "--out",
-        str(tmp_path / "results"),
-        *args,
-    ]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2, proc.stderr
-    assert message in " ".join(proc.stderr.split())
-    assert not (tmp_path / "results").exists() and not (tmp_path / "shards").exists()
+    run = _fails_early(imdb_dir, tmp_path, *args)
+    assert message in " ".join(run.stderr.split())
 
 
 def test_missing_data_folder_is_named(tmp_path: Path) -> None:
-    cmd = [
-        sys.executable,
-        "orchestrate.py",
-        "--env-file",
-        "/dev/null",
-        "--data-source",
-        str(tmp_path / "nope"),
-        "--out",
-        str(tmp_path / "results"),
-    ]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2
-    assert "data-source: folder" in proc.stderr and "does not exist" in proc.stderr
+    run = orchestrate("--data-source", str(tmp_path / "nope"), "--out", str(tmp_path / "results"), timeout=120)
+    assert run.returncode == 2
+    assert "data-source: folder" in run.stderr and "does not exist" in run.stderr
 
 
 def test_unreadable_shard_is_refused(shards: Path, imdb_dir: Path, tmp_path: Path) -> None:
@@ -63,21 +47,11 @@ def test_unreadable_shard_is_refused(shards: Path, imdb_dir: Path, tmp_path: Pat
     copy = tmp_path / "shards"
     shutil.copytree(shards, copy)
     (copy / "client-0" / "manifest.json").write_text("{not json")
-    cmd = [
-        sys.executable,
-        "orchestrate.py",
-        "--env-file",
-        "/dev/null",
-        "--shards-dir",
-        str(copy),
-        "--data-source",
-        str(imdb_dir),
-        "--out",
-        str(tmp_path / "results"),
-    ]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2, proc.stderr
-    assert "client-0" in proc.stderr and "manifest.json" in proc.stderr
+    run = orchestrate(
+        "--shards-dir", str(copy), "--data-source", str(imdb_dir), "--out", str(tmp_path / "results"), timeout=120
+    )
+    assert run.returncode == 2, run.stderr
+    assert "client-0" in run.stderr and "manifest.json" in run.stderr
     assert not (tmp_path / "results").exists()
 
 
@@ -101,22 +75,5 @@ def test_unreadable_shard_is_refused(shards: Path, imdb_dir: Path, tmp_path: Pat
 def test_bad_experiment_input_fails_before_anything_starts(
     args: list[str], env: dict, message: str, imdb_dir: Path, tmp_path: Path
 ) -> None:
-    import os
-
-    cmd = [
-        sys.executable,
-        "orchestrate.py",
-        "--env-file",
-        "/dev/null",
-        "--data-source",
-        str(imdb_dir),
-        "--shards-dir",
-        str(tmp_path / "shards"),
-        "--out",
-        str(tmp_path / "results"),
-        *args,
-    ]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, **env})
-    assert proc.returncode == 2, proc.stderr
-    assert message in " ".join(proc.stderr.split())
-    assert not (tmp_path / "results").exists() and not (tmp_path / "shards").exists()
+    run = _fails_early(imdb_dir, tmp_path, *args, env=env)
+    assert message in " ".join(run.stderr.split())
