@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
+import grpc
 import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -34,11 +35,20 @@ ROOT = Path(__file__).resolve().parents[1]
 IMDB = Path(os.environ.get("FEDIMDB_TEST_IMDB", ROOT.parent / "shared" / "data" / "imdb"))
 OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 
-# Settings of the end-to-end runs: tiny model, a few steps, small evaluations.
+# The end-to-end runs: tiny model, short sequences, small evaluations. Unequal (Dirichlet) shards,
+# each trained for a full local epoch, so the clients report different example counts and FedAvg's
+# weighting by them shows in the global weights.
 E2E_CLIENTS = 3
 E2E_ROUNDS = 2
-E2E_OPTIONS = ["--seed", "7"]
-E2E_SETTINGS = ["max-steps=2", "batch-size=8", "eval-rows=64", "local-eval-rows=32", "archive-client-weights=true"]
+E2E_OPTIONS = ["--seed", "7", "--partitioner", "dirichlet", "--alpha", "0.5"]
+E2E_SETTINGS = [
+    "max-steps=0",
+    "max-length=32",
+    "batch-size=32",
+    "eval-rows=64",
+    "local-eval-rows=32",
+    "archive-client-weights=true",
+]
 RUN_MARK = "FEDIMDB_TEST_RUN"  # environment variable that marks one orchestrator and all it starts
 
 
@@ -187,15 +197,34 @@ def orchestrate(
     return run
 
 
+def grpc_answers(port: int, timeout: float = 10) -> str:
+    """ "ready" once a gRPC channel to 127.0.0.1:``port`` is (HTTP/2 handshake done), else why not."""
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        grpc.channel_ready_future(channel).result(timeout=timeout)
+        return "ready"
+    except grpc.FutureTimeoutError:
+        return f"no gRPC channel to port {port} got ready within {timeout:.0f} s"
+    finally:
+        channel.close()
+
+
+def fleet_port(superlink_cmd: list[str]) -> int:
+    return int(superlink_cmd[superlink_cmd.index("--fleet-api-address") + 1].rsplit(":", 1)[1])
+
+
 class ConnectionWatch:
-    """Samples, while a run is going on, which TCP peers the SuperNodes are connected to."""
+    """Samples, while a run is going on, which TCP peers the SuperNodes are connected to.
+
+    The first time every SuperNode holds a connection to the SuperLink's Fleet port, it also
+    probes that port with a gRPC channel and records the outcome in that sample (``fleet_grpc``).
+    """
 
     def __init__(self) -> None:
         self.samples: list[dict] = []
 
     def __call__(self, proc: subprocess.Popen) -> None:
-        import psutil
-
+        probed = False
         while proc.poll() is None:
             try:
                 tree = psutil.Process(proc.pid).children(recursive=True)
@@ -205,27 +234,34 @@ class ConnectionWatch:
             nodes = [p for p in tree if _is(p, "flower-supernode")]
             if link and len(nodes) == E2E_CLIENTS:
                 try:
-                    sample = {
-                        "superlink_cmd": link[0].cmdline(),
-                        "superlink_listening": [
-                            c.laddr.port for c in link[0].net_connections("tcp") if c.status == psutil.CONN_LISTEN
-                        ],
-                        "nodes": [
-                            {
-                                "cmd": n.cmdline(),
-                                "peers": [
-                                    c.raddr.port
-                                    for c in n.net_connections("tcp")
-                                    if c.status == psutil.CONN_ESTABLISHED and c.raddr
-                                ],
-                            }
-                            for n in nodes
-                        ],
-                    }
+                    sample = _connections(link[0], nodes)
                 except psutil.Error:
                     continue
+                if sample["connected"] and not probed:
+                    sample["fleet_grpc"], probed = grpc_answers(sample["fleet_port"]), True
                 self.samples.append(sample)
             time.sleep(1)
+
+
+def _connections(link: psutil.Process, nodes: list[psutil.Process]) -> dict:
+    """The SuperLink's listening ports, each SuperNode's peers, and whether all reach the Fleet port."""
+    port = fleet_port(link.cmdline())
+    sample = {
+        "superlink_cmd": link.cmdline(),
+        "fleet_port": port,
+        "superlink_listening": [c.laddr.port for c in link.net_connections("tcp") if c.status == psutil.CONN_LISTEN],
+        "nodes": [
+            {
+                "cmd": n.cmdline(),
+                "peers": [
+                    c.raddr.port for c in n.net_connections("tcp") if c.status == psutil.CONN_ESTABLISHED and c.raddr
+                ],
+            }
+            for n in nodes
+        ],
+    }
+    sample["connected"] = port in sample["superlink_listening"] and all(port in n["peers"] for n in sample["nodes"])
+    return sample
 
 
 def _is(process: psutil.Process, name: str) -> bool:
