@@ -3,54 +3,27 @@ a corrupted repeat detected and redone, metrics served while it runs, statistics
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
+import shutil
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from fedimdb.artifacts import read_csv, read_json, verify_run
 from fedimdb.deploy.local import free_port
+from tests.conftest import Orchestrator, local_run_args, orchestrate
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.timeout(1200)  # a test's share includes the module fixture it triggers
+SETTINGS = ["max-steps=2", "batch-size=8", "eval-rows=32", "local-eval-rows=16"]
 
 
-def _cmd(out: Path, data_dir: Path, imdb: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "orchestrate.py",
-        "--env-file",
-        "/dev/null",
-        "--backend",
-        "local",
-        "--model",
-        "tiny",
-        "--clients",
-        "2",
-        "--rounds",
-        "1",
-        "--set",
-        "max-steps=2",
-        "--set",
-        "batch-size=8",
-        "--set",
-        "eval-rows=32",
-        "--set",
-        "local-eval-rows=16",
-        "--data-source",
-        str(imdb),
-        "--shards-dir",
-        str(data_dir),
-        "--out",
-        str(out),
-        *extra,
-    ]
+def _args(out: Path, data_dir: Path, imdb: Path, *extra: str) -> list[str]:
+    return [*local_run_args(out, data_dir, imdb, clients=2, rounds=1, settings=SETTINGS), *extra]
 
 
 def _fingerprint(folder: Path) -> dict[str, tuple[str, int]]:
@@ -68,81 +41,98 @@ def _status(exp: Path) -> dict:
         return {}
 
 
-@pytest.fixture(scope="module")
-def interrupted(imdb_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Two repeats; SIGINT while repeat 1 runs, after repeat 0 was verified; metrics scraped meanwhile."""
-    base = tmp_path_factory.mktemp("experiment")
-    out, port = base / "results", free_port()
-    proc = subprocess.Popen(
-        _cmd(out, base / "shards", imdb_dir, "--repeats", "2", "--metrics-port", str(port)),
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    scraped, exp = "", None
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline and proc.poll() is None:
-        exps = list(out.glob("*/experiment.json")) if out.exists() else []
-        exp = exps[0].parent if exps else None
-        if exp is not None and not scraped:
-            with contextlib.suppress(OSError):
-                scraped = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-        reps = _status(exp).get("repeats", {}) if exp else {}
-        if reps.get("0", {}).get("status") == "verified" and reps.get("1", {}).get("status") == "running":
-            time.sleep(5)  # well inside repeat 1
-            proc.send_signal(signal.SIGINT)
-            break
-        time.sleep(0.5)
-    output, _ = proc.communicate(timeout=120)
+def _scrape(port: int, experiment: str) -> dict[str, float]:
+    """The experiment's unlabelled-by-repeat samples served on /metrics, by sample name ({} if none)."""
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    except OSError:
+        return {}
     return {
-        "code": proc.returncode,
-        "output": output,
-        "exp": exp,
-        "out": out,
-        "base": base,
-        "scraped": scraped,
-        "imdb": imdb_dir,
-        "repeat0": _fingerprint(exp / "repeat-0") if exp and (exp / "repeat-0").exists() else {},
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.labels == {"experiment": experiment}
     }
 
 
+def _resume(exp: Path, interrupted: dict) -> Orchestrator:
+    """``--resume`` the experiment in ``exp`` (its --out is exp's parent)."""
+    args = _args(exp.parent, interrupted["base"] / "shards", interrupted["imdb"], "--resume", exp.name)
+    return orchestrate(*args, "--metrics-port", "0", timeout=600)
+
+
+def _copy_experiment(exp: Path, out: Path) -> Path:
+    """A copy of an experiment folder in a fresh --out (file times kept), to resume without touching it."""
+    return Path(shutil.copytree(exp, out / exp.name))
+
+
+@pytest.fixture(scope="module")
+def interrupted(imdb_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Two repeats; SIGINT once repeat 1's ServerApp wrote its run.json, after repeat 0 was verified;
+    /metrics scraped every 0.5 s meanwhile."""
+    base = tmp_path_factory.mktemp("experiment")
+    out, port = base / "results", free_port()
+    scrapes: list[dict[str, float]] = []
+    exp = None
+    with Orchestrator(*_args(out, base / "shards", imdb_dir, "--repeats", "2", "--metrics-port", str(port))) as run:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and run.proc.poll() is None:
+            exps = list(out.glob("*/experiment.json")) if out.exists() else []
+            exp = exps[0].parent if exps else None
+            if exp is not None and (scrape := _scrape(port, exp.name)):
+                scrapes.append(scrape)
+            reps = _status(exp).get("repeats", {}) if exp else {}
+            if reps.get("0", {}).get("status") == "verified" and (exp / "repeat-1" / "run.json").is_file():
+                run.proc.send_signal(signal.SIGINT)
+                break
+            time.sleep(0.5)
+        run.wait(timeout=120)
+    return {
+        "run": run,
+        "exp": exp,
+        "base": base,
+        "scrapes": scrapes,
+        "imdb": imdb_dir,
+        "record": _status(exp) if exp else {},
+    }
+
+
+@pytest.fixture(scope="module")
+def resumed(interrupted: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The interrupted experiment, copied to a fresh --out and finished with --resume."""
+    exp = _copy_experiment(interrupted["exp"], tmp_path_factory.mktemp("resumed"))
+    repeat0 = _fingerprint(exp / "repeat-0")
+    run = _resume(exp, interrupted)
+    return {"run": run, "exp": exp, "repeat0": repeat0}
+
+
 def test_interrupt_keeps_what_was_collected(interrupted: dict) -> None:
-    assert interrupted["code"] == 130, interrupted["output"][-3000:]
-    record = read_json(interrupted["exp"] / "experiment.json")
+    run, record = interrupted["run"], interrupted["record"]
+    assert run.returncode == 130, run.stderr[-3000:]
     assert record["status"] == "interrupted"
     assert record["repeats"]["0"]["status"] == "verified" and record["repeats"]["1"]["status"] == "interrupted"
     verify_run(interrupted["exp"] / "repeat-0")
-    assert "--resume " + interrupted["exp"].name in " ".join(interrupted["output"].split())
-    leftovers = subprocess.run(["pgrep", "-f", str(interrupted["base"] / "shards")], capture_output=True, text=True)
-    assert leftovers.stdout == "", "Flower processes outlived the interrupted orchestrator"
+    assert "--resume " + interrupted["exp"].name in " ".join(run.stderr.split())
+    left = run.leftovers()
+    assert not left, f"processes outlived the interrupted orchestrator: {left}"
 
 
 def test_metrics_were_served_while_running(interrupted: dict) -> None:
-    assert 'fedimdb_repeats_total{experiment="' + interrupted["exp"].name + '"} 2.0' in interrupted["scraped"]
-    assert "fedimdb_current_round" in interrupted["scraped"]
+    scrapes = interrupted["scrapes"]
+    assert scrapes and all(s["fedimdb_repeats_total"] == 2 for s in scrapes)
+    # The round gauge rises while repeat 0 runs ...
+    progress = [(s["fedimdb_current_repeat"], s["fedimdb_current_round"]) for s in scrapes]
+    assert (0, 1) in progress, f"(repeat, round) as scraped: {progress}"
+    # ... and the completed repeats count up: 0 at first, 1 once repeat 0 is verified.
+    done = [s["fedimdb_repeats_completed_total"] for s in scrapes]
+    assert done[0] == 0 and done[-1] == 1 and done == sorted(done), done
 
 
-def test_resume_finishes_without_touching_verified_repeats(interrupted: dict) -> None:
-    exp = interrupted["exp"]
-    proc = subprocess.run(
-        _cmd(
-            interrupted["out"],
-            interrupted["base"] / "shards",
-            interrupted["imdb"],
-            "--resume",
-            exp.name,
-            "--metrics-port",
-            "0",
-        ),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "repeat 0: verified earlier, kept as it is" in proc.stderr
-    assert _fingerprint(exp / "repeat-0") == interrupted["repeat0"]
+def test_resume_finishes_without_touching_verified_repeats(resumed: dict) -> None:
+    run, exp = resumed["run"], resumed["exp"]
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "repeat 0: verified earlier, kept as it is" in run.stderr
+    assert _fingerprint(exp / "repeat-0") == resumed["repeat0"]
     record = read_json(exp / "experiment.json")
     assert record["status"] == "completed"
     assert len(record["repeats"]["0"]["attempts"]) == 1
@@ -156,33 +146,20 @@ def test_resume_finishes_without_touching_verified_repeats(interrupted: dict) ->
     assert "fedimdb_repeats_completed_total" in (exp / "metrics.prom").read_text()
 
 
-def test_corrupted_repeat_is_detected_and_redone(interrupted: dict) -> None:
-    exp = interrupted["exp"]
-    before = read_json(exp / "experiment.json")
-    assert before["status"] == "completed"  # after the resume above
+def test_corrupted_repeat_is_detected_and_redone(interrupted: dict, resumed: dict, tmp_path: Path) -> None:
+    assert resumed["run"].returncode == 0, resumed["run"].stderr[-3000:]
+    exp = _copy_experiment(resumed["exp"], tmp_path)
+    before, repeat0 = read_json(exp / "experiment.json"), _fingerprint(exp / "repeat-0")
+    assert before["status"] == "completed"
     with open(exp / "repeat-1" / "rounds.csv", "a") as fh:
         fh.write("9,tampered\n")
-    proc = subprocess.run(
-        _cmd(
-            interrupted["out"],
-            interrupted["base"] / "shards",
-            interrupted["imdb"],
-            "--resume",
-            exp.name,
-            "--metrics-port",
-            "0",
-        ),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "repeat 1: no longer verifies" in proc.stderr and "rounds.csv: sha256 mismatch" in proc.stderr
+    run = _resume(exp, interrupted)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "repeat 1: no longer verifies" in run.stderr and "rounds.csv: sha256 mismatch" in run.stderr
     corrupt = exp / "repeat-1.corrupt-1"
     assert (corrupt / "rounds.csv").read_text().endswith("9,tampered\n"), "the corrupt copy is kept, not deleted"
     verify_run(exp / "repeat-1")
     after = read_json(exp / "experiment.json")
     assert len(after["repeats"]["1"]["attempts"]) == len(before["repeats"]["1"]["attempts"]) + 1
-    assert _fingerprint(exp / "repeat-0") == interrupted["repeat0"]
+    assert _fingerprint(exp / "repeat-0") == repeat0
     assert json.loads(json.dumps(after["repeats"]["0"])) == before["repeats"]["0"]
