@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ import torch
 from fedimdb.data import Examples
 from fedimdb.model import load_model, pick_device
 from fedimdb.training import evaluate, seed_everything, train
+from tests.conftest import OFFLINE_VARS
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -62,6 +65,20 @@ def test_minilm_preset_loads_pretrained_weights_offline() -> None:
     torch.manual_seed(0)
     random_init = AutoModelForSequenceClassification.from_config(model.config).eval()
     assert _similarity_margin(random_init, tok) < 0.5
+
+
+def test_hub_is_off_for_session_fixtures_the_hub_library_and_subprocesses(session_environ: dict) -> None:
+    import huggingface_hub.constants
+
+    assert session_environ == dict.fromkeys(OFFLINE_VARS, "1")
+    assert huggingface_hub.constants.HF_HUB_OFFLINE, "huggingface_hub was imported before HF_HUB_OFFLINE was set"
+    child = subprocess.run(
+        [sys.executable, "-c", f"import os; print([os.environ.get(v) for v in {OFFLINE_VARS!r}])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert child.stdout.strip() == "['1', '1']"
 
 
 def test_training_learns_a_separable_task() -> None:
