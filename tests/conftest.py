@@ -1,5 +1,6 @@
-"""Shared fixtures: real IMDB shards from ../shared, small local Parquet datasets, and one
-real local Flower deployment run twice with the same seed (reused by several tests)."""
+"""Shared fixtures: real IMDB shards from ../shared, small local Parquet datasets, one real local
+Flower deployment run twice with the same seed (reused by several tests), and ``Orchestrator``:
+orchestrate.py as a subprocess that never outlives its test."""
 
 from __future__ import annotations
 
@@ -11,12 +12,18 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 
+import contextlib
+import secrets
+import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
+import grpc
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -28,10 +35,21 @@ ROOT = Path(__file__).resolve().parents[1]
 IMDB = Path(os.environ.get("FEDIMDB_TEST_IMDB", ROOT.parent / "shared" / "data" / "imdb"))
 OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 
-# Settings of the end-to-end runs: tiny model, a few steps, small evaluations.
+# The end-to-end runs: tiny model, short sequences, small evaluations. Unequal (Dirichlet) shards,
+# each trained for a full local epoch, so the clients report different example counts and FedAvg's
+# weighting by them shows in the global weights.
 E2E_CLIENTS = 3
 E2E_ROUNDS = 2
-E2E_SETTINGS = ["max-steps=2", "batch-size=8", "eval-rows=64", "local-eval-rows=32", "archive-client-weights=true"]
+E2E_OPTIONS = ["--seed", "7", "--partitioner", "dirichlet", "--alpha", "0.5"]
+E2E_SETTINGS = [
+    "max-steps=0",
+    "max-length=32",
+    "batch-size=32",
+    "eval-rows=64",
+    "local-eval-rows=32",
+    "archive-client-weights=true",
+]
+RUN_MARK = "FEDIMDB_TEST_RUN"  # environment variable that marks one orchestrator and all it starts
 
 
 def require_docker() -> None:
@@ -81,51 +99,132 @@ def write_parquet_dataset(folder: Path, rows: int) -> Path:
     return folder
 
 
-def run_orchestrate(out: Path, data_dir: Path, imdb: Path, *extra: str, watch=None) -> subprocess.CompletedProcess:
-    """``python orchestrate.py --backend local`` as a user runs it; ``watch(proc)`` runs alongside."""
-    args = [
-        sys.executable,
-        "orchestrate.py",
-        "--backend",
-        "local",
-        "--model",
-        "tiny",
-        "--clients",
-        str(E2E_CLIENTS),
-        "--rounds",
-        str(E2E_ROUNDS),
-        "--seed",
-        "7",
-        "--out",
-        str(out),
-        "--shards-dir",
-        str(data_dir),
-        "--data-source",
-        str(imdb),
-        "--env-file",
-        "/dev/null",
-    ]
-    for setting in E2E_SETTINGS:
+def local_run_args(
+    out: Path, data_dir: Path, imdb: Path, *, clients: int, rounds: int, settings: Iterable[str]
+) -> list[str]:
+    """orchestrate.py options of a small run of the tiny model on the local backend."""
+    args = ["--backend", "local", "--model", "tiny", "--clients", str(clients), "--rounds", str(rounds)]
+    args += ["--out", str(out), "--shards-dir", str(data_dir), "--data-source", str(imdb)]
+    for setting in settings:
         args += ["--set", setting]
-    proc = subprocess.Popen([*args, *extra], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    watcher = threading.Thread(target=watch, args=(proc,), daemon=True) if watch else None
-    if watcher:
-        watcher.start()
-    output, _ = proc.communicate(timeout=900)
-    if watcher:
-        watcher.join(timeout=60)
-    return subprocess.CompletedProcess(args, proc.returncode, output, "")
+    return args
+
+
+def marked_processes(mark: str) -> list[psutil.Process]:
+    """Processes whose environment carries ``RUN_MARK=mark`` (a container's processes never do)."""
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if proc.environ().get(RUN_MARK) == mark:
+                found.append(proc)
+    return found
+
+
+class Orchestrator:
+    """``python orchestrate.py ARGS`` as a user runs it (no .env), in a session of its own.
+
+    Its environment carries a random mark that every process it starts inherits (SuperLink,
+    SuperNodes, SuperExec, ServerApp, ClientApps, flwr, docker compose) and nothing else has:
+    ``leftovers()`` lists those that outlived it. As a context manager it is stopped if it still
+    runs when the block ends (a failed assertion, a pytest-timeout): see ``kill``.
+    """
+
+    def __init__(self, *args: str, env: Mapping[str, str] | None = None) -> None:
+        self.mark = secrets.token_hex(8)
+        self.stdout = self.stderr = ""
+        self.proc = subprocess.Popen(
+            [sys.executable, "orchestrate.py", "--env-file", "/dev/null", *args],
+            cwd=ROOT,
+            env={**os.environ, **(env or {}), RUN_MARK: self.mark},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+
+    def __enter__(self) -> Orchestrator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.kill()
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode
+
+    def wait(self, timeout: float) -> Orchestrator:
+        self.stdout, self.stderr = self.proc.communicate(timeout=timeout)
+        return self
+
+    def kill(self, grace: float = 30) -> None:
+        """SIGTERM (it tears its stack down as on Ctrl-C); after ``grace`` s SIGKILL for its process
+        group and for every process with its mark (Flower's processes run in sessions of their own)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=grace)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        for proc in marked_processes(self.mark):
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired, ValueError):
+            self.stdout, self.stderr = self.proc.communicate(timeout=10)
+
+    def leftovers(self, grace: float = 10) -> list[str]:
+        """Its processes still alive ``grace`` s after it ended (SuperExec notices its parent's end)."""
+        deadline = time.monotonic() + grace
+        while (alive := marked_processes(self.mark)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        return [f"{p.pid}: {' '.join(p.info['cmdline'][:3])}" for p in alive]
+
+
+def orchestrate(
+    *args: str,
+    timeout: float = 900,
+    env: Mapping[str, str] | None = None,
+    watch: Callable[[subprocess.Popen], None] | None = None,
+) -> Orchestrator:
+    """Run orchestrate.py to its end; ``watch(proc)`` runs alongside in a thread."""
+    with Orchestrator(*args, env=env) as run:
+        watcher = threading.Thread(target=watch, args=(run.proc,), daemon=True) if watch else None
+        if watcher:
+            watcher.start()
+        run.wait(timeout)
+        if watcher:
+            watcher.join(timeout=60)
+    return run
+
+
+def grpc_answers(port: int, timeout: float = 10) -> str:
+    """ "ready" once a gRPC channel to 127.0.0.1:``port`` is (HTTP/2 handshake done), else why not."""
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        grpc.channel_ready_future(channel).result(timeout=timeout)
+        return "ready"
+    except grpc.FutureTimeoutError:
+        return f"no gRPC channel to port {port} got ready within {timeout:.0f} s"
+    finally:
+        channel.close()
+
+
+def fleet_port(superlink_cmd: list[str]) -> int:
+    return int(superlink_cmd[superlink_cmd.index("--fleet-api-address") + 1].rsplit(":", 1)[1])
 
 
 class ConnectionWatch:
-    """Samples, while a run is going on, which TCP peers the SuperNodes are connected to."""
+    """Samples, while a run is going on, which TCP peers the SuperNodes are connected to.
+
+    The first time every SuperNode holds a connection to the SuperLink's Fleet port, it also
+    probes that port with a gRPC channel and records the outcome in that sample (``fleet_grpc``).
+    """
 
     def __init__(self) -> None:
         self.samples: list[dict] = []
 
     def __call__(self, proc: subprocess.Popen) -> None:
-        import psutil
-
+        probed = False
         while proc.poll() is None:
             try:
                 tree = psutil.Process(proc.pid).children(recursive=True)
@@ -135,32 +234,37 @@ class ConnectionWatch:
             nodes = [p for p in tree if _is(p, "flower-supernode")]
             if link and len(nodes) == E2E_CLIENTS:
                 try:
-                    sample = {
-                        "superlink_cmd": link[0].cmdline(),
-                        "superlink_listening": [
-                            c.laddr.port for c in link[0].net_connections("tcp") if c.status == psutil.CONN_LISTEN
-                        ],
-                        "nodes": [
-                            {
-                                "cmd": n.cmdline(),
-                                "peers": [
-                                    c.raddr.port
-                                    for c in n.net_connections("tcp")
-                                    if c.status == psutil.CONN_ESTABLISHED and c.raddr
-                                ],
-                            }
-                            for n in nodes
-                        ],
-                    }
+                    sample = _connections(link[0], nodes)
                 except psutil.Error:
                     continue
+                if sample["connected"] and not probed:
+                    sample["fleet_grpc"], probed = grpc_answers(sample["fleet_port"]), True
                 self.samples.append(sample)
             time.sleep(1)
 
 
-def _is(process, name: str) -> bool:
-    import psutil
+def _connections(link: psutil.Process, nodes: list[psutil.Process]) -> dict:
+    """The SuperLink's listening ports, each SuperNode's peers, and whether all reach the Fleet port."""
+    port = fleet_port(link.cmdline())
+    sample = {
+        "superlink_cmd": link.cmdline(),
+        "fleet_port": port,
+        "superlink_listening": [c.laddr.port for c in link.net_connections("tcp") if c.status == psutil.CONN_LISTEN],
+        "nodes": [
+            {
+                "cmd": n.cmdline(),
+                "peers": [
+                    c.raddr.port for c in n.net_connections("tcp") if c.status == psutil.CONN_ESTABLISHED and c.raddr
+                ],
+            }
+            for n in nodes
+        ],
+    }
+    sample["connected"] = port in sample["superlink_listening"] and all(port in n["peers"] for n in sample["nodes"])
+    return sample
 
+
+def _is(process: psutil.Process, name: str) -> bool:
     try:
         return any(Path(part).name == name for part in process.cmdline()[:2])
     except psutil.Error:
@@ -171,7 +275,10 @@ def _is(process, name: str) -> bool:
 def e2e_runs(imdb_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Two real local deployments with the same seed; the first one is watched for connections."""
     base = tmp_path_factory.mktemp("e2e")
+    args = local_run_args(
+        base / "results", base / "shards", imdb_dir, clients=E2E_CLIENTS, rounds=E2E_ROUNDS, settings=E2E_SETTINGS
+    )
     watch = ConnectionWatch()
-    first = run_orchestrate(base / "results", base / "shards", imdb_dir, watch=watch)
-    second = run_orchestrate(base / "results", base / "shards", imdb_dir)
+    first = orchestrate(*args, *E2E_OPTIONS, watch=watch)
+    second = orchestrate(*args, *E2E_OPTIONS)
     return {"runs": [first, second], "results": base / "results", "watch": watch}
