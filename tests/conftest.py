@@ -100,11 +100,11 @@ def write_parquet_dataset(folder: Path, rows: int) -> Path:
 
 
 def local_run_args(
-    out: Path, data_dir: Path, imdb: Path, *, clients: int, rounds: int, settings: Iterable[str]
+    out: Path, shards_dir: Path, imdb: Path, *, clients: int, rounds: int, settings: Iterable[str]
 ) -> list[str]:
     """orchestrate.py options of a small run of the tiny model on the local backend."""
     args = ["--backend", "local", "--model", "tiny", "--clients", str(clients), "--rounds", str(rounds)]
-    args += ["--out", str(out), "--shards-dir", str(data_dir), "--data-source", str(imdb)]
+    args += ["--out", str(out), "--shards-dir", str(shards_dir), "--data-source", str(imdb)]
     for setting in settings:
         args += ["--set", setting]
     return args

@@ -1,8 +1,10 @@
-"""``python orchestrate.py --repeats 2 --model tiny --rounds 2`` on the Docker backend: one Compose
-stack per repeat, artifacts pulled out of each stack's volume with the Docker SDK and verified."""
+"""``python orchestrate.py --repeats 2 --model tiny --rounds 1`` on the Docker backend: one Compose
+stack per repeat, progress read from run.json in each stack's volume, artifacts pulled out of the
+volume with the Docker SDK and verified. (One round a repeat: tests/test_compose.py runs two.)"""
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -22,7 +24,7 @@ def test_two_repeats_on_compose_stacks(imdb_dir: Path, tmp_path: Path) -> None:
         "--model",
         "tiny",
         "--rounds",
-        "2",
+        "1",
         "--backend",
         "docker",
         "--metrics-port",
@@ -51,7 +53,9 @@ def test_two_repeats_on_compose_stacks(imdb_dir: Path, tmp_path: Path) -> None:
         run = verify_run(exp / f"repeat-{k}")
         assert run["seed"] == 42 + k and run["config"]["num-clients"] == 10
         assert (exp / f"repeat-{k}" / "logs" / "compose.log").is_file()
-        assert len(read_csv(exp / f"repeat-{k}" / "clients.csv")) == 10 * 2
+        assert len(read_csv(exp / f"repeat-{k}" / "clients.csv")) == 10
+    # The round reached the orchestrator through run.json in the volume (its last value stays exported).
+    assert re.search(r"^fedimdb_current_round\{[^}]*\} 1\.0$", (exp / "metrics.prom").read_text(), re.MULTILINE)
     summary = read_csv(exp / "summary.csv")
     assert {r["metric"] for r in summary} >= {"central_accuracy", "central_loss"}
     assert all(r["n"] == "2" and r["std"] != "" for r in summary)

@@ -22,8 +22,8 @@ pytestmark = pytest.mark.timeout(1200)  # a test's share includes the module fix
 SETTINGS = ["max-steps=2", "batch-size=8", "eval-rows=32", "local-eval-rows=16"]
 
 
-def _args(out: Path, data_dir: Path, imdb: Path, *extra: str) -> list[str]:
-    return [*local_run_args(out, data_dir, imdb, clients=2, rounds=1, settings=SETTINGS), *extra]
+def _args(out: Path, shards_dir: Path, imdb: Path, *extra: str) -> list[str]:
+    return [*local_run_args(out, shards_dir, imdb, clients=2, rounds=1, settings=SETTINGS), *extra]
 
 
 def _fingerprint(folder: Path) -> dict[str, tuple[str, int]]:

@@ -70,6 +70,7 @@ def test_unreadable_shard_is_refused(shards: Path, imdb_dir: Path, tmp_path: Pat
         ),
         (["--repeats", "0"], {}, "repeats: 0 is out of range; set it >= 1"),
         (["--resume", "no-such-experiment"], {}, "--resume: no experiment 'no-such-experiment'"),
+        (["--backend", "local", "--keep-up"], {}, "--keep-up keeps a Compose stack up; the local backend has none"),
     ],
 )
 def test_bad_experiment_input_fails_before_anything_starts(
