@@ -35,7 +35,7 @@ def _t975(dof: int, steps: int = 4000) -> float:
     return (lo + hi) / 2
 
 
-@pytest.mark.parametrize("dof", [1, 2, 4, 10, 29, 30])
+@pytest.mark.parametrize("dof", [1, 2, 4, 10, 29, 30, 31, 60, 200])
 def test_describe_uses_the_t_quantile(dof: int) -> None:
     reference = _t975(dof)
     assert t95(dof) == pytest.approx(reference, abs=1e-3)
