@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ArrayRecord, Context, Message, RecordDict
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedimdb.config import ConfigError, RunConfig
@@ -20,16 +20,18 @@ from fedimdb.model import load_model, pick_device
 from fedimdb.protocol import (
     ARRAYS,
     CONFIG,
+    EVALUATE_RECEIVED,
     METRICS,
     NODE_PARTITION_ID,
     NODE_SHARD_DIR,
     PROXIMAL_MU,
     SERVER_ROUND,
     EvalMetrics,
+    ReceivedEvalMetrics,
     TrainMetrics,
 )
+from fedimdb.training import EvalResult, load_state, seed_everything
 from fedimdb.training import evaluate as evaluate_model
-from fedimdb.training import load_state, seed_everything
 from fedimdb.training import train as train_model
 
 app = ClientApp()
@@ -41,6 +43,7 @@ class LocalTask:
 
     cfg: RunConfig
     partition_id: int
+    shard: Path
     seed: int
     model: Any
     tokenizer: Any
@@ -76,7 +79,12 @@ def _prepare(msg: Message, context: Context, split: str) -> LocalTask:
     model, tokenizer = load_model(cfg.model, cfg.seed)
     load_state(model, msg.content[ARRAYS].to_torch_state_dict())
     seed_everything(seed, cfg.torch_threads)  # after loading: dropout and shuffling follow this seed
-    return LocalTask(cfg, partition_id, seed, model, tokenizer, read_split(shard, split))
+    return LocalTask(cfg, partition_id, shard, seed, model, tokenizer, read_split(shard, split))
+
+
+def _validate(task: LocalTask, val: Examples) -> EvalResult:
+    """The model as it is now, on the first ``local-eval-rows`` rows of the validation split."""
+    return evaluate_model(task.model, task.tokenizer, val.head(task.cfg.local_eval_rows), **task.loop_options)
 
 
 @app.train()
@@ -84,6 +92,10 @@ def train(msg: Message, context: Context) -> Message:
     """Train the global model on the local train split; reply with weights and metrics."""
     task = _prepare(msg, context, "train")
     cfg = task.cfg
+    received: dict[str, int | float] = {}
+    if msg.content[CONFIG].get(EVALUATE_RECEIVED, False):  # before training: the global model as received
+        res = _validate(task, read_split(task.shard, "val"))
+        received = ReceivedEvalMetrics(res.num_examples, res.loss, res.accuracy).as_metrics()
     result = train_model(
         task.model,
         task.tokenizer,
@@ -103,7 +115,8 @@ def train(msg: Message, context: Context) -> Message:
         seconds=result.seconds,
         samples_per_second=result.samples_per_second,
     )
-    content = RecordDict({ARRAYS: ArrayRecord(task.model.cpu().state_dict()), METRICS: metrics.to_record()})
+    record = MetricRecord({**metrics.as_metrics(), **received})
+    content = RecordDict({ARRAYS: ArrayRecord(task.model.cpu().state_dict()), METRICS: record})
     return Message(content=content, reply_to=msg)
 
 
@@ -111,6 +124,6 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the global model on the local validation split."""
     task = _prepare(msg, context, "val")
-    result = evaluate_model(task.model, task.tokenizer, task.data.head(task.cfg.local_eval_rows), **task.loop_options)
+    result = _validate(task, task.data)
     metrics = EvalMetrics(task.partition_id, result.num_examples, result.loss, result.accuracy)
     return Message(content=RecordDict({METRICS: metrics.to_record()}), reply_to=msg)

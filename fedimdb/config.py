@@ -42,6 +42,8 @@ MODEL_PRESETS = ("tiny", "minilm")
 PARTITIONERS = ("iid", "dirichlet")
 DEVICES = ("auto", "cpu", "cuda")
 BACKENDS = ("auto", "docker", "local")
+LOCAL_EVAL_WITH_TRAIN = "with-train"
+LOCAL_EVAL_MODES = (LOCAL_EVAL_WITH_TRAIN, "separate")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -201,10 +203,20 @@ class RunConfig(_Settings):
     learning_rate: float = setting(5e-5, "Client AdamW learning rate", low=0.0, low_open=True, high=1.0)
     local_epochs: int = setting(1, "Local epochs per round", low=1, high=1000)
     max_steps: int = setting(0, "Cap on local optimizer steps per round (0 = no cap)", low=0)
+    local_eval: str = setting(
+        LOCAL_EVAL_WITH_TRAIN,
+        "When clients evaluate each global model on their validation split: with-train (in the next round's "
+        "train reply, plus one evaluate exchange after the last round) or separate (Flower's evaluate messages "
+        "every round)",
+        choices=LOCAL_EVAL_MODES,
+    )
     local_eval_rows: int = setting(0, "Rows of each client's validation split to evaluate (0 = all)", low=0)
     eval_rows: int = setting(2000, "Rows of the held-out test set the server evaluates each round", low=1, high=25_000)
     final_eval_full: bool = setting(False, "After the last round, evaluate the final model on the whole held-out set")
     seed: int = setting(42, "Base seed (model init, sampling, shuffling, dropout)", low=0)
+    reply_poll_interval: float = setting(
+        0.1, "Seconds between the server's checks for client replies (Flower's own wait: 3)", low=0.01, high=10.0
+    )
     round_timeout: float = setting(3600.0, "Seconds the server waits for client replies each round", low=1.0)
     archive_client_weights: bool = setting(False, "Also archive every client's returned weights per round")
     held_out_dir: str = setting(

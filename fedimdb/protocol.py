@@ -21,6 +21,9 @@ CONFIG = "config"
 # ConfigRecord entries that Flower's strategies put into train and evaluate messages.
 SERVER_ROUND = "server-round"
 PROXIMAL_MU = "proximal-mu"  # FedProx only
+# ... and the one fedimdb adds to train messages (local-eval = with-train): evaluate the received
+# global model on the validation split before training, and put the result in the train reply.
+EVALUATE_RECEIVED = "evaluate-received"
 
 # Node config of a SuperNode (``--node-config``): which partition it serves and from where.
 NODE_PARTITION_ID = "partition-id"
@@ -35,6 +38,9 @@ TRAIN_SECONDS = "train-seconds"
 TRAIN_SAMPLES_PER_S = "train-samples-per-s"
 EVAL_LOSS = "eval-loss"
 EVAL_ACCURACY = "eval-accuracy"
+RECEIVED_EVAL_LOSS = "received-eval-loss"
+RECEIVED_EVAL_ACCURACY = "received-eval-accuracy"
+RECEIVED_EVAL_EXAMPLES = "received-eval-examples"
 
 
 class _ReplyMetrics:
@@ -46,7 +52,11 @@ class _ReplyMetrics:
         """The reply's MetricRecord."""
         from flwr.app import MetricRecord
 
-        return MetricRecord({key: getattr(self, name) for name, key in self.KEYS.items()})
+        return MetricRecord(self.as_metrics())
+
+    def as_metrics(self) -> dict[str, int | float]:
+        """The entries of the reply's MetricRecord."""
+        return {key: getattr(self, name) for name, key in self.KEYS.items()}
 
     @classmethod
     def from_record(cls: type[M], record: MetricRecord) -> M:
@@ -95,3 +105,27 @@ class EvalMetrics(_ReplyMetrics):
         "loss": EVAL_LOSS,
         "accuracy": EVAL_ACCURACY,
     }
+
+
+@dataclass(frozen=True)
+class ReceivedEvalMetrics(_ReplyMetrics):
+    """A train reply's evaluation of the global model it received (before training on it).
+
+    It shares the train reply's MetricRecord (Flower's strategies take one per reply), under keys
+    of its own: FedAvg weights that record by ``num-examples``, the training examples.
+    """
+
+    num_examples: int
+    loss: float
+    accuracy: float
+
+    KEYS: ClassVar[dict[str, str]] = {
+        "num_examples": RECEIVED_EVAL_EXAMPLES,
+        "loss": RECEIVED_EVAL_LOSS,
+        "accuracy": RECEIVED_EVAL_ACCURACY,
+    }
+
+    @classmethod
+    def in_record(cls, record: MetricRecord) -> bool:
+        """Whether a train reply's MetricRecord carries this evaluation."""
+        return RECEIVED_EVAL_EXAMPLES in record

@@ -12,7 +12,7 @@ from typing import Any
 
 from flwr.app import Message
 
-from fedimdb.protocol import METRICS, PARTITION_ID, EvalMetrics, TrainMetrics
+from fedimdb.protocol import METRICS, PARTITION_ID, EvalMetrics, ReceivedEvalMetrics, TrainMetrics
 
 ROUND_COLUMNS = (
     "round",
@@ -88,12 +88,17 @@ class RoundLog:
         return row
 
     def record_train(self, server_round: int, replies: list[Message]) -> None:
-        """One row per training reply; errors count as failed clients."""
+        """One row per training reply; errors count as failed clients.
+
+        A reply that evaluated the global model it received (``local-eval = with-train``) fills in
+        the local evaluation of the previous round, whose global model that was.
+        """
         for msg in replies:
             if msg.has_error():
                 self._failed[server_round] = self._failed.get(server_round, 0) + 1
                 continue
-            m = TrainMetrics.from_record(msg.content[METRICS])
+            record = msg.content[METRICS]
+            m = TrainMetrics.from_record(record)
             row = self._row(server_round, m.partition_id, msg.metadata.src_node_id)
             row.update(
                 num_examples=m.num_examples,
@@ -102,6 +107,9 @@ class RoundLog:
                 train_seconds=m.seconds,
                 train_samples_per_s=m.samples_per_second,
             )
+            if ReceivedEvalMetrics.in_record(record) and server_round > 1:
+                self._local_eval(server_round - 1, m.partition_id, msg, ReceivedEvalMetrics.from_record(record))
+        self._refresh_local_eval(server_round - 1)
 
     def record_evaluate(self, server_round: int, replies: list[Message]) -> None:
         """Local validation results join the client's row of that round."""
@@ -109,8 +117,30 @@ class RoundLog:
             if msg.has_error():
                 continue
             m = EvalMetrics.from_record(msg.content[METRICS])
-            row = self._row(server_round, m.partition_id, msg.metadata.src_node_id)
-            row.update(local_eval_loss=m.loss, local_eval_accuracy=m.accuracy, local_eval_examples=m.num_examples)
+            self._local_eval(server_round, m.partition_id, msg, m)
+        self._refresh_local_eval(server_round)
+
+    def _local_eval(
+        self, server_round: int, partition_id: int, msg: Message, m: EvalMetrics | ReceivedEvalMetrics
+    ) -> None:
+        """A client's evaluation of round ``server_round``'s global model joins its row of that round."""
+        row = self._row(server_round, partition_id, msg.metadata.src_node_id)
+        row.update(local_eval_loss=m.loss, local_eval_accuracy=m.accuracy, local_eval_examples=m.num_examples)
+
+    def _local_eval_summary(self, server_round: int) -> dict[str, Any]:
+        """The round's local-evaluation columns of rounds.csv, over its clients' rows."""
+        rows = [r for r in self.clients if r["round"] == server_round]
+        return {
+            "local_eval_loss": weighted_mean(rows, "local_eval_loss", "local_eval_examples"),
+            "local_eval_accuracy": weighted_mean(rows, "local_eval_accuracy", "local_eval_examples"),
+            "local_eval_examples": sum(r["local_eval_examples"] or 0 for r in rows),
+        }
+
+    def _refresh_local_eval(self, server_round: int) -> None:
+        """Local evaluations that arrive after the round closed update its rounds.csv row."""
+        for row in self.rounds:
+            if row["round"] == server_round:
+                row.update(self._local_eval_summary(server_round))
 
     def finish_round(self, server_round: int, loss: float, accuracy: float, examples: int) -> dict[str, Any]:
         """Close the round with the central evaluation; return its rounds.csv row."""
@@ -123,9 +153,7 @@ class RoundLog:
             "central_examples": examples,
             "train_loss": weighted_mean(trained, "train_loss", "num_examples"),
             "train_examples": sum(r["num_examples"] for r in trained),
-            "local_eval_loss": weighted_mean(rows, "local_eval_loss", "local_eval_examples"),
-            "local_eval_accuracy": weighted_mean(rows, "local_eval_accuracy", "local_eval_examples"),
-            "local_eval_examples": sum(r["local_eval_examples"] or 0 for r in rows),
+            **self._local_eval_summary(server_round),
             "clients_sampled": self._sampled.get(server_round, 0),
             "clients_participating": len(trained),
             "clients_failed": self._failed.get(server_round, 0),

@@ -35,6 +35,7 @@ from fedimdb.config import ConfigError, RunConfig, check_clients_fit
 from fedimdb.data import MANIFEST, Examples, read_split
 from fedimdb.model import load_model, pick_device
 from fedimdb.training import EvalResult, evaluate, load_state, seed_everything
+from server.grid import PollingGrid
 from server.records import CLIENT_COLUMNS, ROUND_COLUMNS, RoundLog
 from server.strategy import make_strategy
 
@@ -103,9 +104,13 @@ class RoundEnd:
             self.artifacts.update(**{"initial-evaluation": res.as_dict()})
             return
         self.round_log.finish_round(server_round, res.loss, res.accuracy, res.num_examples)
+        self.write_tables()
+        self.artifacts.update(**{ROUNDS_COMPLETED: server_round})
+
+    def write_tables(self) -> None:
+        """rounds.csv and clients.csv as the round log has them now."""
         self.artifacts.write_csv(ROUNDS_FILE, ROUND_COLUMNS, self.round_log.rounds)
         self.artifacts.write_csv(CLIENTS_FILE, CLIENT_COLUMNS, self.round_log.clients)
-        self.artifacts.update(**{ROUNDS_COMPLETED: server_round})
 
 
 def run_federation(grid: Grid, cfg: RunConfig, artifacts: RunArtifacts) -> None:
@@ -124,6 +129,7 @@ def run_federation(grid: Grid, cfg: RunConfig, artifacts: RunArtifacts) -> None:
     round_log = RoundLog()
     strategy = make_strategy(cfg, round_log, archive_client if cfg.archive_client_weights else None)
     round_end = RoundEnd(cfg, model, tokenizer, artifacts, round_log)
+    grid = PollingGrid(grid, cfg.reply_poll_interval)
     strategy.start(
         grid=grid,
         initial_arrays=ArrayRecord(model.state_dict()),
@@ -131,6 +137,8 @@ def run_federation(grid: Grid, cfg: RunConfig, artifacts: RunArtifacts) -> None:
         timeout=cfg.round_timeout,
         evaluate_fn=round_end,
     )
+    strategy.evaluate_last(grid, ArrayRecord(round_end.latest), cfg.num_rounds, cfg.round_timeout)
+    round_end.write_tables()
     artifacts.write_weights(f"{WEIGHTS_DIR}/{FINAL_WEIGHTS}", round_end.latest)
     if cfg.final_eval_full:
         res = round_end.evaluate(round_end.latest, round_end.held_out)

@@ -4,8 +4,11 @@
 :class:`RecordingStrategy`, which (1) records every reply in a :class:`~server.records.RoundLog`,
 (2) orders replies by partition id before the wrapped strategy aggregates them, so the
 floating-point sums (and the run) are the same for the same seed whatever order the replies
-arrived in, (3) times each round, and (4) hands each client's returned weights to an optional
-archiver. Aggregation itself stays Flower's.
+arrived in, (3) times each round, (4) hands each client's returned weights to an optional
+archiver, and (5) with ``local-eval = with-train``, has clients evaluate the global model they
+receive inside the next round's train message instead of in evaluate messages of their own, with
+one evaluate exchange after the last round (:meth:`RecordingStrategy.evaluate_last`): the same
+evaluations with one exchange a round fewer. Aggregation itself stays Flower's.
 """
 
 from __future__ import annotations
@@ -28,8 +31,8 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
-from fedimdb.config import RunConfig
-from fedimdb.protocol import ARRAYS, METRICS, PARTITION_ID
+from fedimdb.config import LOCAL_EVAL_WITH_TRAIN, RunConfig
+from fedimdb.protocol import ARRAYS, EVALUATE_RECEIVED, METRICS, PARTITION_ID
 from server.records import RoundLog, partition_order
 
 STRATEGY_CLASSES: dict[str, type[Strategy]] = {
@@ -58,17 +61,29 @@ class RecordingStrategy(Strategy):
         Where the per-round and per-client rows go.
     archive_client : ClientArchiver, optional
         Called with every successful train reply's arrays (e.g. to archive client weights).
+    evaluate_received : bool, default False
+        Ask clients to evaluate the global model they receive in train messages (from round 2 on,
+        as the model of round 1 arrives then), and send no evaluate messages during the rounds.
     """
 
-    def __init__(self, inner: Strategy, round_log: RoundLog, archive_client: ClientArchiver | None = None) -> None:
+    def __init__(
+        self,
+        inner: Strategy,
+        round_log: RoundLog,
+        archive_client: ClientArchiver | None = None,
+        evaluate_received: bool = False,
+    ) -> None:
         self.inner = inner
         self.round_log = round_log
         self.archive_client = archive_client
+        self.evaluate_received = evaluate_received
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """The wrapped strategy's train messages; the round's clock starts here."""
+        if self.evaluate_received and server_round > 1:
+            config = ConfigRecord({**config, EVALUATE_RECEIVED: True})
         messages = list(self.inner.configure_train(server_round, arrays, config, grid))
         self.round_log.start_round(server_round, len(messages))
         return messages
@@ -89,14 +104,25 @@ class RecordingStrategy(Strategy):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """The wrapped strategy's evaluate messages."""
+        """The wrapped strategy's evaluate messages; none when the train messages carry the evaluation."""
+        if self.evaluate_received:
+            return []
         return self.inner.configure_evaluate(server_round, arrays, config, grid)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Record the local evaluations, then aggregate them in partition order."""
         ordered = partition_order(replies)
+        if not ordered:
+            return None
         self.round_log.record_evaluate(server_round, ordered)
         return self.inner.aggregate_evaluate(server_round, ordered)
+
+    def evaluate_last(self, grid: Grid, arrays: ArrayRecord, server_round: int, timeout: float) -> None:
+        """With ``evaluate_received``: the evaluate exchange of the last round's global model."""
+        if not self.evaluate_received:
+            return
+        messages = self.inner.configure_evaluate(server_round, arrays, ConfigRecord(), grid)
+        self.aggregate_evaluate(server_round, grid.send_and_receive(messages, timeout=timeout))
 
     def summary(self) -> None:
         """The wrapped strategy's summary."""
@@ -128,4 +154,5 @@ def make_strategy(
 ) -> RecordingStrategy:
     """Flower's strategy named by ``cfg.strategy``, wrapped so that every round is recorded."""
     inner = STRATEGY_CLASSES[cfg.strategy](**strategy_kwargs(cfg))
-    return RecordingStrategy(inner, round_log, archive_client)
+    evaluate_received = cfg.local_eval == LOCAL_EVAL_WITH_TRAIN and cfg.fraction_evaluate > 0
+    return RecordingStrategy(inner, round_log, archive_client, evaluate_received)

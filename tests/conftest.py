@@ -273,12 +273,16 @@ def _is(process: psutil.Process, name: str) -> bool:
 
 @pytest.fixture(scope="session")
 def e2e_runs(imdb_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Two real local deployments with the same seed; the first one is watched for connections."""
+    """Two real local deployments with the same seed; the first one is watched for connections.
+
+    The first evaluates locally inside the train replies (the default), the second with Flower's
+    separate evaluate messages: the same numbers must come out.
+    """
     base = tmp_path_factory.mktemp("e2e")
     args = local_run_args(
         base / "results", base / "shards", imdb_dir, clients=E2E_CLIENTS, rounds=E2E_ROUNDS, settings=E2E_SETTINGS
     )
     watch = ConnectionWatch()
     first = orchestrate(*args, *E2E_OPTIONS, watch=watch)
-    second = orchestrate(*args, *E2E_OPTIONS)
+    second = orchestrate(*args, *E2E_OPTIONS, "--set", "local-eval=separate")
     return {"runs": [first, second], "results": base / "results", "watch": watch}

@@ -95,8 +95,13 @@ def test_round_one_is_the_example_weighted_mean_of_client_weights(run_dir: Path)
     assert any(not torch.equal(a[k], b[k]) for k in a), "clients returned identical weights: the mean proves nothing"
 
 
-def test_same_seed_gives_identical_csvs(e2e_runs: dict, run_dir: Path) -> None:
+def test_same_seed_gives_identical_csvs_in_both_local_eval_modes(e2e_runs: dict, run_dir: Path) -> None:
+    """Evaluating inside the next train reply gives the numbers of Flower's separate evaluate messages."""
     first, second = _run_dirs(e2e_runs["results"])
+    modes = [read_json(d / "run.json")["config"]["local-eval"] for d in (first, second)]
+    assert modes == ["with-train", "separate"]
+    clients = read_csv(first / "clients.csv")
+    assert all(int(r["local_eval_examples"]) > 0 for r in clients), "a round's global model went unevaluated"
     for name in ("rounds.csv", "clients.csv"):
         rows = [
             [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in read_csv(d / name)]

@@ -1,0 +1,79 @@
+"""A Grid that waits for replies at its own pace, through Flower's public Grid API only.
+
+Flower 1.39's ``send_and_receive`` checks for replies every 3 s (a hard-coded sleep in
+``flwr/superlink/grid/http_grid.py``), so every exchange ends up to 3 s after its last reply.
+:class:`PollingGrid` wraps the Grid that Flower hands the ServerApp: everything is delegated,
+except that ``send_and_receive`` is ``push_messages`` followed by ``pull_messages`` every
+``interval`` seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from flwr.app import Message, RecordDict
+from flwr.proto.node_pb2 import NodeInfo
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+
+
+class PollingGrid(Grid):
+    """Flower's Grid, checking for replies every ``interval`` seconds.
+
+    Parameters
+    ----------
+    inner : Grid
+        The Grid that Flower passed to the ServerApp.
+    interval : float
+        Seconds between two ``pull_messages`` calls while replies are outstanding.
+    """
+
+    def __init__(self, inner: Grid, interval: float) -> None:
+        self.inner = inner
+        self.interval = interval
+
+    def set_run(self, run: Run) -> None:
+        """Delegated."""
+        self.inner.set_run(run)
+
+    @property
+    def run(self) -> Run:
+        """Delegated."""
+        return self.inner.run
+
+    def create_message(
+        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
+    ) -> Message:
+        """Delegated."""
+        return self.inner.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        """Delegated."""
+        return self.inner.get_node_ids()
+
+    def get_nodes(self) -> Iterable[NodeInfo]:
+        """Delegated."""
+        return self.inner.get_nodes()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        """Delegated."""
+        return self.inner.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        """Delegated."""
+        return self.inner.pull_messages(message_ids)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        """Push ``messages``, then pull replies every ``interval`` s until all came or ``timeout`` s passed."""
+        pending = set(self.push_messages(messages))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        replies: list[Message] = []
+        while pending:
+            arrived = list(self.pull_messages(pending))
+            replies.extend(arrived)
+            pending.difference_update(msg.metadata.reply_to_message_id for msg in arrived)
+            if not pending or (deadline is not None and time.monotonic() >= deadline):
+                break
+            time.sleep(self.interval)
+        return replies
