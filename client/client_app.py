@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedimdb.config import ConfigError, RunConfig
@@ -29,6 +29,8 @@ from fedimdb.protocol import (
     EvalMetrics,
     ReceivedEvalMetrics,
     TrainMetrics,
+    received_state,
+    transport_arrays,
 )
 from fedimdb.training import EvalResult, load_state, seed_everything
 from fedimdb.training import evaluate as evaluate_model
@@ -77,7 +79,7 @@ def _prepare(msg: Message, context: Context, split: str) -> LocalTask:
     server_round = int(msg.content[CONFIG][SERVER_ROUND])
     seed = cfg.seed + 1000 * server_round + partition_id
     model, tokenizer = load_model(cfg.model, cfg.seed)
-    load_state(model, msg.content[ARRAYS].to_torch_state_dict())
+    load_state(model, received_state(msg.content[ARRAYS]))
     seed_everything(seed, cfg.torch_threads)  # after loading: dropout and shuffling follow this seed
     return LocalTask(cfg, partition_id, shard, seed, model, tokenizer, read_split(shard, split))
 
@@ -116,7 +118,9 @@ def train(msg: Message, context: Context) -> Message:
         samples_per_second=result.samples_per_second,
     )
     record = MetricRecord({**metrics.as_metrics(), **received})
-    content = RecordDict({ARRAYS: ArrayRecord(task.model.cpu().state_dict()), METRICS: record})
+    content = RecordDict(
+        {ARRAYS: transport_arrays(task.model.cpu().state_dict(), cfg.weight_transport), METRICS: record}
+    )
     return Message(content=content, reply_to=msg)
 
 

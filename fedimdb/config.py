@@ -44,6 +44,7 @@ DEVICES = ("auto", "cpu", "cuda")
 BACKENDS = ("auto", "docker", "local")
 LOCAL_EVAL_WITH_TRAIN = "with-train"
 LOCAL_EVAL_MODES = (LOCAL_EVAL_WITH_TRAIN, "separate")
+TRANSPORT_DTYPES = ("float32", "float16")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -214,6 +215,12 @@ class RunConfig(_Settings):
     eval_rows: int = setting(2000, "Rows of the held-out test set the server evaluates each round", low=1, high=25_000)
     final_eval_full: bool = setting(False, "After the last round, evaluate the final model on the whole held-out set")
     seed: int = setting(42, "Base seed (model init, sampling, shuffling, dropout)", low=0)
+    weight_transport: str = setting(
+        "float32",
+        "dtype of the weights in messages, both ways: float32, or float16 (half the bytes; models stay float32 "
+        "at both ends and the server aggregates in float32)",
+        choices=TRANSPORT_DTYPES,
+    )
     reply_poll_interval: float = setting(
         0.1, "Seconds between the server's checks for client replies (Flower's own wait: 3)", low=0.01, high=10.0
     )
@@ -270,6 +277,11 @@ class ExperimentConfig(_Settings):
     retries: int = setting(1, "Further attempts for a failed repeat", low=0, high=10)
     on_failure: str = setting(
         "stop", "After a repeat failed every attempt: stop or continue", choices=("stop", "continue")
+    )
+    warm_clients: bool = setting(
+        True,
+        "Each client node keeps flwr, torch and transformers imported in a fork server and forks the process "
+        "of each message from it (false: Flower's own fresh flwr-clientapp process per message)",
     )
     metrics_port: int = setting(
         9101, "Port of the orchestrator's Prometheus /metrics (0 = do not serve)", low=0, high=65535

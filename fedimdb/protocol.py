@@ -7,11 +7,13 @@ declared here too, with where they come from.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, ClassVar, TypeVar
 
-if TYPE_CHECKING:  # flwr is imported where records are built: the node-config keys stay import-light
-    from flwr.app import MetricRecord
+if TYPE_CHECKING:  # flwr and torch are imported where records are built: the node-config keys stay import-light
+    import torch
+    from flwr.app import ArrayRecord, MetricRecord
 
 # RecordDict entries of a message.
 ARRAYS = "arrays"
@@ -129,3 +131,18 @@ class ReceivedEvalMetrics(_ReplyMetrics):
     def in_record(cls, record: MetricRecord) -> bool:
         """Whether a train reply's MetricRecord carries this evaluation."""
         return RECEIVED_EVAL_EXAMPLES in record
+
+
+def transport_arrays(state: Mapping[str, torch.Tensor], dtype: str) -> ArrayRecord:
+    """Weights as they travel: floating-point tensors cast to ``dtype`` (integer buffers as they are)."""
+    import torch
+    from flwr.app import ArrayRecord
+
+    target = getattr(torch, dtype)
+    return ArrayRecord({k: v.to(target) if v.is_floating_point() else v for k, v in state.items()})
+
+
+def received_state(arrays: ArrayRecord) -> dict[str, torch.Tensor]:
+    """Weights as they arrived, floating-point tensors back in float32 (models and aggregation stay float32)."""
+
+    return {k: v.float() if v.is_floating_point() else v for k, v in arrays.to_torch_state_dict().items()}

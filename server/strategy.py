@@ -32,7 +32,7 @@ from flwr.serverapp.strategy import (
 )
 
 from fedimdb.config import LOCAL_EVAL_WITH_TRAIN, RunConfig
-from fedimdb.protocol import ARRAYS, EVALUATE_RECEIVED, METRICS, PARTITION_ID
+from fedimdb.protocol import ARRAYS, EVALUATE_RECEIVED, METRICS, PARTITION_ID, received_state, transport_arrays
 from server.records import RoundLog, partition_order
 
 STRATEGY_CLASSES: dict[str, type[Strategy]] = {
@@ -64,6 +64,9 @@ class RecordingStrategy(Strategy):
     evaluate_received : bool, default False
         Ask clients to evaluate the global model they receive in train messages (from round 2 on,
         as the model of round 1 arrives then), and send no evaluate messages during the rounds.
+    transport : str, default "float32"
+        dtype of the weights in messages, both ways; replies are turned back into float32 before
+        anything else sees them.
     """
 
     def __init__(
@@ -72,11 +75,27 @@ class RecordingStrategy(Strategy):
         round_log: RoundLog,
         archive_client: ClientArchiver | None = None,
         evaluate_received: bool = False,
+        transport: str = "float32",
     ) -> None:
         self.inner = inner
         self.round_log = round_log
         self.archive_client = archive_client
         self.evaluate_received = evaluate_received
+        self.transport = transport
+
+    def _outgoing(self, arrays: ArrayRecord) -> ArrayRecord:
+        """The global model as the messages carry it."""
+        if self.transport == "float32":
+            return arrays
+        return transport_arrays(arrays.to_torch_state_dict(), self.transport)
+
+    def _incoming(self, replies: list[Message]) -> None:
+        """Replies' arrays back in float32, in place."""
+        if self.transport == "float32":
+            return
+        for msg in replies:
+            if not msg.has_error():
+                msg.content[ARRAYS] = ArrayRecord(received_state(msg.content[ARRAYS]))
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -84,7 +103,7 @@ class RecordingStrategy(Strategy):
         """The wrapped strategy's train messages; the round's clock starts here."""
         if self.evaluate_received and server_round > 1:
             config = ConfigRecord({**config, EVALUATE_RECEIVED: True})
-        messages = list(self.inner.configure_train(server_round, arrays, config, grid))
+        messages = list(self.inner.configure_train(server_round, self._outgoing(arrays), config, grid))
         self.round_log.start_round(server_round, len(messages))
         return messages
 
@@ -93,6 +112,7 @@ class RecordingStrategy(Strategy):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Record the replies (and archive client weights), then aggregate them in partition order."""
         ordered = partition_order(replies)
+        self._incoming(ordered)
         self.round_log.record_train(server_round, ordered)
         if self.archive_client is not None:
             for msg in ordered:
@@ -107,7 +127,7 @@ class RecordingStrategy(Strategy):
         """The wrapped strategy's evaluate messages; none when the train messages carry the evaluation."""
         if self.evaluate_received:
             return []
-        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+        return self.inner.configure_evaluate(server_round, self._outgoing(arrays), config, grid)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Record the local evaluations, then aggregate them in partition order."""
@@ -121,7 +141,7 @@ class RecordingStrategy(Strategy):
         """With ``evaluate_received``: the evaluate exchange of the last round's global model."""
         if not self.evaluate_received:
             return
-        messages = self.inner.configure_evaluate(server_round, arrays, ConfigRecord(), grid)
+        messages = self.inner.configure_evaluate(server_round, self._outgoing(arrays), ConfigRecord(), grid)
         self.aggregate_evaluate(server_round, grid.send_and_receive(messages, timeout=timeout))
 
     def summary(self) -> None:
@@ -155,4 +175,4 @@ def make_strategy(
     """Flower's strategy named by ``cfg.strategy``, wrapped so that every round is recorded."""
     inner = STRATEGY_CLASSES[cfg.strategy](**strategy_kwargs(cfg))
     evaluate_received = cfg.local_eval == LOCAL_EVAL_WITH_TRAIN and cfg.fraction_evaluate > 0
-    return RecordingStrategy(inner, round_log, archive_client, evaluate_received)
+    return RecordingStrategy(inner, round_log, archive_client, evaluate_received, cfg.weight_transport)

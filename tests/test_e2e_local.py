@@ -101,7 +101,7 @@ def test_same_seed_gives_identical_csvs_in_both_local_eval_modes(e2e_runs: dict,
     modes = [read_json(d / "run.json")["config"]["local-eval"] for d in (first, second)]
     assert modes == ["with-train", "separate"]
     clients = read_csv(first / "clients.csv")
-    assert all(int(r["local_eval_examples"]) > 0 for r in clients), "a round's global model went unevaluated"
+    assert all(r["local_eval_examples"] not in ("", "0") for r in clients), "a round's global model went unevaluated"
     for name in ("rounds.csv", "clients.csv"):
         rows = [
             [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in read_csv(d / name)]

@@ -35,6 +35,7 @@ class StackJob:
     run_dir: Path
     name: str  # unique per attempt: the Compose project name, or a label in logs
     keep_up: bool = False
+    warm_clients: bool = True  # SuperNodes behind a fork server (fedimdb/deploy/forkserver.py)
 
 
 class Stack(ABC):

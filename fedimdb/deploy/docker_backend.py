@@ -24,6 +24,7 @@ from fedimdb.deploy.backend import Log, RoundCallback, Stack, StackJob
 from fedimdb.deploy.compose import COMPOSE_FILE, SHARDS_DIR_VAR, build_override
 from fedimdb.deploy.docker_artifacts import RUNNER_SERVICE, pull_artifacts, read_run_file, service_containers
 from fedimdb.deploy.flwr_cli import RoundProgress
+from fedimdb.deploy.processes import WARM_CLIENTS_VAR
 
 COMPOSE_LOG = "compose.log"  # in the run folder's logs/
 POLL_SECONDS = 3.0
@@ -61,7 +62,11 @@ class DockerStack(Stack):
         self.compose_file = compose_file
         self.work = job.run_dir.parent / f".{job.run_dir.name}.compose"
         self.files = [compose_file, self.work / "override.yml"]
-        self.env = {**os.environ, SHARDS_DIR_VAR: str(job.shards.resolve())}
+        self.env = {
+            **os.environ,
+            SHARDS_DIR_VAR: str(job.shards.resolve()),
+            WARM_CLIENTS_VAR: str(job.warm_clients).lower(),
+        }
         self.client = docker.from_env()
         self._is_up = False
 

@@ -24,7 +24,7 @@ from typing import IO
 from fedimdb.artifacts import LOGS_DIR
 from fedimdb.config import RunConfig
 from fedimdb.data import SERVER_DIR, client_dir_name
-from fedimdb.deploy import flwr_cli
+from fedimdb.deploy import flwr_cli, forkserver
 from fedimdb.deploy.backend import RoundCallback, Stack
 from fedimdb.deploy.processes import superlink_argv, supernode_argv
 
@@ -56,9 +56,12 @@ def wait_for_port(port: int, timeout: float, proc: subprocess.Popen | None = Non
 class LocalFederation:
     """Context manager: SuperLink + ``num_clients`` SuperNodes, each on its own shard."""
 
-    def __init__(self, shards_dir: Path, num_clients: int, workdir: Path, env: Mapping[str, str]) -> None:
+    def __init__(
+        self, shards_dir: Path, num_clients: int, workdir: Path, env: Mapping[str, str], warm_clients: bool = True
+    ) -> None:
         self.shards_dir = Path(shards_dir).resolve()
         self.num_clients = num_clients
+        self.warm_clients = warm_clients
         self.workdir = Path(workdir)
         self.env = {**os.environ, **env}
         self.fleet_port = free_port()
@@ -90,6 +93,8 @@ class LocalFederation:
             wait_for_port(self.fleet_port, 60, self.superlink)
             for pid in range(self.num_clients):
                 argv = supernode_argv(self.fleet_address, pid, str(self.shards_dir / client_dir_name(pid)), free_port())
+                if self.warm_clients:
+                    argv = forkserver.argv(argv)
                 self.supernodes.append(self._spawn(argv, f"supernode-{pid}.log"))
         except BaseException:
             self.stop()
@@ -153,7 +158,9 @@ class LocalStack(Stack):
         job = self.job
         self._flwr_home = tempfile.TemporaryDirectory(prefix="fedimdb-flwr-")
         self.env = process_env(job.run, Path(self._flwr_home.name))
-        self.federation = LocalFederation(job.shards, job.run.num_clients, job.run_dir / LOGS_DIR, self.env)
+        self.federation = LocalFederation(
+            job.shards, job.run.num_clients, job.run_dir / LOGS_DIR, self.env, job.warm_clients
+        )
         self.federation.__enter__()
         flwr_cli.write_connection(Path(self._flwr_home.name), CONNECTION, self.federation.control_address)
         self.log(

@@ -13,6 +13,8 @@ import os
 import socket
 import sys
 
+from fedimdb.config import ExperimentConfig, env_name
+from fedimdb.deploy import forkserver
 from fedimdb.protocol import NODE_PARTITION_ID, NODE_SHARD_DIR
 
 FLEET_PORT = 9092  # gRPC Fleet API: SuperNodes -> SuperLink
@@ -22,6 +24,7 @@ SERVER_HOST = "server"  # the SuperLink's name on the Compose network (its servi
 CLIENT_SHARD_MOUNT = "/data"  # where a client container sees its own shard (read-only)
 HELD_OUT_MOUNT = "/held-out"  # where the server container sees the held-out set (read-only)
 ARTIFACTS_MOUNT = "/artifacts"  # the artifacts volume, in the server and runner containers
+WARM_CLIENTS_VAR = env_name("warm_clients")  # read by the client containers' supernode role
 
 
 def superlink_argv(fleet_address: str, host: str, port: int) -> list[str]:
@@ -83,6 +86,8 @@ def main(argv: list[str] | None = None) -> None:
         except (KeyError, ValueError):
             sys.exit("supernode: set PARTITION_ID to this client's partition number (0, 1, ...)")
         cmd = supernode_argv(f"{SERVER_HOST}:{FLEET_PORT}", partition_id, CLIENT_SHARD_MOUNT)
+        if ExperimentConfig.from_env(env_file=None).warm_clients:
+            cmd = forkserver.argv(cmd)
     else:
         sys.exit("usage: python -m fedimdb.deploy.processes superlink|supernode|healthcheck")
     print(" ".join(cmd), flush=True)

@@ -1,0 +1,68 @@
+"""Warm client nodes: every task runs Flower's own ``flwr-clientapp`` entry point, forked by the fork server.
+
+The first test pins what fedimdb/deploy/forkserver.py depends on in Flower; a Flower upgrade that
+changes how the SuperExec launches ClientApps fails it. The end-to-end tests run warm nodes too
+(the default), so a fork server that breaks the Flower contract fails them as well.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import pytest
+
+from fedimdb.deploy import forkserver
+from fedimdb.deploy.clientapp_shim import COMMAND, SOCKET_VAR
+
+pytestmark = pytest.mark.timeout(300)
+
+NODE = """
+import json, os, shutil, subprocess, sys
+ok = subprocess.run(["flwr-clientapp", "--help"], capture_output=True, text=True)
+bad = subprocess.run(["flwr-clientapp", "--no-such-option"], capture_output=True, text=True)
+print(json.dumps({"which": shutil.which("flwr-clientapp"), "socket": os.environ.get(sys.argv[1]),
+                  "ok": [ok.returncode, ok.stdout], "bad": [bad.returncode, bad.stderr]}))
+sys.exit(3)
+"""
+"""A stand-in SuperNode: runs ``flwr-clientapp`` twice by name, prints what it saw, exits with 3."""
+
+
+def test_flower_launches_clientapps_by_the_name_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flwr.supercore.constant import TaskType
+    from flwr.supercore.superexec.executor import subprocess_executor
+    from flwr.supercore.superexec.executor.types import ExecutionSpec
+
+    launched: list[list[str]] = []
+    monkeypatch.setattr(subprocess_executor.subprocess, "Popen", lambda args, **_kw: launched.append(args))
+    spec = ExecutionSpec(TaskType.CLIENT_APP, "127.0.0.1:9094", "token", True, None, False, None, False, 1)
+    subprocess_executor.SubprocessExecutor().launch(spec)
+    assert launched[0][0] == COMMAND
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == COMMAND]
+    assert script.value == "flwr.supernode.cli:flwr_clientapp"
+    from flwr.supernode.cli import flwr_clientapp
+    from flwr.supernode.cli.flwr_clientapp import flwr_clientapp as entry
+
+    assert flwr_clientapp is entry
+
+
+def test_tasks_are_forked_from_the_server_with_their_arguments_streams_and_exit_codes() -> None:
+    proc = subprocess.run(
+        forkserver.argv([sys.executable, "-c", NODE, SOCKET_VAR]), capture_output=True, text=True, timeout=240
+    )
+    assert proc.returncode == 3, proc.stderr[-3000:]  # the node's own exit code
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert seen["socket"] and seen["which"].startswith(str(Path(seen["socket"]).parent))
+    assert seen["ok"][0] == 0 and "Run a Flower ClientApp" in seen["ok"][1]
+    assert seen["bad"][0] == 2 and "flwr-clientapp: error:" in seen["bad"][1]
+    assert proc.stderr.count("fork server: task process") == 2, proc.stderr[-3000:]
+
+
+def test_without_a_fork_server_the_shim_runs_flowers_own_clientapp(tmp_path: Path) -> None:
+    folder = forkserver.shim_dir(tmp_path)
+    env = {"PATH": f"{folder}:{Path(sys.executable).parent}"}  # Flower's flwr-clientapp beside this Python
+    proc = subprocess.run([str(folder / COMMAND), "--help"], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0 and "Run a Flower ClientApp" in proc.stdout
