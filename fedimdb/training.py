@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from fedimdb.data import Examples
+from fedimdb.tokens import collate, tokenised
 
 
 @dataclass(frozen=True)
@@ -44,13 +45,10 @@ def seed_everything(seed: int, threads: int = 0) -> None:
 
 
 def _batches(tokenizer: Any, data: Examples, order: list[int], batch_size: int, max_length: int, device: torch.device):
+    split = tokenised(tokenizer, data, max_length)  # once per split, cached on disk
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        enc = tokenizer(
-            [data.texts[i] for i in idx], truncation=True, max_length=max_length, padding=True, return_tensors="pt"
-        )
-        enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-        yield enc, torch.tensor([data.labels[i] for i in idx], device=device)
+        yield collate(tokenizer, split, idx, device), torch.from_numpy(split.labels[idx]).to(device)
 
 
 def train(
