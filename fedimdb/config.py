@@ -283,6 +283,13 @@ class ExperimentConfig(_Settings):
         "Each client node keeps flwr, torch and transformers imported in a fork server and forks the process "
         "of each message from it (false: Flower's own fresh flwr-clientapp process per message)",
     )
+    superexec_poll_interval: float = setting(
+        1.0,
+        "Seconds each node's Flower SuperExec waits between checks for a new task "
+        "(FLWR_SUPEREXEC_TASK_POLL_INTERVAL; Flower's default 1.0)",
+        low=0.01,
+        high=60.0,
+    )
     metrics_port: int = setting(
         9101, "Port of the orchestrator's Prometheus /metrics (0 = do not serve)", low=0, high=65535
     )

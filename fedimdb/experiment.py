@@ -207,7 +207,7 @@ class Experiment:
         console.print(f"repeat {k} (seed {cfg.seed}), attempt {attempt}: backend {self.backend.name}")
         last = k == self.settings.experiment.repeats - 1
         job = StackJob(cfg, self.settings.data, self.shards, path, compose_project_name(self.exp_dir.name, k, attempt),
-                       keep_up=self.keep_up and last, warm_clients=self.settings.experiment.warm_clients)  # fmt: skip
+                       keep_up=self.keep_up and last, nodes=self.settings.experiment)  # fmt: skip
         t0 = time.monotonic()
         try:
             with self.backend.make(job) as stack:

@@ -15,11 +15,11 @@ from __future__ import annotations
 import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from fedimdb.config import ConfigError, DataConfig, RunConfig
+from fedimdb.config import ConfigError, DataConfig, ExperimentConfig, RunConfig
 
 Log = Callable[[str], None]
 RoundCallback = Callable[[int], None]
@@ -35,7 +35,7 @@ class StackJob:
     run_dir: Path
     name: str  # unique per attempt: the Compose project name, or a label in logs
     keep_up: bool = False
-    warm_clients: bool = True  # SuperNodes behind a fork server (fedimdb/deploy/forkserver.py)
+    nodes: ExperimentConfig = field(default_factory=ExperimentConfig)  # how the SuperNodes run (warm, polling)
 
 
 class Stack(ABC):

@@ -24,7 +24,7 @@ from fedimdb.deploy.backend import Log, RoundCallback, Stack, StackJob
 from fedimdb.deploy.compose import COMPOSE_FILE, SHARDS_DIR_VAR, build_override
 from fedimdb.deploy.docker_artifacts import RUNNER_SERVICE, pull_artifacts, read_run_file, service_containers
 from fedimdb.deploy.flwr_cli import RoundProgress
-from fedimdb.deploy.processes import WARM_CLIENTS_VAR
+from fedimdb.deploy.processes import SUPEREXEC_POLL_VAR, WARM_CLIENTS_VAR
 
 COMPOSE_LOG = "compose.log"  # in the run folder's logs/
 POLL_SECONDS = 3.0
@@ -65,7 +65,8 @@ class DockerStack(Stack):
         self.env = {
             **os.environ,
             SHARDS_DIR_VAR: str(job.shards.resolve()),
-            WARM_CLIENTS_VAR: str(job.warm_clients).lower(),
+            WARM_CLIENTS_VAR: str(job.nodes.warm_clients).lower(),
+            SUPEREXEC_POLL_VAR: str(job.nodes.superexec_poll_interval),
         }
         self.client = docker.from_env()
         self._is_up = False

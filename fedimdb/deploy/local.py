@@ -26,7 +26,7 @@ from fedimdb.config import RunConfig
 from fedimdb.data import SERVER_DIR, client_dir_name
 from fedimdb.deploy import flwr_cli, forkserver
 from fedimdb.deploy.backend import RoundCallback, Stack
-from fedimdb.deploy.processes import superlink_argv, supernode_argv
+from fedimdb.deploy.processes import FLOWER_POLL_VAR, superlink_argv, supernode_argv
 
 LOOPBACK = "127.0.0.1"
 CONNECTION = "fedimdb-local"  # the flwr CLI's name for the local SuperLink
@@ -134,7 +134,7 @@ def missing_commands() -> list[str]:
     return [c for c in FLOWER_COMMANDS if shutil.which(c) is None]
 
 
-def process_env(cfg: RunConfig, flwr_home: Path) -> dict[str, str]:
+def process_env(cfg: RunConfig, flwr_home: Path, superexec_poll_interval: float = 1.0) -> dict[str, str]:
     """Environment of every local Flower process: own FLWR_HOME, no telemetry, threads shared fairly."""
     threads = cfg.torch_threads or max(1, (os.cpu_count() or 1) // cfg.num_clients)
     return {
@@ -145,6 +145,7 @@ def process_env(cfg: RunConfig, flwr_home: Path) -> dict[str, str]:
         "OMP_NUM_THREADS": str(threads),
         "MKL_NUM_THREADS": str(threads),
         "TOKENIZERS_PARALLELISM": "false",
+        FLOWER_POLL_VAR: str(superexec_poll_interval),
     }
 
 
@@ -157,9 +158,9 @@ class LocalStack(Stack):
         """A private FLWR_HOME, the SuperLink and one SuperNode per client; logs into run_dir/logs."""
         job = self.job
         self._flwr_home = tempfile.TemporaryDirectory(prefix="fedimdb-flwr-")
-        self.env = process_env(job.run, Path(self._flwr_home.name))
+        self.env = process_env(job.run, Path(self._flwr_home.name), job.nodes.superexec_poll_interval)
         self.federation = LocalFederation(
-            job.shards, job.run.num_clients, job.run_dir / LOGS_DIR, self.env, job.warm_clients
+            job.shards, job.run.num_clients, job.run_dir / LOGS_DIR, self.env, job.nodes.warm_clients
         )
         self.federation.__enter__()
         flwr_cli.write_connection(Path(self._flwr_home.name), CONNECTION, self.federation.control_address)

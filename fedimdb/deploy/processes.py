@@ -25,6 +25,8 @@ CLIENT_SHARD_MOUNT = "/data"  # where a client container sees its own shard (rea
 HELD_OUT_MOUNT = "/held-out"  # where the server container sees the held-out set (read-only)
 ARTIFACTS_MOUNT = "/artifacts"  # the artifacts volume, in the server and runner containers
 WARM_CLIENTS_VAR = env_name("warm_clients")  # read by the client containers' supernode role
+SUPEREXEC_POLL_VAR = env_name("superexec_poll_interval")  # docker-compose.yml hands it to Flower's SuperExec
+FLOWER_POLL_VAR = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"  # Flower's own knob, read by flower-superexec
 
 
 def superlink_argv(fleet_address: str, host: str, port: int) -> list[str]:
