@@ -1,0 +1,87 @@
+"""What every benchmark shares: running fedimdb as a user does, reading its rows, writing results.
+
+Benchmarks print ratios measured side by side in one invocation and write their figures, with
+the machine they ran on, to ``bench/results/<name>-<UTC time>.json``.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from fedimdb.artifacts import read_csv, read_json, write_json_atomic
+from fedimdb.deploy import APP_DIR
+from fedimdb.experiment import repeat_dir
+
+RESULTS_DIR = APP_DIR / "bench" / "results"
+DEFAULT_IMDB = APP_DIR.parent / "shared" / "data" / "imdb"
+
+
+@dataclass(frozen=True)
+class FedRun:
+    """One fedimdb run's artifact folder and its rows."""
+
+    run_dir: Path
+    rounds: list[dict[str, str]]
+    clients: list[dict[str, str]]
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """run.json."""
+        return read_json(self.run_dir / "run.json")
+
+    @property
+    def final_accuracy(self) -> float:
+        """Central accuracy after the last round."""
+        return float(self.rounds[-1]["central_accuracy"])
+
+
+def run_fedimdb(
+    out: Path, args: Sequence[str], settings: Mapping[str, Any], env: Mapping[str, str] | None = None
+) -> FedRun:
+    """``orchestrate.py --backend local ARGS --set K=V ...`` to its end; its one repeat's rows."""
+    out.mkdir(parents=True, exist_ok=True)
+    before = set(out.iterdir())
+    cmd = [sys.executable, str(APP_DIR / "orchestrate.py"), "--backend", "local", "--metrics-port", "0"]
+    cmd += [*args, "--out", str(out)]
+    for key, value in settings.items():
+        cmd += ["--set", f"{key}={value}"]
+    proc = subprocess.run(cmd, cwd=APP_DIR, env={**os.environ, **(env or {})}, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+    (exp_dir,) = set(out.iterdir()) - before
+    run_dir = repeat_dir(exp_dir, 0)
+    return FedRun(run_dir, read_csv(run_dir / "rounds.csv"), read_csv(run_dir / "clients.csv"))
+
+
+def machine() -> dict[str, Any]:
+    """The machine and software the figures were measured on."""
+    import flwr
+    import torch
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=APP_DIR, capture_output=True, text=True)
+    return {
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "flwr": flwr.__version__ if hasattr(flwr, "__version__") else "1.39.0",
+        "torch": torch.__version__,
+        "cuda": torch.cuda.is_available(),
+        "commit": commit.stdout.strip(),
+    }
+
+
+def write_result(name: str, figures: Mapping[str, Any], command: Sequence[str]) -> Path:
+    """``bench/results/NAME-<UTC time>.json`` with the figures, the machine and the command."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    path = RESULTS_DIR / f"{name}-{stamp}.json"
+    write_json_atomic(path, {"benchmark": name, "utc": stamp, "command": list(command),
+                             "machine": machine(), **figures})  # fmt: skip
+    return path

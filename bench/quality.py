@@ -1,0 +1,117 @@
+"""Quality: FedAvg (10 IID clients, and Dirichlet label skew) against centralised fine-tuning.
+
+Same model, same training loop (fedimdb.training.train), same total sample budget, one epoch's
+worth of steps, same learning rate, batch and length, and the same held-out test rows. The
+centralised run is one process using every core, on a random sample of the union of the clients'
+train splits. Run from the repository root::
+
+    python -m bench.quality            # 10 clients x 5 rounds x 5 steps x 16 = 4,000 samples
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from bench.common import DEFAULT_IMDB, FedRun, run_fedimdb, write_result
+from fedimdb.data import SERVER_DIR, Examples, client_dir_name, read_split
+from fedimdb.model import load_model, pick_device
+from fedimdb.training import evaluate, seed_everything, train
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The shared training budget of every arm."""
+
+    clients: int
+    rounds: int
+    steps: int
+    batch_size: int
+    max_length: int
+    learning_rate: float
+    eval_rows: int
+    seed: int
+
+    @property
+    def samples(self) -> int:
+        """Samples trained in all (when every shard has enough rows)."""
+        return self.clients * self.rounds * self.steps * self.batch_size
+
+    def run_settings(self) -> dict[str, object]:
+        """fedimdb run settings of the federated arms."""
+        return {"max-steps": self.steps, "batch-size": self.batch_size, "max-length": self.max_length,
+                "learning-rate": self.learning_rate, "eval-rows": self.eval_rows, "local-eval-rows": 32}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One arm's outcome."""
+
+    name: str
+    accuracy: float
+    samples: int
+
+
+def centralised(shards: Path, budget: Budget) -> Arm:
+    """One process, all cores: ``budget.samples`` random rows of the clients' train splits, one pass."""
+    rows: list[tuple[str, int]] = []
+    for k in range(budget.clients):
+        split = read_split(shards / client_dir_name(k), "train")
+        rows += zip(split.texts, split.labels, strict=True)
+    random.Random(budget.seed).shuffle(rows)
+    picked = rows[: budget.samples]
+    data = Examples([t for t, _ in picked], [y for _, y in picked])
+    model, tokenizer = load_model("minilm", budget.seed)
+    seed_everything(budget.seed, os.cpu_count() or 1)
+    device = pick_device("auto")
+    options = {"batch_size": budget.batch_size, "max_length": budget.max_length, "device": device}
+    result = train(model, tokenizer, data, epochs=1, max_steps=0, learning_rate=budget.learning_rate,
+                   seed=budget.seed, **options)  # fmt: skip
+    held_out = read_split(shards / SERVER_DIR, "test").head(budget.eval_rows)
+    return Arm("centralised", evaluate(model, tokenizer, held_out, **options).accuracy, result.num_examples)
+
+
+def federated(name: str, work: Path, imdb: Path, budget: Budget, partitioner: list[str]) -> tuple[Arm, FedRun]:
+    """FedAvg through real Flower processes (local backend) with the same budget."""
+    args = ["--model", "minilm", "--clients", str(budget.clients), "--rounds", str(budget.rounds),
+            "--seed", str(budget.seed), "--data-source", str(imdb), "--shards-dir", str(work / f"shards-{name}"),
+            *partitioner]  # fmt: skip
+    run = run_fedimdb(work / "results", args, budget.run_settings())
+    samples = sum(int(r["train_examples"]) for r in run.rounds)
+    return Arm(name, run.final_accuracy, samples), run
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the three arms, print the table and the ratios, write bench/results/quality-*.json."""
+    p = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__.split("\n\n")[0])
+    p.add_argument("--clients", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--steps", type=int, default=5, help="local steps per round")
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--learning-rate", type=float, default=1e-4)
+    p.add_argument("--eval-rows", type=int, default=1000)
+    p.add_argument("--data-source", type=Path, default=DEFAULT_IMDB)
+    a = p.parse_args(argv)
+    budget = Budget(a.clients, a.rounds, a.steps, 16, a.max_length, a.learning_rate, a.eval_rows, seed=42)
+    with tempfile.TemporaryDirectory(prefix="fedimdb-bench-quality-") as tmp:
+        work = Path(tmp)
+        iid, _ = federated("fedavg-iid", work, a.data_source, budget, ["--partitioner", "iid"])
+        skew, _ = federated("fedavg-dirichlet-0.5", work, a.data_source, budget,
+                            ["--partitioner", "dirichlet", "--alpha", "0.5"])  # fmt: skip
+        central = centralised(work / "shards-fedavg-iid", budget)
+    arms = [central, iid, skew]
+    print(f"{'arm':<24}{'samples':>9}{'accuracy':>10}{'÷ centralised':>15}")
+    for arm in arms:
+        print(f"{arm.name:<24}{arm.samples:>9}{arm.accuracy:>10.4f}{arm.accuracy / central.accuracy:>15.3f}")
+    path = write_result("quality", {"budget": asdict(budget), "arms": [asdict(x) for x in arms]}, sys.argv)
+    print(f"written: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
