@@ -7,6 +7,7 @@ server can record per-client rows. Keys: fedimdb/protocol.py.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,12 +93,14 @@ def _validate(task: LocalTask, val: Examples) -> EvalResult:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train the global model on the local train split; reply with weights and metrics."""
+    start = time.perf_counter()
     task = _prepare(msg, context, "train")
     cfg = task.cfg
     received: dict[str, int | float] = {}
     if msg.content[CONFIG].get(EVALUATE_RECEIVED, False):  # before training: the global model as received
         res = _validate(task, read_split(task.shard, "val"))
         received = ReceivedEvalMetrics(res.num_examples, res.loss, res.accuracy).as_metrics()
+    setup_seconds = time.perf_counter() - start
     result = train_model(
         task.model,
         task.tokenizer,
@@ -116,6 +119,7 @@ def train(msg: Message, context: Context) -> Message:
         steps=result.steps,
         seconds=result.seconds,
         samples_per_second=result.samples_per_second,
+        setup_seconds=setup_seconds,
     )
     record = MetricRecord({**metrics.as_metrics(), **received})
     content = RecordDict(

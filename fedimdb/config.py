@@ -201,9 +201,11 @@ class RunConfig(_Settings):
     )
     max_length: int = setting(128, "Tokens per review (truncation length)", low=8, high=512)
     batch_size: int = setting(16, "Batch size for training and evaluation", low=1, high=4096)
-    learning_rate: float = setting(5e-5, "Client AdamW learning rate", low=0.0, low_open=True, high=1.0)
+    learning_rate: float = setting(1e-4, "Client AdamW learning rate", low=0.0, low_open=True, high=1.0)
     local_epochs: int = setting(1, "Local epochs per round", low=1, high=1000)
-    max_steps: int = setting(0, "Cap on local optimizer steps per round (0 = no cap)", low=0)
+    max_steps: int = setting(
+        16, "Cap on local optimizer steps per round, the per-round budget (0 = no cap: full local epochs)", low=0
+    )
     local_eval: str = setting(
         LOCAL_EVAL_WITH_TRAIN,
         "When clients evaluate each global model on their validation split: with-train (in the next round's "

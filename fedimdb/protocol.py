@@ -37,6 +37,7 @@ NUM_EXAMPLES = "num-examples"  # FedAvg weights replies by this key (its default
 TRAIN_LOSS = "train-loss"
 TRAIN_STEPS = "train-steps"
 TRAIN_SECONDS = "train-seconds"
+SETUP_SECONDS = "setup-seconds"
 TRAIN_SAMPLES_PER_S = "train-samples-per-s"
 EVAL_LOSS = "eval-loss"
 EVAL_ACCURACY = "eval-accuracy"
@@ -81,6 +82,7 @@ class TrainMetrics(_ReplyMetrics):
     steps: int
     seconds: float
     samples_per_second: float
+    setup_seconds: float  # before training: model and weights, data, the local evaluation if asked
 
     KEYS: ClassVar[dict[str, str]] = {
         "partition_id": PARTITION_ID,
@@ -89,6 +91,7 @@ class TrainMetrics(_ReplyMetrics):
         "steps": TRAIN_STEPS,
         "seconds": TRAIN_SECONDS,
         "samples_per_second": TRAIN_SAMPLES_PER_S,
+        "setup_seconds": SETUP_SECONDS,
     }
 
 

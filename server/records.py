@@ -13,6 +13,7 @@ from typing import Any
 from flwr.app import Message
 
 from fedimdb.protocol import METRICS, PARTITION_ID, EvalMetrics, ReceivedEvalMetrics, TrainMetrics
+from fedimdb.training import EvalResult
 
 ROUND_COLUMNS = (
     "round",
@@ -27,6 +28,7 @@ ROUND_COLUMNS = (
     "clients_sampled",
     "clients_participating",
     "clients_failed",
+    "central_eval_seconds",
     "round_seconds",
 )
 CLIENT_COLUMNS = (
@@ -37,6 +39,7 @@ CLIENT_COLUMNS = (
     "num_examples",
     "train_loss",
     "train_steps",
+    "setup_seconds",
     "train_seconds",
     "train_samples_per_s",
     "local_eval_loss",
@@ -104,6 +107,7 @@ class RoundLog:
                 num_examples=m.num_examples,
                 train_loss=m.loss,
                 train_steps=m.steps,
+                setup_seconds=m.setup_seconds,
                 train_seconds=m.seconds,
                 train_samples_per_s=m.samples_per_second,
             )
@@ -142,21 +146,22 @@ class RoundLog:
             if row["round"] == server_round:
                 row.update(self._local_eval_summary(server_round))
 
-    def finish_round(self, server_round: int, loss: float, accuracy: float, examples: int) -> dict[str, Any]:
-        """Close the round with the central evaluation; return its rounds.csv row."""
+    def finish_round(self, server_round: int, central: EvalResult, eval_seconds: float) -> dict[str, Any]:
+        """Close the round with the central evaluation (and how long it took); return its rounds.csv row."""
         rows = [r for r in self.clients if r["round"] == server_round]
         trained = [r for r in rows if r["num_examples"] != ""]
         row = {
             "round": server_round,
-            "central_loss": loss,
-            "central_accuracy": accuracy,
-            "central_examples": examples,
+            "central_loss": central.loss,
+            "central_accuracy": central.accuracy,
+            "central_examples": central.num_examples,
             "train_loss": weighted_mean(trained, "train_loss", "num_examples"),
             "train_examples": sum(r["num_examples"] for r in trained),
             **self._local_eval_summary(server_round),
             "clients_sampled": self._sampled.get(server_round, 0),
             "clients_participating": len(trained),
             "clients_failed": self._failed.get(server_round, 0),
+            "central_eval_seconds": eval_seconds,
             "round_seconds": time.monotonic() - self._started.get(server_round, time.monotonic()),
         }
         self.rounds.append(row)

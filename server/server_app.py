@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +82,9 @@ class RoundEnd:
         """Round 0 is the initial model; round k the global model after round k."""
         state = arrays.to_torch_state_dict()
         self.archive(server_round, state)
+        start = time.perf_counter()
         res = self.evaluate(state, self.held_out.head(self.cfg.eval_rows))
-        self.record(server_round, res)
+        self.record(server_round, res, time.perf_counter() - start)
         return MetricRecord({"loss": res.loss, "accuracy": res.accuracy})
 
     def archive(self, server_round: int, state: dict[str, Any]) -> None:
@@ -98,12 +100,12 @@ class RoundEnd:
             self.model, self.tokenizer, data, batch_size=cfg.batch_size, max_length=cfg.max_length, device=self.device
         )
 
-    def record(self, server_round: int, res: EvalResult) -> None:
+    def record(self, server_round: int, res: EvalResult, seconds: float) -> None:
         """The initial evaluation goes to run.json; a round's rows to rounds.csv and clients.csv."""
         if server_round == 0:
             self.artifacts.update(**{"initial-evaluation": res.as_dict()})
             return
-        self.round_log.finish_round(server_round, res.loss, res.accuracy, res.num_examples)
+        self.round_log.finish_round(server_round, res, seconds)
         self.write_tables()
         self.artifacts.update(**{ROUNDS_COMPLETED: server_round})
 

@@ -14,7 +14,8 @@ from fedimdb.artifacts import read_csv, read_json, verify_run
 from fedimdb.model import load_global_model
 from tests.conftest import E2E_CLIENTS, E2E_ROUNDS
 
-TIMING_COLUMNS = {"round_seconds", "train_seconds", "train_samples_per_s", "node_id"}
+TIMING_COLUMNS = {"round_seconds", "central_eval_seconds", "setup_seconds", "train_seconds", "train_samples_per_s",
+                  "node_id"}  # fmt: skip
 
 
 def _run_dirs(results: Path) -> list[Path]:

@@ -8,7 +8,9 @@ from fedimdb.protocol import NUM_EXAMPLES, EvalMetrics, TrainMetrics
 
 
 def test_train_metrics_travel_through_a_metric_record_unchanged() -> None:
-    sent = TrainMetrics(partition_id=3, num_examples=40, loss=0.25, steps=5, seconds=1.5, samples_per_second=26.7)
+    sent = TrainMetrics(
+        partition_id=3, num_examples=40, loss=0.25, steps=5, seconds=1.5, samples_per_second=26.7, setup_seconds=0.5
+    )
     record = sent.to_record()
     assert TrainMetrics.from_record(record) == sent
     assert isinstance(TrainMetrics.from_record(record).num_examples, int)
@@ -21,7 +23,7 @@ def test_eval_metrics_travel_through_a_metric_record_unchanged() -> None:
 
 def test_fedavg_weights_replies_by_our_example_count_key() -> None:
     assert FedAvg().weighted_by_key == NUM_EXAMPLES
-    assert NUM_EXAMPLES in TrainMetrics(0, 1, 0.0, 1, 0.0, 0.0).to_record()
+    assert NUM_EXAMPLES in TrainMetrics(0, 1, 0.0, 1, 0.0, 0.0, 0.0).to_record()
 
 
 def test_float16_transport_halves_the_bytes_and_comes_back_as_float32() -> None:

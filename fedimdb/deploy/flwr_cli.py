@@ -17,10 +17,11 @@ from typing import Any
 
 import tomli_w
 
-from fedimdb.artifacts import LOGS_DIR, ROUNDS_COMPLETED, RUN_FILE, read_json, verify_run
+from fedimdb.artifacts import LOGS_DIR, ROUNDS_COMPLETED, RUN_FILE, read_json, verify_run, write_json_atomic
 from fedimdb.deploy import APP_DIR
 
 SERVERAPP_LOG = "serverapp.log"  # in the run folder's logs/
+FLWR_RUN_FILE = "flwr-run.json"  # in logs/ too: the run's final ``flwr ls`` entry (bytes in/out, compute time)
 FINISHED_PREFIX = "finished:"
 COMPLETED = "finished:completed"
 
@@ -167,6 +168,7 @@ def run_to_completion(
     finally:
         server_log.parent.mkdir(parents=True, exist_ok=True)
         server_log.write_text(run_log(connection, run_id, env))
+    write_json_atomic(server_log.parent / FLWR_RUN_FILE, entry)
     if entry["status"] != COMPLETED:
         raise FlowerRunError(f"run {run_id} ended {entry['status']}: {entry.get('status-details')}; see {server_log}")
     verify_run(run_dir)

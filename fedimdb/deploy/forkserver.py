@@ -31,17 +31,36 @@ from pathlib import Path
 
 from fedimdb.deploy.clientapp_shim import COMMAND, SOCKET_VAR
 
-PRELOAD = ("torch", "transformers", "safetensors.torch", "pyarrow.parquet", "flwr.supernode.cli.flwr_clientapp")
+PRELOAD = (
+    "torch",
+    "safetensors.torch",
+    "pyarrow.parquet",
+    "numpy",
+    "flwr.supernode.cli.flwr_clientapp",
+    "transformers",
+    # transformers imports its classes lazily, on first use: these are what the presets (BERT) use.
+    "transformers.models.auto.modeling_auto",
+    "transformers.models.auto.tokenization_auto",
+    "transformers.models.bert.configuration_bert",
+    "transformers.models.bert.modeling_bert",
+    "transformers.models.bert.tokenization_bert",
+    "transformers.tokenization_utils_fast",
+)
 """Imported once by the fork server; the app's own modules still come from each run's FAB."""
+TRANSFORMERS_NAMES = ("AutoConfig", "AutoModelForSequenceClassification", "AutoTokenizer", "PreTrainedTokenizerFast")
 REQUEST_LIMIT = 1 << 16
 
 
 def preload() -> None:
-    """Import the libraries every ClientApp process needs (no threads started, no device touched)."""
+    """Import what every ClientApp process needs; run no torch code (forked OpenMP pools hang)."""
     import importlib
 
     for module in PRELOAD:
-        importlib.import_module(module)
+        with contextlib.suppress(ImportError):  # best effort: a transformers without one just loads it later
+            importlib.import_module(module)
+    transformers = sys.modules.get("transformers")
+    for name in TRANSFORMERS_NAMES:
+        getattr(transformers, name, None)
 
 
 def shim_dir(workdir: Path) -> Path:
