@@ -66,3 +66,12 @@ def test_without_a_fork_server_the_shim_runs_flowers_own_clientapp(tmp_path: Pat
     env = {"PATH": f"{folder}:{Path(sys.executable).parent}"}  # Flower's flwr-clientapp beside this Python
     proc = subprocess.run([str(folder / COMMAND), "--help"], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0 and "Run a Flower ClientApp" in proc.stdout
+
+
+def test_a_task_forgets_the_servers_fedimdb_modules_so_the_fabs_are_imported() -> None:
+    saved = {name: mod for name, mod in sys.modules.items() if name.split(".")[0] == "fedimdb"}
+    try:
+        forkserver.forget_app_modules()
+        assert not [name for name in sys.modules if name.split(".")[0] == "fedimdb"]
+    finally:
+        sys.modules.update(saved)

@@ -49,6 +49,7 @@ PRELOAD = (
 """Imported once by the fork server; the app's own modules still come from each run's FAB."""
 TRANSFORMERS_NAMES = ("AutoConfig", "AutoModelForSequenceClassification", "AutoTokenizer", "PreTrainedTokenizerFast")
 REQUEST_LIMIT = 1 << 16
+APP_PACKAGE = __name__.split(".")[0]  # fedimdb: this server runs from it, but a task must import the FAB's
 
 
 def preload() -> None:
@@ -87,10 +88,17 @@ def _receive(conn: socket.socket) -> tuple[dict, list[int]]:
     return json.loads(data), fds
 
 
+def forget_app_modules() -> None:
+    """Drop fedimdb's own modules (this server imported them) so that the FAB's copy is imported."""
+    for name in [m for m in sys.modules if m == APP_PACKAGE or m.startswith(f"{APP_PACKAGE}.")]:
+        del sys.modules[name]
+
+
 def _run_task(request: dict, fds: list[int]) -> None:
     """In the forked child: become ``flwr-clientapp ARGS``; never returns."""
     code = 1
     try:
+        forget_app_modules()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
         for target, fd in enumerate(fds):
