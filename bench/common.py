@@ -44,12 +44,16 @@ class FedRun:
 
 
 def run_fedimdb(
-    out: Path, args: Sequence[str], settings: Mapping[str, Any], env: Mapping[str, str] | None = None
+    out: Path,
+    args: Sequence[str],
+    settings: Mapping[str, Any],
+    env: Mapping[str, str] | None = None,
+    backend: str = "local",
 ) -> FedRun:
-    """``orchestrate.py --backend local ARGS --set K=V ...`` to its end; its one repeat's rows."""
+    """``orchestrate.py --backend BACKEND ARGS --set K=V ...`` to its end; its one repeat's rows."""
     out.mkdir(parents=True, exist_ok=True)
     before = set(out.iterdir())
-    cmd = [sys.executable, str(APP_DIR / "orchestrate.py"), "--backend", "local", "--metrics-port", "0"]
+    cmd = [sys.executable, str(APP_DIR / "orchestrate.py"), "--backend", backend, "--metrics-port", "0"]
     cmd += [*args, "--out", str(out)]
     for key, value in settings.items():
         cmd += ["--set", f"{key}={value}"]

@@ -7,7 +7,8 @@ model, once per variant. A fedimdb round's overhead is its wall time minus the s
 training time; the ratio is that overhead over the baseline's round time for the same weights.
 Run from the repository root::
 
-    python -m bench.overhead                 # 10 clients, 3 rounds
+    python -m bench.overhead                     # 10 clients, 3 rounds, local backend
+    python -m bench.overhead --backend docker    # fedimdb on Compose stacks (baseline: local)
 """
 
 from __future__ import annotations
@@ -99,14 +100,13 @@ def baseline(model: str, clients: int, rounds: int, work: Path) -> Arm:
     return Arm("flower-default", model, statistics.mean(seconds), bytes_per_round=traffic(entry) / rounds)
 
 
-def fedimdb_arm(variant: Variant, model: str, clients: int, rounds: int, work: Path, imdb: Path) -> Arm:
-    """fedimdb with this variant, from the rows it wrote."""
-    args = ["--model", model, "--clients", str(clients), "--rounds", str(rounds), "--data-source", str(imdb),
-            "--shards-dir", str(work / "shards")]  # fmt: skip
-    run = run_fedimdb(work / "results", args, {**SETTINGS, **variant.settings}, variant.env)
-    return Arm(
-        variant.name, model, *per_round(run), traffic(read_json(run.run_dir / LOGS_DIR / FLWR_RUN_FILE)) / rounds
-    )
+def fedimdb_arm(variant: Variant, model: str, a: argparse.Namespace, work: Path) -> Arm:
+    """fedimdb with this variant on ``a.backend``, from the rows it wrote."""
+    args = ["--model", model, "--clients", str(a.clients), "--rounds", str(a.rounds), "--data-source",
+            str(a.data_source), "--shards-dir", str(work / "shards")]  # fmt: skip
+    run = run_fedimdb(work / "results", args, {**SETTINGS, **variant.settings}, variant.env, a.backend)
+    traffic_per_round = traffic(read_json(run.run_dir / LOGS_DIR / FLWR_RUN_FILE)) / a.rounds
+    return Arm(f"{variant.name}@{a.backend}", model, *per_round(run), traffic_per_round)
 
 
 def per_round(run: FedRun) -> tuple[float, float, float, float]:
@@ -127,7 +127,7 @@ def per_round(run: FedRun) -> tuple[float, float, float, float]:
 def report(arms: list[Arm], params: Mapping[str, int], clients: int) -> list[dict[str, Any]]:
     """Print the table; return its rows."""
     rows = []
-    print(f"{'model':<8}{'arm':<16}{'round s':>9}{'train s':>9}{'setup s':>9}{'eval s':>8}{'overhead s':>11}"
+    print(f"{'model':<8}{'arm':<24}{'round s':>9}{'train s':>9}{'setup s':>9}{'eval s':>8}{'overhead s':>11}"
           f"{'÷ flower':>10}{'bytes ÷ fp32 bound':>20}")  # fmt: skip
     for arm in arms:
         base = next(a for a in arms if a.model == arm.model and a.name == "flower-default")
@@ -135,7 +135,7 @@ def report(arms: list[Arm], params: Mapping[str, int], clients: int) -> list[dic
         bound = 2 * 4 * params[arm.model] * clients
         row = {**asdict(arm), "overhead_s": arm.overhead_s, "ratio": ratio, "bytes_ratio": arm.bytes_per_round / bound}
         rows.append(row)
-        print(f"{arm.model:<8}{arm.name:<16}{arm.round_s:>9.2f}{arm.slowest_train_s:>9.2f}{arm.slowest_setup_s:>9.2f}"
+        print(f"{arm.model:<8}{arm.name:<24}{arm.round_s:>9.2f}{arm.slowest_train_s:>9.2f}{arm.slowest_setup_s:>9.2f}"
               f"{arm.central_eval_s:>8.2f}{arm.overhead_s:>11.2f}{ratio:>10.3f}{row['bytes_ratio']:>20.3f}")  # fmt: skip
     print("targets: overhead ÷ flower " + ", ".join(f"{m} ≤ {t}" for m, t in TARGETS.items()))
     return rows
@@ -149,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", nargs="+", default=list(TARGETS), choices=list(TARGETS))
     p.add_argument("--variants", nargs="+", default=[v.name for v in VARIANTS], choices=[v.name for v in VARIANTS])
     p.add_argument("--data-source", type=Path, default=DEFAULT_IMDB)
+    p.add_argument("--backend", choices=("local", "docker"), default="local",
+                   help="where fedimdb runs (the Flower-default baseline always runs locally)")  # fmt: skip
     a = p.parse_args(argv)
     params = {m: num_params(m) for m in a.models}
     arms: list[Arm] = []
@@ -157,9 +159,10 @@ def main(argv: list[str] | None = None) -> int:
         for model in a.models:
             arms.append(baseline(model, a.clients, a.rounds, work))
             for variant in (v for v in VARIANTS if v.name in a.variants and model in v.models):
-                arms.append(fedimdb_arm(variant, model, a.clients, a.rounds, work, a.data_source))
+                arms.append(fedimdb_arm(variant, model, a, work))
     rows = report(arms, params, a.clients)
-    figures = {"clients": a.clients, "rounds": a.rounds, "settings": SETTINGS, "params": params, "arms": rows}
+    figures = {"clients": a.clients, "rounds": a.rounds, "backend": a.backend, "settings": SETTINGS, "params": params,
+               "arms": rows}  # fmt: skip
     print(f"written: {write_result('overhead', figures, sys.argv)}")
     return 0
 
