@@ -6,11 +6,14 @@ the machine they ran on, to ``bench/results/<name>-<UTC time>.json``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
+import shutil
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -89,3 +92,15 @@ def write_result(name: str, figures: Mapping[str, Any], command: Sequence[str]) 
     write_json_atomic(path, {"benchmark": name, "utc": stamp, "command": list(command),
                              "machine": machine(), **figures})  # fmt: skip
     return path
+
+
+@contextlib.contextmanager
+def work_dir(name: str) -> Iterator[Path]:
+    """A scratch folder for one benchmark: removed when it succeeds, kept (and named) when it fails."""
+    path = Path(tempfile.mkdtemp(prefix=f"fedimdb-bench-{name}-"))
+    try:
+        yield path
+    except BaseException:
+        print(f"kept for inspection: {path}", file=sys.stderr)
+        raise
+    shutil.rmtree(path, ignore_errors=True)

@@ -13,10 +13,9 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
-from bench.common import DEFAULT_IMDB, run_fedimdb, write_result
+from bench.common import DEFAULT_IMDB, run_fedimdb, work_dir, write_result
 from fedimdb.data import client_dir_name, read_split
 from fedimdb.model import load_model, pick_device
 from fedimdb.training import seed_everything, train
@@ -45,8 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     settings = {"max-steps": a.steps, "batch-size": 16, "max-length": a.max_length, "eval-rows": 200,
                 "local-eval-rows": 32}  # fmt: skip
-    with tempfile.TemporaryDirectory(prefix="fedimdb-bench-efficiency-") as tmp:
-        work = Path(tmp)
+    with work_dir("efficiency") as work:
         args = ["--model", "minilm", "--clients", str(a.clients), "--rounds", str(a.rounds),
                 "--data-source", str(a.data_source), "--shards-dir", str(work / "shards")]  # fmt: skip
         run = run_fedimdb(work / "results", args, settings)

@@ -16,13 +16,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.common import DEFAULT_IMDB, FedRun, run_fedimdb, write_result
+from bench.common import DEFAULT_IMDB, FedRun, run_fedimdb, work_dir, write_result
 from fedimdb.artifacts import LOGS_DIR, read_json
 from fedimdb.config import RunConfig
 from fedimdb.deploy import flwr_cli
@@ -80,8 +79,8 @@ def num_params(model: str) -> int:
 
 
 def traffic(entry: Mapping[str, Any]) -> float:
-    """Bytes in plus out of a ``flwr ls`` entry."""
-    return float(sum(v for k, v in entry.items() if "bytes" in k and isinstance(v, int | float)))
+    """Bytes in plus out of a run, from its ``flwr ls`` entry."""
+    return float(entry["network-traffic"]["total-bytes"])
 
 
 def baseline(model: str, clients: int, rounds: int, work: Path) -> Arm:
@@ -154,8 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     params = {m: num_params(m) for m in a.models}
     arms: list[Arm] = []
-    with tempfile.TemporaryDirectory(prefix="fedimdb-bench-overhead-") as tmp:
-        work = Path(tmp)
+    with work_dir("overhead") as work:
         for model in a.models:
             arms.append(baseline(model, a.clients, a.rounds, work))
             for variant in (v for v in VARIANTS if v.name in a.variants and model in v.models):

@@ -5,7 +5,7 @@ worth of steps, same learning rate, batch and length, and the same held-out test
 centralised run is one process using every core, on a random sample of the union of the clients'
 train splits. Run from the repository root::
 
-    python -m bench.quality            # 10 clients x 5 rounds x 5 steps x 16 = 4,000 samples
+    python -m bench.quality            # 10 clients x 5 rounds x 5 steps x 16 = 4,000 samples, length 64
 """
 
 from __future__ import annotations
@@ -14,11 +14,10 @@ import argparse
 import os
 import random
 import sys
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench.common import DEFAULT_IMDB, FedRun, run_fedimdb, write_result
+from bench.common import DEFAULT_IMDB, FedRun, run_fedimdb, work_dir, write_result
 from fedimdb.data import SERVER_DIR, Examples, client_dir_name, read_split
 from fedimdb.model import load_model, pick_device
 from fedimdb.training import evaluate, seed_everything, train
@@ -92,14 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=10)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=5, help="local steps per round")
-    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--learning-rate", type=float, default=1e-4)
-    p.add_argument("--eval-rows", type=int, default=1000)
+    p.add_argument("--eval-rows", type=int, default=500)
     p.add_argument("--data-source", type=Path, default=DEFAULT_IMDB)
     a = p.parse_args(argv)
     budget = Budget(a.clients, a.rounds, a.steps, 16, a.max_length, a.learning_rate, a.eval_rows, seed=42)
-    with tempfile.TemporaryDirectory(prefix="fedimdb-bench-quality-") as tmp:
-        work = Path(tmp)
+    with work_dir("quality") as work:
         iid, _ = federated("fedavg-iid", work, a.data_source, budget, ["--partitioner", "iid"])
         skew, _ = federated("fedavg-dirichlet-0.5", work, a.data_source, budget,
                             ["--partitioner", "dirichlet", "--alpha", "0.5"])  # fmt: skip
