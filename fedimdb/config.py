@@ -44,7 +44,8 @@ DEVICES = ("auto", "cpu", "cuda")
 BACKENDS = ("auto", "docker", "local")
 LOCAL_EVAL_WITH_TRAIN = "with-train"
 LOCAL_EVAL_MODES = (LOCAL_EVAL_WITH_TRAIN, "separate")
-TRANSPORT_DTYPES = ("float32", "float16")
+FULL_PRECISION = "float32"
+TRANSPORT_DTYPES = (FULL_PRECISION, "float16")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -218,7 +219,7 @@ class RunConfig(_Settings):
     final_eval_full: bool = setting(False, "After the last round, evaluate the final model on the whole held-out set")
     seed: int = setting(42, "Base seed (model init, sampling, shuffling, dropout)", low=0)
     weight_transport: str = setting(
-        "float32",
+        FULL_PRECISION,
         "dtype of the weights in messages, both ways: float32, or float16 (half the bytes; models stay float32 "
         "at both ends and the server aggregates in float32)",
         choices=TRANSPORT_DTYPES,

@@ -31,7 +31,7 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
-from fedimdb.config import LOCAL_EVAL_WITH_TRAIN, RunConfig
+from fedimdb.config import FULL_PRECISION, LOCAL_EVAL_WITH_TRAIN, RunConfig
 from fedimdb.protocol import ARRAYS, EVALUATE_RECEIVED, METRICS, PARTITION_ID, received_state, transport_arrays
 from server.records import RoundLog, partition_order
 
@@ -75,7 +75,7 @@ class RecordingStrategy(Strategy):
         round_log: RoundLog,
         archive_client: ClientArchiver | None = None,
         evaluate_received: bool = False,
-        transport: str = "float32",
+        transport: str = FULL_PRECISION,
     ) -> None:
         self.inner = inner
         self.round_log = round_log
@@ -85,13 +85,13 @@ class RecordingStrategy(Strategy):
 
     def _outgoing(self, arrays: ArrayRecord) -> ArrayRecord:
         """The global model as the messages carry it."""
-        if self.transport == "float32":
+        if self.transport == FULL_PRECISION:
             return arrays
         return transport_arrays(arrays.to_torch_state_dict(), self.transport)
 
     def _incoming(self, replies: list[Message]) -> None:
         """Replies' arrays back in float32, in place."""
-        if self.transport == "float32":
+        if self.transport == FULL_PRECISION:
             return
         for msg in replies:
             if not msg.has_error():
