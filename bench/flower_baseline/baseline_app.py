@@ -2,7 +2,7 @@
 
 The ServerApp runs stock FedAvg (separate train and evaluate messages, Flower's
 ``send_and_receive``) on random float32 weights of ``num-params`` parameters (random: Flower
-sends equal chunks once). ClientApps return the weights plus one, so replies are new bytes too.
+sends equal chunks once). ClientApps return the weights plus a constant of their own, so every reply is new bytes.
 Each round's wall time (from one ``evaluate_fn`` call to the next) goes to
 ``output-dir/rounds.json``.
 """
@@ -53,8 +53,13 @@ def main(grid: Grid, context: Context) -> None:
 
 @client.train()
 def train(msg: Message, context: Context) -> Message:
-    """The received weights plus one (new bytes), weighted as one example."""
-    arrays = ArrayRecord([a.numpy() + np.float32(1) for a in msg.content["arrays"].values()])
+    """The received weights plus a constant of this node's own, weighted as one example.
+
+    Each node adds its own constant: replies must differ, or the SuperLink, which keeps chunks by
+    their SHA-256, would take identical replies from one node only.
+    """
+    offset = np.float32(1 + context.node_id % 997)
+    arrays = ArrayRecord([a.numpy() + offset for a in msg.content["arrays"].values()])
     return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord({"num-examples": 1})}), reply_to=msg)
 
 
