@@ -141,6 +141,10 @@ def _interrupt_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def _resume_hint(exp_dir: Path) -> str:
+    return f"Resume with: python orchestrate.py --out {exp_dir.parent} --resume {exp_dir.name}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of orchestrate.py: validate everything, then run or resume the experiment."""
     args = build_parser().parse_args(argv)
@@ -167,8 +171,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         record.update(status="interrupted", ended=utc_now())
         experiment.save()
-        console.print(
-            "interrupted; what was collected is kept. Resume with: python orchestrate.py "
-            f"--out {exp_dir.parent} --resume {exp_dir.name}"
-        )
+        console.print(f"interrupted; what was collected is kept. {_resume_hint(exp_dir)}")
         return 130
+    except Exception as exc:  # a bug or an unforeseen failure: say so, keep experiment.json true, no traceback
+        record.update(status="failed", ended=utc_now(), error=f"{type(exc).__name__}: {exc}")
+        experiment.save()
+        console.print(
+            f"error: the orchestrator failed ({type(exc).__name__}: {exc}); experiment.json says so and what was "
+            f"collected is kept. Please report it. {_resume_hint(exp_dir)}",
+            style="red",
+            markup=False,
+        )
+        return 1

@@ -19,6 +19,7 @@ experiment.json's keys are kebab-case, like run.json's.
 from __future__ import annotations
 
 import secrets
+import subprocess
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -47,7 +48,7 @@ from fedimdb.metrics import ExperimentMetrics
 from fedimdb.summary import write_summary
 
 EXPERIMENT_FILE = "experiment.json"
-RUN_FAILURES = (FlowerRunError, ArtifactError, ComposeRunError, RuntimeError, OSError)
+RUN_FAILURES = (FlowerRunError, ArtifactError, ComposeRunError, RuntimeError, OSError, subprocess.SubprocessError)
 # experiment.json keys and repeat statuses.
 REPEATS, STATUS, ATTEMPTS = "repeats", "status", "attempts"
 VERIFIED, RUNNING, FAILED, INTERRUPTED, CORRUPT = "verified", "running", "failed", "interrupted", "corrupt"

@@ -3,7 +3,8 @@
 Every attempt gets its own Compose project (so its own network and ``artifacts`` volume) and an
 override file with its settings. Progress is read from the run's run.json in the volume, the
 artifacts are pulled out of the volume with the Docker SDK, and the stack is torn down with its
-volumes afterwards unless asked to stay up for inspection.
+volumes afterwards unless asked to stay up for inspection. A Docker daemon slow to answer (a
+loaded machine) is waited for, up to :data:`DOCKER_PATIENCE` seconds of silence.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import requests
 import yaml
 
 from fedimdb.artifacts import LOGS_DIR, ROUNDS_COMPLETED
@@ -24,10 +26,13 @@ from fedimdb.deploy.backend import Log, RoundCallback, Stack, StackJob
 from fedimdb.deploy.compose import COMPOSE_FILE, SHARDS_DIR_VAR, build_override
 from fedimdb.deploy.docker_artifacts import RUNNER_SERVICE, pull_artifacts, read_run_file, service_containers
 from fedimdb.deploy.flwr_cli import RoundProgress
+from fedimdb.deploy.patience import patiently
 from fedimdb.deploy.processes import SUPEREXEC_POLL_VAR, WARM_CLIENTS_VAR
 
 COMPOSE_LOG = "compose.log"  # in the run folder's logs/
 POLL_SECONDS = 3.0
+DOCKER_PATIENCE = 600.0  # seconds the Docker daemon may leave the run's status checks unanswered
+UNANSWERED = (requests.exceptions.ConnectionError, requests.exceptions.Timeout)  # the Docker SDK's "no answer"
 
 
 class ComposeRunError(RuntimeError):
@@ -102,12 +107,17 @@ class DockerStack(Stack):
             raise ComposeRunError(f"expected one runner container in project {self.job.name}, found {len(runners)}")
         return runners[0]
 
+    def _status(self, runner: Any) -> dict[str, Any] | None:
+        """Refresh the runner's state; the run's run.json as it stands (None before it is written)."""
+        runner.reload()
+        return read_run_file(runner, self.job.run_dir.name)
+
     def run(self, on_round: RoundCallback) -> None:
         """Follow the runner (it submits the run and verifies it) until it exits; progress from run.json."""
         runner, progress = self._runner(), RoundProgress(on_round)
         while True:
-            runner.reload()
-            meta = read_run_file(runner, self.job.run_dir.name)
+            meta = patiently(lambda: self._status(runner), retry_on=UNANSWERED, what="the Docker daemon",
+                             patience=DOCKER_PATIENCE, give_up=ComposeRunError, log=self.log)  # fmt: skip
             progress.update(int((meta or {}).get(ROUNDS_COMPLETED, 0)))
             if runner.status not in ("created", "running", "restarting"):
                 break

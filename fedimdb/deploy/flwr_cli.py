@@ -2,6 +2,10 @@
 
 ``flwr run --stream`` exits 0 even when the ServerApp fails, so the outcome is read
 from ``flwr ls --format json``: status ``finished:completed`` or ``finished:failed``.
+
+A loaded SuperLink can answer late or not at all for a while. Following a run tells "slow" from
+"dead": a status call that gets no answer is retried, backing off, for up to
+:data:`CONTROL_PATIENCE` seconds of silence; only then is the SuperLink given up for dead.
 """
 
 from __future__ import annotations
@@ -19,15 +23,23 @@ import tomli_w
 
 from fedimdb.artifacts import LOGS_DIR, ROUNDS_COMPLETED, RUN_FILE, read_json, verify_run, write_json_atomic
 from fedimdb.deploy import APP_DIR
+from fedimdb.deploy.patience import patiently
 
 SERVERAPP_LOG = "serverapp.log"  # in the run folder's logs/
 FLWR_RUN_FILE = "flwr-run.json"  # in logs/ too: the run's final ``flwr ls`` entry (bytes in/out, compute time)
 FINISHED_PREFIX = "finished:"
 COMPLETED = "finished:completed"
+CALL_TIMEOUT = 120.0  # seconds one flwr call may take
+CONTROL_PATIENCE = 600.0  # seconds the Control API may go unanswered before the SuperLink counts as dead
+UNAVAILABLE = "is unavailable"  # flwr's words when it cannot reach the SuperLink ("Connection to the SuperLink ...")
 
 
 class FlowerRunError(RuntimeError):
     """A run could not be submitted, failed, or did not finish in time."""
+
+
+class ControlUnanswered(FlowerRunError):
+    """A ``flwr`` call got no usable answer from the SuperLink's Control API (slow, busy, or down)."""
 
 
 def write_connection(flwr_home: Path, name: str, address: str) -> None:
@@ -37,18 +49,25 @@ def write_connection(flwr_home: Path, name: str, address: str) -> None:
     (flwr_home / "config.toml").write_text(tomli_w.dumps(config))
 
 
-def _flwr(args: list[str], env: Mapping[str, str], timeout: float = 120) -> dict[str, Any]:
-    proc = subprocess.run(
-        ["flwr", *args, "--format", "json"], env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout
-    )
+def _flwr(args: list[str], env: Mapping[str, str]) -> dict[str, Any]:
+    timeout = CALL_TIMEOUT
+    try:
+        proc = subprocess.run(
+            ["flwr", *args, "--format", "json"], env={**os.environ, **env}, capture_output=True, text=True,
+            timeout=timeout,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        raise ControlUnanswered(f"flwr {args[0]} got no answer within {timeout:.0f} s") from None
     try:
         out = json.loads(proc.stdout)
     except ValueError:
-        raise FlowerRunError(
+        raise ControlUnanswered(
             f"flwr {args[0]} gave no JSON (exit {proc.returncode}): {(proc.stdout + proc.stderr).strip()[-2000:]}"
         ) from None
     if not out.get("success", False):
-        raise FlowerRunError(f"flwr {args[0]} failed: {out.get('error-message', out)}")
+        message = str(out.get("error-message", out))
+        error = ControlUnanswered if UNAVAILABLE in message else FlowerRunError  # else the SuperLink answered "no"
+        raise error(f"flwr {args[0]} failed: {message}")
     return out
 
 
@@ -76,11 +95,22 @@ def wait_for_run(
     timeout: float,
     poll_seconds: float = 3.0,
     on_poll: Callable[[dict[str, Any]], None] | None = None,
+    log: Callable[[str], None] | None = None,
+    patience: float = CONTROL_PATIENCE,
 ) -> dict[str, Any]:
-    """Poll until the run is finished; return its final entry (completed or failed)."""
+    """Poll until the run is finished; return its final entry (completed or failed).
+
+    A status call without an answer is retried (:func:`~fedimdb.deploy.patience.patiently`) until
+    the Control API has been silent for ``patience`` seconds: then FlowerRunError (dead, not slow).
+    """
     deadline = time.monotonic() + timeout
+
+    def dead(silence: str) -> FlowerRunError:
+        return FlowerRunError(f"{silence}: it is down or starved; see its log, and give the machine fewer clients")
+
     while True:
-        entry = run_status(connection, run_id, env)
+        entry = patiently(lambda: run_status(connection, run_id, env), retry_on=(ControlUnanswered,),
+                          what="the SuperLink's Control API", patience=patience, give_up=dead, log=log)  # fmt: skip
         if on_poll is not None:
             on_poll(entry)
         if str(entry["status"]).startswith(FINISHED_PREFIX):
@@ -91,14 +121,17 @@ def wait_for_run(
 
 
 def run_log(connection: str, run_id: int, env: Mapping[str, str]) -> str:
-    """The ServerApp's log (``flwr log --show``)."""
-    proc = subprocess.run(
-        ["flwr", "log", str(run_id), connection, "--show"],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    """The ServerApp's log (``flwr log --show``), or why it could not be read."""
+    try:
+        proc = subprocess.run(
+            ["flwr", "log", str(run_id), connection, "--show"],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=CALL_TIMEOUT,
+        )
+    except subprocess.TimeoutExpired:
+        return f"(flwr log {run_id} got no answer within {CALL_TIMEOUT:.0f} s: the SuperLink is slow or down)\n"
     return proc.stdout + proc.stderr
 
 
@@ -164,7 +197,7 @@ def run_to_completion(
     server_log = run_dir / LOGS_DIR / SERVERAPP_LOG
     try:
         timeout = float(run_config["round-timeout"]) * (num_rounds + 1)
-        entry = wait_for_run(connection, run_id, env, timeout=timeout, on_poll=on_poll)
+        entry = wait_for_run(connection, run_id, env, timeout=timeout, on_poll=on_poll, log=log)
     finally:
         server_log.parent.mkdir(parents=True, exist_ok=True)
         server_log.write_text(run_log(connection, run_id, env))
