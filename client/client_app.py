@@ -7,6 +7,7 @@ server can record per-client rows. Keys: fedimdb/protocol.py.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedimdb import faults
 from fedimdb.config import ConfigError, RunConfig
 from fedimdb.data import Examples, read_split
 from fedimdb.model import load_model, pick_device
@@ -96,6 +98,8 @@ def train(msg: Message, context: Context) -> Message:
     start = time.perf_counter()
     task = _prepare(msg, context, "train")
     cfg = task.cfg
+    fault = faults.for_partition(os.environ, task.partition_id)  # tests only; faults.NONE otherwise
+    fault.before_training()
     received: dict[str, int | float] = {}
     if msg.content[CONFIG].get(EVALUATE_RECEIVED, False):  # before training: the global model as received
         res = _validate(task, read_split(task.shard, "val"))
@@ -112,9 +116,10 @@ def train(msg: Message, context: Context) -> Message:
         proximal_mu=float(msg.content[CONFIG].get(PROXIMAL_MU, 0.0)),
         **task.loop_options,
     )
+    state = fault.state(task.model.cpu().state_dict(), msg.content[ARRAYS])
     metrics = TrainMetrics(
         partition_id=task.partition_id,
-        num_examples=result.num_examples,
+        num_examples=fault.examples(result.num_examples),
         loss=result.loss,
         steps=result.steps,
         seconds=result.seconds,
@@ -122,9 +127,7 @@ def train(msg: Message, context: Context) -> Message:
         setup_seconds=setup_seconds,
     )
     record = MetricRecord({**metrics.as_metrics(), **received})
-    content = RecordDict(
-        {ARRAYS: transport_arrays(task.model.cpu().state_dict(), cfg.weight_transport), METRICS: record}
-    )
+    content = RecordDict({ARRAYS: transport_arrays(state, cfg.weight_transport), METRICS: record})
     return Message(content=content, reply_to=msg)
 
 

@@ -177,7 +177,9 @@ class RunConfig(_Settings):
     """One federated run: what the ServerApp and ClientApps read from the run config."""
 
     num_rounds: int = setting(10, "Federated rounds", low=1, high=10_000)
-    num_clients: int = setting(10, "Clients (SuperNodes); the server waits for all of them", low=1, high=1000)
+    num_clients: int = setting(
+        10, "Clients (SuperNodes); the server waits for all of them before round 1", low=1, high=1000
+    )
     fraction_train: float = setting(
         1.0, "Fraction of clients sampled for training each round", low=0.0, high=1.0, low_open=True
     )
@@ -228,6 +230,21 @@ class RunConfig(_Settings):
         0.1, "Seconds between the server's checks for client replies (Flower's own wait: 3)", low=0.01, high=10.0
     )
     round_timeout: float = setting(3600.0, "Seconds the server waits for client replies each round", low=1.0)
+    min_reply_fraction: float = setting(
+        0.5,
+        "A round fails when fewer than this share of its sampled clients (rounded up, at least 1) return a usable "
+        "update; it is then repeated with the clients that failed (round-retries) or the run fails",
+        low=0.0,
+        high=1.0,
+        low_open=True,
+    )
+    round_retries: int = setting(
+        1, "Times a round with too few usable updates is repeated (with the clients that failed) before the run fails",
+        low=0, high=10,
+    )  # fmt: skip
+    node_wait_timeout: float = setting(
+        600.0, "Seconds the server waits for enough clients to be online before a round, then fails the run", low=1.0
+    )
     archive_client_weights: bool = setting(False, "Also archive every client's returned weights per round")
     held_out_dir: str = setting(
         "", "The server's held-out set (SHARDS_DIR/server) as the ServerApp sees it (set by the deployment)"

@@ -28,6 +28,8 @@ ROUND_COLUMNS = (
     "clients_sampled",
     "clients_participating",
     "clients_failed",
+    "clients_refused",
+    "retries",
     "central_eval_seconds",
     "round_seconds",
 )
@@ -45,7 +47,10 @@ CLIENT_COLUMNS = (
     "local_eval_loss",
     "local_eval_accuracy",
     "local_eval_examples",
+    "reason",
 )
+OK, FAILED, REFUSED = "ok", "failed", "refused"
+"""A client's status in a round: its update was aggregated; it sent an error; its update was refused."""
 
 
 def weighted_mean(rows: list[dict[str, Any]], key: str, weight: str) -> float | str:
@@ -74,36 +79,57 @@ class RoundLog:
         self.clients: list[dict[str, Any]] = []
         self._started: dict[int, float] = {}
         self._sampled: dict[int, int] = {}
-        self._failed: dict[int, int] = {}
+        self._retries: dict[int, int] = {}
+        self._partition_of: dict[int, int] = {}  # node id -> partition id, from its replies
 
     def start_round(self, server_round: int, sampled: int) -> None:
         """A round's train messages went out to ``sampled`` clients."""
         self._started[server_round] = time.monotonic()
         self._sampled[server_round] = sampled
 
-    def _row(self, server_round: int, partition_id: int, node_id: int) -> dict[str, Any]:
+    def retried(self, server_round: int) -> None:
+        """The round's failed clients were sent their train messages again."""
+        self._retries[server_round] = self._retries.get(server_round, 0) + 1
+
+    def _row(self, server_round: int, partition_id: int | None, node_id: int) -> dict[str, Any]:
+        """The client's row of the round (by partition, or by node while its partition is unknown)."""
+        if partition_id is None:
+            partition_id = self._partition_of.get(node_id)
+        else:
+            self._partition_of[node_id] = partition_id
         for row in self.clients:
-            if row["round"] == server_round and row["partition_id"] == partition_id:
+            if row["round"] == server_round and (
+                row["partition_id"] == partition_id or (row["partition_id"] == "" and row["node_id"] == node_id)
+            ):
+                row.update(partition_id="" if partition_id is None else partition_id, node_id=node_id)
                 return row
         row = dict.fromkeys(CLIENT_COLUMNS, "")
-        row.update(round=server_round, partition_id=partition_id, node_id=node_id, status="ok")
+        row.update(round=server_round, partition_id="" if partition_id is None else partition_id, node_id=node_id,
+                   status=OK)  # fmt: skip
         self.clients.append(row)
         return row
 
+    def record_failure(self, server_round: int, msg: Message, status: str, reason: str) -> None:
+        """A train reply that is not aggregated: an error reply (FAILED) or a refused update (REFUSED)."""
+        partition_id = None
+        if not msg.has_error() and METRICS in msg.content.metric_records:
+            partition_id = msg.content.metric_records[METRICS].get(PARTITION_ID)
+        row = self._row(server_round, None if partition_id is None else int(partition_id), msg.metadata.src_node_id)
+        row.update(status=status, reason=reason)
+
     def record_train(self, server_round: int, replies: list[Message]) -> None:
-        """One row per training reply; errors count as failed clients.
+        """One row per aggregated training reply (failures: :meth:`record_failure`).
 
         A reply that evaluated the global model it received (``local-eval = with-train``) fills in
         the local evaluation of the previous round, whose global model that was.
         """
         for msg in replies:
-            if msg.has_error():
-                self._failed[server_round] = self._failed.get(server_round, 0) + 1
-                continue
             record = msg.content[METRICS]
             m = TrainMetrics.from_record(record)
             row = self._row(server_round, m.partition_id, msg.metadata.src_node_id)
             row.update(
+                status=OK,
+                reason="",
                 num_examples=m.num_examples,
                 train_loss=m.loss,
                 train_steps=m.steps,
@@ -146,23 +172,33 @@ class RoundLog:
             if row["round"] == server_round:
                 row.update(self._local_eval_summary(server_round))
 
-    def finish_round(self, server_round: int, central: EvalResult, eval_seconds: float) -> dict[str, Any]:
-        """Close the round with the central evaluation (and how long it took); return its rounds.csv row."""
+    def reasons(self, server_round: int) -> list[str]:
+        """Who failed or was refused in the round, and why."""
+        return [
+            f"partition {r['partition_id'] if r['partition_id'] != '' else '?'} (node {r['node_id']}): {r['reason']}"
+            for r in self.clients
+            if r["round"] == server_round and r["status"] in (FAILED, REFUSED)
+        ]
+
+    def finish_round(self, server_round: int, central: EvalResult | None, eval_seconds: float) -> dict[str, Any]:
+        """Close the round with the central evaluation (None: the round failed); return its rounds.csv row."""
         rows = [r for r in self.clients if r["round"] == server_round]
-        trained = [r for r in rows if r["num_examples"] != ""]
+        trained = [r for r in rows if r["status"] == OK and r["num_examples"] != ""]
         row = {
+            **dict.fromkeys(ROUND_COLUMNS, ""),
             "round": server_round,
-            "central_loss": central.loss,
-            "central_accuracy": central.accuracy,
-            "central_examples": central.num_examples,
             "train_loss": weighted_mean(trained, "train_loss", "num_examples"),
             "train_examples": sum(r["num_examples"] for r in trained),
             **self._local_eval_summary(server_round),
             "clients_sampled": self._sampled.get(server_round, 0),
             "clients_participating": len(trained),
-            "clients_failed": self._failed.get(server_round, 0),
-            "central_eval_seconds": eval_seconds,
+            "clients_failed": sum(r["status"] == FAILED for r in rows),
+            "clients_refused": sum(r["status"] == REFUSED for r in rows),
+            "retries": self._retries.get(server_round, 0),
             "round_seconds": time.monotonic() - self._started.get(server_round, time.monotonic()),
         }
+        if central is not None:
+            row.update(central_loss=central.loss, central_accuracy=central.accuracy,
+                       central_examples=central.num_examples, central_eval_seconds=eval_seconds)  # fmt: skip
         self.rounds.append(row)
         return row

@@ -38,7 +38,7 @@ from fedimdb.model import load_model, pick_device
 from fedimdb.training import EvalResult, evaluate, load_state, seed_everything
 from server.grid import PollingGrid
 from server.records import CLIENT_COLUMNS, ROUND_COLUMNS, RoundLog
-from server.strategy import make_strategy
+from server.strategy import RoundFailed, make_strategy
 
 app = ServerApp()
 
@@ -132,13 +132,17 @@ def run_federation(grid: Grid, cfg: RunConfig, artifacts: RunArtifacts) -> None:
     strategy = make_strategy(cfg, round_log, archive_client if cfg.archive_client_weights else None)
     round_end = RoundEnd(cfg, model, tokenizer, artifacts, round_log)
     grid = PollingGrid(grid, cfg.reply_poll_interval)
-    strategy.start(
-        grid=grid,
-        initial_arrays=ArrayRecord(model.state_dict()),
-        num_rounds=cfg.num_rounds,
-        timeout=cfg.round_timeout,
-        evaluate_fn=round_end,
-    )
+    try:
+        strategy.start(
+            grid=grid,
+            initial_arrays=ArrayRecord(model.state_dict()),
+            num_rounds=cfg.num_rounds,
+            timeout=cfg.round_timeout,
+            evaluate_fn=round_end,
+        )
+    except RoundFailed:
+        round_end.write_tables()  # the failed round's rows say who failed and why
+        raise
     strategy.evaluate_last(grid, ArrayRecord(round_end.latest), cfg.num_rounds, cfg.round_timeout)
     round_end.write_tables()
     artifacts.write_weights(f"{WEIGHTS_DIR}/{FINAL_WEIGHTS}", round_end.latest)

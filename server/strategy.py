@@ -5,19 +5,27 @@
 (2) orders replies by partition id before the wrapped strategy aggregates them, so the
 floating-point sums (and the run) are the same for the same seed whatever order the replies
 arrived in, (3) times each round, (4) hands each client's returned weights to an optional
-archiver, and (5) with ``local-eval = with-train``, has clients evaluate the global model they
+archiver, (5) with ``local-eval = with-train``, has clients evaluate the global model they
 receive inside the next round's train message instead of in evaluate messages of their own, with
 one evaluate exchange after the last round (:meth:`RecordingStrategy.evaluate_last`): the same
-evaluations with one exchange a round fewer. Aggregation itself stays Flower's.
+evaluations with one exchange a round fewer, and (6) guards every round (:class:`RoundPolicy`):
+it waits a bounded time for enough clients, refuses unusable updates (server/checks.py) and
+fails a round with too few usable ones — repeating it with the clients that failed, or failing
+the run with :class:`RoundFailed`, which names every client and its reason. Aggregation itself
+stays Flower's.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from logging import INFO, WARNING
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
     FedAdagrad,
@@ -33,7 +41,8 @@ from flwr.serverapp.strategy import (
 
 from fedimdb.config import FULL_PRECISION, LOCAL_EVAL_WITH_TRAIN, RunConfig
 from fedimdb.protocol import ARRAYS, EVALUATE_RECEIVED, METRICS, PARTITION_ID, received_state, transport_arrays
-from server.records import RoundLog, partition_order
+from server.checks import Expected, train_reply_problem
+from server.records import FAILED, REFUSED, RoundLog, partition_order
 
 STRATEGY_CLASSES: dict[str, type[Strategy]] = {
     "fedavg": FedAvg,
@@ -48,6 +57,68 @@ STRATEGY_CLASSES: dict[str, type[Strategy]] = {
 
 ClientArchiver = Callable[[int, int, ArrayRecord], None]
 """Called with (round, partition id, the client's returned arrays)."""
+NODE_WAIT_STEP = 1.0  # seconds between checks for online clients
+
+
+class RoundFailed(RuntimeError):
+    """A round ended without enough usable updates, or without enough clients online."""
+
+
+@dataclass(frozen=True)
+class RoundPolicy:
+    """How a round may fail, and what is done about it.
+
+    Parameters
+    ----------
+    num_clients : int
+        Clients of the run: all of them must be online before round 1.
+    min_reply_fraction : float
+        Share of the sampled clients (rounded up, at least 1) whose updates must be usable; also
+        the share of ``num_clients`` that must be online before a later round.
+    retries : int
+        Times a failed round's train messages are sent again to the clients that failed.
+    timeout : float
+        Seconds to wait for the replies of one exchange.
+    node_wait_timeout : float
+        Seconds to wait for enough clients to be online before a round.
+    max_examples : int | None
+        The most training examples a reply may claim (None: only positive whole numbers).
+    """
+
+    num_clients: int = 1
+    min_reply_fraction: float = 0.5
+    retries: int = 1
+    timeout: float = 3600.0
+    node_wait_timeout: float = 600.0
+    max_examples: int | None = None
+
+    @classmethod
+    def of(cls, cfg: RunConfig) -> RoundPolicy:
+        """The policy a run config asks for; a capped local budget bounds the example count."""
+        max_examples = cfg.max_steps * cfg.batch_size if cfg.max_steps else None
+        return cls(cfg.num_clients, cfg.min_reply_fraction, cfg.round_retries, cfg.round_timeout,
+                   cfg.node_wait_timeout, max_examples)  # fmt: skip
+
+    def needed(self, sampled: int) -> int:
+        """Usable updates a round with ``sampled`` clients needs."""
+        return max(1, math.ceil(self.min_reply_fraction * sampled - 1e-9))
+
+    def online_before(self, server_round: int) -> int:
+        """Clients that must be online before a round: all before the first, then enough to succeed."""
+        return self.num_clients if server_round == 1 else self.needed(self.num_clients)
+
+
+def wait_for_nodes(grid: Grid, needed: int, timeout: float) -> list[int]:
+    """The online node ids once at least ``needed`` are online; RoundFailed after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while len(nodes := list(grid.get_node_ids())) < needed:
+        if time.monotonic() >= deadline:
+            raise RoundFailed(
+                f"only {len(nodes)} clients online after {timeout:.0f} s, {needed} needed: start the missing "
+                "SuperNodes, check they reach the SuperLink, or lower num-clients / min-reply-fraction"
+            )
+        time.sleep(NODE_WAIT_STEP)
+    return nodes
 
 
 class RecordingStrategy(Strategy):
@@ -67,6 +138,8 @@ class RecordingStrategy(Strategy):
     transport : str, default "float32"
         dtype of the weights in messages, both ways; replies are turned back into float32 before
         anything else sees them.
+    policy : RoundPolicy, optional
+        When a round fails, and what is done about it.
     """
 
     def __init__(
@@ -76,12 +149,17 @@ class RecordingStrategy(Strategy):
         archive_client: ClientArchiver | None = None,
         evaluate_received: bool = False,
         transport: str = FULL_PRECISION,
+        policy: RoundPolicy | None = None,
     ) -> None:
         self.inner = inner
         self.round_log = round_log
         self.archive_client = archive_client
         self.evaluate_received = evaluate_received
         self.transport = transport
+        self.policy = policy or RoundPolicy()
+        self._grid: Grid | None = None
+        self._sent: dict[int, Message] = {}  # node id -> this round's train message
+        self._expected: Expected | None = None
 
     def _outgoing(self, arrays: ArrayRecord) -> ArrayRecord:
         """The global model as the messages carry it."""
@@ -100,26 +178,70 @@ class RecordingStrategy(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """The wrapped strategy's train messages; the round's clock starts here."""
+        """The wrapped strategy's train messages, once enough clients are online; the round's clock starts here."""
+        wait_for_nodes(grid, self.policy.online_before(server_round), self.policy.node_wait_timeout)
         if self.evaluate_received and server_round > 1:
             config = ConfigRecord({**config, EVALUATE_RECEIVED: True})
-        messages = list(self.inner.configure_train(server_round, self._outgoing(arrays), config, grid))
+        outgoing = self._outgoing(arrays)
+        messages = list(self.inner.configure_train(server_round, outgoing, config, grid))
+        self._grid, self._expected = grid, Expected.of(outgoing, self.policy.max_examples)
+        self._sent = {msg.metadata.dst_node_id: msg for msg in messages}
         self.round_log.start_round(server_round, len(messages))
         return messages
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Record the replies (and archive client weights), then aggregate them in partition order."""
-        ordered = partition_order(replies)
+        """Screen the replies (repeating the round's failures if too few are usable), record, archive, aggregate."""
+        usable = self._screen(server_round, replies)
+        needed = self.policy.needed(len(self._sent))
+        for _ in range(self.policy.retries):
+            if len(usable) >= needed:
+                break
+            usable += self._screen(server_round, self._resend(server_round, usable))
+        if len(usable) < needed:
+            self.round_log.finish_round(server_round, None, 0.0)
+            reasons = "; ".join(self.round_log.reasons(server_round))
+            raise RoundFailed(
+                f"round {server_round}: {len(usable)} usable updates from {len(self._sent)} sampled clients, "
+                f"{needed} needed (min-reply-fraction {self.policy.min_reply_fraction}, after "
+                f"{self.policy.retries} retries): {reasons}. See the clients' logs; lower min-reply-fraction to "
+                "go on with fewer"
+            )
+        ordered = partition_order(usable)
         self._incoming(ordered)
         self.round_log.record_train(server_round, ordered)
         if self.archive_client is not None:
             for msg in ordered:
-                if not msg.has_error():
-                    partition_id = int(msg.content[METRICS][PARTITION_ID])
-                    self.archive_client(server_round, partition_id, msg.content[ARRAYS])
+                self.archive_client(server_round, int(msg.content[METRICS][PARTITION_ID]), msg.content[ARRAYS])
         return self.inner.aggregate_train(server_round, ordered)
+
+    def _screen(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
+        """The usable train replies; the others are recorded (and logged) with their reason."""
+        assert self._expected is not None, "configure_train comes first"
+        usable = []
+        for msg in replies:
+            if msg.has_error():
+                status, reason = FAILED, f"error reply {msg.error.code}: {msg.error.reason}"
+            else:
+                status, reason = REFUSED, train_reply_problem(msg.content, self._expected)
+            if msg.has_error() or reason is not None:
+                log(WARNING, "round %s: node %s %s: %s", server_round, msg.metadata.src_node_id, status, reason)
+                self.round_log.record_failure(server_round, msg, status, str(reason))
+            else:
+                usable.append(msg)
+        return usable
+
+    def _resend(self, server_round: int, usable: list[Message]) -> list[Message]:
+        """This round's train messages again, to the sampled clients still online without a usable update."""
+        assert self._grid is not None
+        done = {msg.metadata.src_node_id for msg in usable}
+        online = set(self._grid.get_node_ids())
+        again = [node for node in self._sent if node not in done and node in online]
+        log(INFO, "round %s: too few usable updates; sending the train message again to %s", server_round, again)
+        self.round_log.retried(server_round)
+        messages = [_copy_to(self._sent[node], node) for node in again]
+        return list(self._grid.send_and_receive(messages, timeout=self.policy.timeout)) if messages else []
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -149,14 +271,27 @@ class RecordingStrategy(Strategy):
         self.inner.summary()
 
 
+def _copy_to(sent: Message, node: int) -> Message:
+    """A new message with the content and type of ``sent``, for ``node``."""
+    meta = sent.metadata
+    return Message(content=sent.content, dst_node_id=node, message_type=meta.message_type, group_id=meta.group_id)
+
+
 def strategy_kwargs(cfg: RunConfig) -> dict[str, Any]:
-    """Keyword arguments of the Flower strategy named by ``cfg.strategy``: all clients must be online."""
+    """Keyword arguments of the Flower strategy named by ``cfg.strategy``.
+
+    Flower's sampling waits without limit until ``min_available_nodes`` are online, so these are
+    the fewest clients a round can succeed with: with a client gone, later rounds go on with the
+    others (the :class:`RoundPolicy` decides whether that is enough; all clients are awaited, with
+    a timeout, before round 1).
+    """
+    least = RoundPolicy.of(cfg).needed(cfg.num_clients)
     kwargs: dict[str, Any] = {
         "fraction_train": cfg.fraction_train,
         "fraction_evaluate": cfg.fraction_evaluate,
-        "min_train_nodes": max(1, math.ceil(cfg.fraction_train * cfg.num_clients)),
-        "min_evaluate_nodes": max(1, math.ceil(cfg.fraction_evaluate * cfg.num_clients)),
-        "min_available_nodes": cfg.num_clients,
+        "min_train_nodes": max(1, min(least, math.ceil(cfg.fraction_train * cfg.num_clients))),
+        "min_evaluate_nodes": max(1, min(least, math.ceil(cfg.fraction_evaluate * cfg.num_clients))),
+        "min_available_nodes": least,
     }
     if cfg.strategy == "fedprox":
         kwargs["proximal_mu"] = cfg.proximal_mu
@@ -175,4 +310,6 @@ def make_strategy(
     """Flower's strategy named by ``cfg.strategy``, wrapped so that every round is recorded."""
     inner = STRATEGY_CLASSES[cfg.strategy](**strategy_kwargs(cfg))
     evaluate_received = cfg.local_eval == LOCAL_EVAL_WITH_TRAIN and cfg.fraction_evaluate > 0
-    return RecordingStrategy(inner, round_log, archive_client, evaluate_received, cfg.weight_transport)
+    return RecordingStrategy(
+        inner, round_log, archive_client, evaluate_received, cfg.weight_transport, RoundPolicy.of(cfg)
+    )

@@ -1,0 +1,92 @@
+"""Which client replies the server refuses to aggregate, and why: pure checks, no I/O.
+
+A train reply is refused when its weights are missing, have tensors missing or extra, the wrong
+shapes or dtypes, or non-finite values, or when it claims an absurd number of training examples
+(FedAvg weights each update by that number, so one lie would outweigh every honest client).
+These checks catch broken clients; they cannot tell a poisoned but finite update from an honest
+one. The robust strategies (``fedmedian``, ``fedtrimmedavg``, ``krum``) are the defence there.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import ArrayRecord, RecordDict
+
+from fedimdb.protocol import ARRAYS, METRICS, NUM_EXAMPLES, PARTITION_ID
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What a usable train reply carries: the global model's tensors as sent, and an example bound.
+
+    Parameters
+    ----------
+    shapes : Mapping[str, tuple[int, ...]]
+        Tensor name to shape, as in the train messages.
+    dtypes : Mapping[str, str]
+        Tensor name to dtype (NumPy's name), as in the train messages.
+    max_examples : int | None
+        The most training examples a client can have used in a round; None when unknown.
+    """
+
+    shapes: Mapping[str, tuple[int, ...]]
+    dtypes: Mapping[str, str]
+    max_examples: int | None
+
+    @classmethod
+    def of(cls, arrays: ArrayRecord, max_examples: int | None) -> Expected:
+        """What replies to train messages carrying ``arrays`` must look like."""
+        return cls(
+            {k: tuple(a.shape) for k, a in arrays.items()}, {k: str(a.dtype) for k, a in arrays.items()}, max_examples
+        )
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def arrays_problem(arrays: ArrayRecord, expected: Expected) -> str | None:
+    """Why these returned weights cannot be aggregated, or None."""
+    missing = [k for k in expected.shapes if k not in arrays]
+    if missing:
+        return f"tensors missing: {_names(missing)}"
+    extra = [k for k in arrays if k not in expected.shapes]
+    if extra:
+        return f"unexpected tensors: {_names(extra)}"
+    for name, array in arrays.items():
+        if tuple(array.shape) != expected.shapes[name]:
+            return f"tensor {name} has shape {tuple(array.shape)}, expected {expected.shapes[name]}"
+        if str(array.dtype) != expected.dtypes[name]:
+            return f"tensor {name} is {array.dtype}, expected {expected.dtypes[name]}"
+    for name, array in arrays.items():
+        values = array.numpy()
+        if np.issubdtype(values.dtype, np.floating):
+            bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+            if bad:
+                return f"tensor {name} has {bad} non-finite values (NaN or Inf)"
+    return None
+
+
+def examples_problem(claimed: object, max_examples: int | None) -> str | None:
+    """Why a claimed number of training examples is not believable, or None."""
+    if isinstance(claimed, bool) or not isinstance(claimed, (int, float)) or not math.isfinite(claimed):
+        return f"{NUM_EXAMPLES} is {claimed!r}, not a number"
+    if claimed <= 0 or claimed != int(claimed):
+        return f"{NUM_EXAMPLES} is {claimed!r}; a client that trained reports a positive whole number"
+    if max_examples is not None and claimed > max_examples:
+        return f"claims {int(claimed)} training examples; at most {max_examples} fit in a round's budget"
+    return None
+
+
+def train_reply_problem(content: RecordDict, expected: Expected) -> str | None:
+    """Why a (non-error) train reply must not be aggregated, or None when it is usable."""
+    if ARRAYS not in content.array_records:
+        return f"no weights: the reply has no ArrayRecord {ARRAYS!r}"
+    if METRICS not in content.metric_records or PARTITION_ID not in content.metric_records[METRICS]:
+        return f"no {PARTITION_ID} in the reply's MetricRecord {METRICS!r}"
+    claimed = content.metric_records[METRICS].get(NUM_EXAMPLES)
+    return examples_problem(claimed, expected.max_examples) or arrays_problem(content.array_records[ARRAYS], expected)

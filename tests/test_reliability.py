@@ -1,0 +1,213 @@
+"""Bad updates and failed rounds: the server's checks on synthetic replies, then real local runs
+(SuperLink + 3 SuperNodes over gRPC) whose clients are told to misbehave (fedimdb/faults.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from flwr.app import ArrayRecord, MetricRecord, RecordDict
+from safetensors.torch import load_file
+
+from fedimdb import faults
+from fedimdb.artifacts import read_csv, read_json, verify_run
+from fedimdb.config import RunConfig
+from fedimdb.deploy import flwr_cli
+from fedimdb.deploy.local import CONNECTION, LocalFederation, process_env
+from fedimdb.model import load_model
+from fedimdb.protocol import ARRAYS, METRICS, NUM_EXAMPLES, PARTITION_ID, TrainMetrics, transport_arrays
+from server.checks import Expected, examples_problem, train_reply_problem
+from server.records import FAILED, OK, REFUSED, RoundLog
+from server.strategy import RoundPolicy
+from tests.conftest import local_run_args, orchestrate
+
+# Run settings of the faulty runs: a capped budget (2 steps of 32) bounds the believable example count.
+SETTINGS = ["max-steps=2", "max-length=32", "batch-size=32", "eval-rows=64", "local-eval-rows=32",
+            "archive-client-weights=true"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_state() -> dict[str, torch.Tensor]:
+    model, _ = load_model("tiny", 0)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _reply(state: dict[str, torch.Tensor], num_examples: object = 64, dtype: str = "float32") -> RecordDict:
+    return RecordDict({ARRAYS: transport_arrays(state, dtype),
+                       METRICS: MetricRecord({PARTITION_ID: 0, NUM_EXAMPLES: num_examples})})  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        ("nan", "non-finite values"),
+        ("shape", "has shape"),
+        ("dtype", "is float64, expected float32"),
+        ("missing", "tensors missing"),
+    ],
+)
+def test_each_broken_update_is_refused_with_its_reason(tiny_state: dict, kind: str, reason: str) -> None:
+    expected = Expected.of(transport_arrays(tiny_state, "float32"), max_examples=64)
+    assert train_reply_problem(_reply(tiny_state), expected) is None
+    broken = faults.Fault(kind).state(tiny_state, transport_arrays(tiny_state, "float32"))
+    arrays = ArrayRecord({k: v for k, v in broken.items()})  # float64 stays float64: what a broken client sends
+    content = RecordDict({ARRAYS: arrays, METRICS: MetricRecord({PARTITION_ID: 0, NUM_EXAMPLES: 64})})
+    problem = train_reply_problem(content, expected)
+    assert problem is not None and reason in problem, problem
+
+
+def test_float16_transport_is_expected_in_float16(tiny_state: dict) -> None:
+    expected = Expected.of(transport_arrays(tiny_state, "float16"), max_examples=None)
+    assert train_reply_problem(_reply(tiny_state, dtype="float16"), expected) is None
+    assert "expected float16" in str(train_reply_problem(_reply(tiny_state), expected))
+
+
+def test_missing_weights_and_unbelievable_example_counts(tiny_state: dict) -> None:
+    expected = Expected.of(transport_arrays(tiny_state, "float32"), max_examples=64)
+    no_arrays = RecordDict({METRICS: MetricRecord({PARTITION_ID: 0, NUM_EXAMPLES: 64})})
+    assert "no weights" in str(train_reply_problem(no_arrays, expected))
+    assert "at most 64" in str(train_reply_problem(_reply(tiny_state, faults.ABSURD_EXAMPLES), expected))
+    for claimed in (0, -5, 2.5, float("nan")):
+        assert examples_problem(claimed, None) is not None, claimed
+    assert examples_problem(10**6, None) is None  # without a capped budget only the sign and type are known
+    assert examples_problem(64, 64) is None
+
+
+def test_scale_fault_multiplies_the_update(tiny_state: dict) -> None:
+    received = transport_arrays(tiny_state, "float32")
+    trained = {k: v + 0.01 if v.is_floating_point() else v for k, v in tiny_state.items()}
+    scaled = faults.Fault("scale", 10.0).state(trained, received)
+    name = next(k for k, v in tiny_state.items() if v.is_floating_point())
+    torch.testing.assert_close(scaled[name] - tiny_state[name], torch.full_like(tiny_state[name], 0.1))
+
+
+def test_fault_flag_parsing() -> None:
+    assert faults.parse("1:nan, 3:scale=10") == {1: faults.Fault("nan"), 3: faults.Fault("scale", 10.0)}
+    assert faults.for_partition({}, 0) is faults.NONE
+    for bad in ("nan", "x:nan", "1:melt", "1:scale", "1:nan=2"):
+        with pytest.raises(ValueError, match="PARTITION:KIND"):
+            faults.parse(bad)
+
+
+def test_round_policy_needs_a_share_of_the_sampled_clients() -> None:
+    policy = RoundPolicy(num_clients=10, min_reply_fraction=0.5)
+    assert [policy.needed(n) for n in (1, 2, 3, 10)] == [1, 1, 2, 5]
+    assert policy.online_before(1) == 10 and policy.online_before(2) == 5
+    assert RoundPolicy(min_reply_fraction=1.0).needed(3) == 3
+
+
+def test_a_retried_client_keeps_one_row_per_round() -> None:
+    """A failed reply (partition unknown) followed by a usable one from the same node: one row, ok."""
+    log = RoundLog()
+    log.start_round(1, 2)
+    log.record_failure(1, _Reply(None, node=5), FAILED, "error reply 1: boom")
+    assert [(r["node_id"], r["status"]) for r in log.clients] == [(5, FAILED)]
+    assert log.reasons(1) == ["partition ? (node 5): error reply 1: boom"]
+    log.record_train(1, [_Reply(3, node=5)])
+    assert [(r["partition_id"], r["node_id"], r["status"], r["reason"]) for r in log.clients] == [(3, 5, OK, "")]
+    row = log.finish_round(1, None, 0.0)
+    assert (row["clients_failed"], row["clients_participating"], row["central_accuracy"]) == (0, 1, "")
+
+
+class _Reply:
+    """What RoundLog reads of a reply (a real Message needs a running Flower task to be built)."""
+
+    def __init__(self, partition_id: int | None, node: int) -> None:
+        self.metadata = SimpleNamespace(src_node_id=node)
+        metrics = (
+            {}
+            if partition_id is None
+            else {METRICS: TrainMetrics(partition_id, 64, 0.5, 2, 1.0, 64.0, 0.1).to_record()}
+        )
+        self.content = RecordDict(metrics)
+
+    def has_error(self) -> bool:
+        return METRICS not in self.content.metric_records
+
+
+def _faulty_run(tmp: Path, shards: Path, imdb: Path, fault: str, *settings: str) -> tuple[int, Path]:
+    """orchestrate.py with one attempt, 3 clients, 2 rounds; its exit code and experiment folder."""
+    args = local_run_args(tmp / "results", shards, imdb, clients=3, rounds=2, settings=[*SETTINGS, *settings])
+    run = orchestrate(*args, "--retries", "0", "--seed", "7", env={faults.FAULT_VAR: fault}, timeout=600)
+    (exp,) = (tmp / "results").iterdir()
+    return run.returncode, exp
+
+
+def test_bad_updates_are_refused_and_the_rest_aggregated(shards: Path, imdb_dir: Path, tmp_path: Path) -> None:
+    """Client 1 sends NaN, client 2 claims 10⁹ examples: both refused, named with their reason; the
+    global model is client 0's update alone; the run completes (1 of 3 usable is enough at 0.3)."""
+    code, exp = _faulty_run(tmp_path, shards, imdb_dir, "1:nan,2:examples", "min-reply-fraction=0.3")
+    assert code == 0, read_json(exp / "experiment.json")
+    run_dir = exp / "repeat-0"
+    verify_run(run_dir)
+    clients = read_csv(run_dir / "clients.csv")
+    by_partition = {(r["round"], r["partition_id"]): r for r in clients}
+    for rnd in ("1", "2"):
+        assert by_partition[(rnd, "0")]["status"] == OK
+        assert by_partition[(rnd, "1")]["status"] == REFUSED and "non-finite" in by_partition[(rnd, "1")]["reason"]
+        assert by_partition[(rnd, "2")]["status"] == REFUSED and "at most 64" in by_partition[(rnd, "2")]["reason"]
+    for row in read_csv(run_dir / "rounds.csv"):
+        assert (row["clients_sampled"], row["clients_participating"], row["clients_refused"]) == ("3", "1", "2")
+        assert int(row["train_examples"]) == int(by_partition[(row["round"], "0")]["num_examples"])
+    global_1 = load_file(run_dir / "weights/round-001.safetensors")
+    client_0 = load_file(run_dir / "weights/clients/round-001-client-0.safetensors")
+    for name, tensor in global_1.items():
+        torch.testing.assert_close(tensor, client_0[name])
+    assert not (run_dir / "weights/clients/round-001-client-1.safetensors").exists()
+
+
+def test_too_few_usable_updates_fail_the_run_with_the_reason(shards: Path, imdb_dir: Path, tmp_path: Path) -> None:
+    """Client 2 raises in every train message; every update is needed: round 1 is retried once with
+    client 2, then the run fails, naming the node, Flower's error and the fix."""
+    code, exp = _faulty_run(tmp_path, shards, imdb_dir, "2:raise", "min-reply-fraction=1.0", "round-retries=1")
+    assert code != 0
+    run_dir = exp / "repeat-0.failed-1"  # a failed attempt's folder is set aside, never deleted
+    meta = read_json(run_dir / "run.json")
+    assert meta["status"] == "failed"
+    assert "round 1: 2 usable updates from 3 sampled clients, 3 needed" in meta["error"]
+    assert "error reply" in meta["error"] and "lower min-reply-fraction" in meta["error"]
+    (row,) = read_csv(run_dir / "rounds.csv")
+    assert (row["round"], row["retries"], row["clients_failed"], row["central_accuracy"]) == ("1", "1", "1", "")
+    failed = [r for r in read_csv(run_dir / "clients.csv") if r["status"] == FAILED]
+    assert len(failed) == 1 and "error reply" in failed[0]["reason"]
+
+
+@pytest.fixture
+def superlink(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[dict[str, str], subprocess.Popen]:
+    """A real SuperLink with no SuperNodes (their count is 0), the flwr CLI pointed at it, 5 s calls."""
+    monkeypatch.setattr(flwr_cli, "CALL_TIMEOUT", 5.0)
+    env = process_env(RunConfig(num_clients=1), tmp_path / "flwr-home")
+    with LocalFederation(tmp_path, 0, tmp_path / "logs", env) as fed:
+        flwr_cli.write_connection(tmp_path / "flwr-home", CONNECTION, fed.control_address)
+        assert fed.superlink is not None
+        yield env, fed.superlink
+        os.kill(fed.superlink.pid, signal.SIGCONT)
+
+
+def test_an_unanswering_control_api_is_retried_then_given_up_as_dead(superlink: tuple) -> None:
+    """SuperLink stopped (SIGSTOP): every status call times out; after `patience` s of silence the
+    wait ends with a FlowerRunError that says so (never a subprocess.TimeoutExpired traceback)."""
+    env, proc = superlink
+    said: list[str] = []
+    os.kill(proc.pid, signal.SIGSTOP)
+    with pytest.raises(flwr_cli.FlowerRunError, match="has not answered for"):
+        flwr_cli.wait_for_run(CONNECTION, 1, env, timeout=600, poll_seconds=0.5, log=said.append, patience=15)
+    assert said and all("slow to answer" in line for line in said)
+
+
+def test_a_slow_control_api_is_waited_for(superlink: tuple) -> None:
+    """Stopped for 8 s (longer than a call may take), then resumed: the wait goes on through the silence and gets the SuperLink's
+    real answer (here: "Run ID not found"), which is not mistaken for a dead SuperLink."""
+    env, proc = superlink
+    said: list[str] = []
+    os.kill(proc.pid, signal.SIGSTOP)
+    threading.Timer(8.0, os.kill, (proc.pid, signal.SIGCONT)).start()
+    with pytest.raises(flwr_cli.FlowerRunError, match="Run ID not found") as caught:
+        flwr_cli.wait_for_run(CONNECTION, 1, env, timeout=600, poll_seconds=0.5, log=said.append, patience=120)
+    assert not isinstance(caught.value, flwr_cli.ControlUnanswered) and said
