@@ -6,6 +6,9 @@ centralised run is one process using every core, on a random sample of the union
 train splits. Run from the repository root::
 
     python -m bench.quality            # 10 clients x 5 rounds x 5 steps x 16 = 4,000 samples, length 64
+
+The float16 arm is the IID arm with ``weight-transport=float16``: the accuracy cost of halving the
+bytes on the wire.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench.common import DEFAULT_IMDB, FedRun, run_fedimdb, work_dir, write_result
+from bench.common import DEFAULT_IMDB, run_fedimdb, work_dir, write_result
 from fedimdb.data import SERVER_DIR, Examples, client_dir_name, read_split
 from fedimdb.model import load_model, pick_device
 from fedimdb.training import evaluate, seed_everything, train
@@ -54,10 +57,15 @@ class Arm:
     name: str
     accuracy: float
     samples: int
+    accuracy_per_round: tuple[float, ...] = ()
 
 
 def centralised(shards: Path, budget: Budget) -> Arm:
-    """One process, all cores: ``budget.samples`` random rows of the clients' train splits, one pass."""
+    """One process, all cores: ``budget.samples`` random rows of the clients' train splits, one pass.
+
+    The rows come from the first federated arm's shards (IID by default); the held-out rows are the
+    same for every partitioner.
+    """
     rows: list[tuple[str, int]] = []
     for k in range(budget.clients):
         split = read_split(shards / client_dir_name(k), "train")
@@ -75,18 +83,35 @@ def centralised(shards: Path, budget: Budget) -> Arm:
     return Arm("centralised", evaluate(model, tokenizer, held_out, **options).accuracy, result.num_examples)
 
 
-def federated(name: str, work: Path, imdb: Path, budget: Budget, partitioner: list[str]) -> tuple[Arm, FedRun]:
+IID = ["--partitioner", "iid"]
+FEDERATED_ARMS = {
+    "fedavg-iid": (IID, {}),
+    "fedavg-iid-float16": (IID, {"weight-transport": "float16"}),
+    "fedavg-dirichlet-0.5": (["--partitioner", "dirichlet", "--alpha", "0.5"], {}),
+}
+"""Name: (partitioner options, run settings beyond the budget's)."""
+
+
+def shards_dir(work: Path, name: str) -> Path:
+    """Where an arm's shards are prepared (shared by arms with the same partitioner)."""
+    partitioner, _ = FEDERATED_ARMS[name]
+    return work / f"shards-{partitioner[1]}"
+
+
+def federated(name: str, work: Path, imdb: Path, budget: Budget) -> Arm:
     """FedAvg through real Flower processes (local backend) with the same budget."""
+    partitioner, settings = FEDERATED_ARMS[name]
+    shards = shards_dir(work, name)
     args = ["--model", "minilm", "--clients", str(budget.clients), "--rounds", str(budget.rounds),
-            "--seed", str(budget.seed), "--data-source", str(imdb), "--shards-dir", str(work / f"shards-{name}"),
+            "--seed", str(budget.seed), "--data-source", str(imdb), "--shards-dir", str(shards),
             *partitioner]  # fmt: skip
-    run = run_fedimdb(work / "results", args, budget.run_settings())
+    run = run_fedimdb(work / "results", args, {**budget.run_settings(), **settings})
     samples = sum(int(r["train_examples"]) for r in run.rounds)
-    return Arm(name, run.final_accuracy, samples), run
+    return Arm(name, run.final_accuracy, samples, tuple(float(r["central_accuracy"]) for r in run.rounds))
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the three arms, print the table and the ratios, write bench/results/quality-*.json."""
+    """Run the arms, print the table and the ratios, write bench/results/quality-*.json."""
     p = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__.split("\n\n")[0])
     p.add_argument("--clients", type=int, default=10)
     p.add_argument("--rounds", type=int, default=5)
@@ -95,17 +120,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--learning-rate", type=float, default=1e-4)
     p.add_argument("--eval-rows", type=int, default=500)
     p.add_argument("--data-source", type=Path, default=DEFAULT_IMDB)
+    p.add_argument("--arms", nargs="+", default=list(FEDERATED_ARMS), choices=list(FEDERATED_ARMS),
+                   help="federated arms to run beside the centralised one")  # fmt: skip
     a = p.parse_args(argv)
     budget = Budget(a.clients, a.rounds, a.steps, 16, a.max_length, a.learning_rate, a.eval_rows, seed=42)
     with work_dir("quality") as work:
-        iid, _ = federated("fedavg-iid", work, a.data_source, budget, ["--partitioner", "iid"])
-        skew, _ = federated("fedavg-dirichlet-0.5", work, a.data_source, budget,
-                            ["--partitioner", "dirichlet", "--alpha", "0.5"])  # fmt: skip
-        central = centralised(work / "shards-fedavg-iid", budget)
-    arms = [central, iid, skew]
+        runs = [federated(name, work, a.data_source, budget) for name in a.arms]
+        central = centralised(shards_dir(work, a.arms[0]), budget)
+    arms = [central, *runs]
     print(f"{'arm':<24}{'samples':>9}{'accuracy':>10}{'÷ centralised':>15}")
     for arm in arms:
-        print(f"{arm.name:<24}{arm.samples:>9}{arm.accuracy:>10.4f}{arm.accuracy / central.accuracy:>15.3f}")
+        print(f"{arm.name:<24}{arm.samples:>9}{arm.accuracy:>10.4f}{arm.accuracy / central.accuracy:>15.3f}  "
+              + " ".join(f"{x:.3f}" for x in arm.accuracy_per_round))  # fmt: skip
     path = write_result("quality", {"budget": asdict(budget), "arms": [asdict(x) for x in arms]}, sys.argv)
     print(f"written: {path}")
     return 0

@@ -1,0 +1,83 @@
+"""Scale: does a run with many clients complete here, how long are its rounds, how much memory.
+
+Runs fedimdb with ``tiny`` on the local backend (a SuperLink and N SuperNodes, each behind its
+fork server unless ``--cold``) for a few rounds, and samples the machine's memory in use
+(MemTotal − MemAvailable of /proc/meminfo) while it runs. Run from the repository root::
+
+    python -m bench.scale                # 50 clients, 3 rounds
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+from bench.common import DEFAULT_IMDB, run_fedimdb, work_dir, write_result
+
+GIB = 2**30
+
+
+def memory_in_use() -> int:
+    """Bytes in use on this machine: MemTotal − MemAvailable."""
+    info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()}
+    return info["MemTotal"] - info["MemAvailable"]
+
+
+class PeakMemory(threading.Thread):
+    """The highest :func:`memory_in_use` seen every ``interval`` seconds until stopped."""
+
+    def __init__(self, interval: float = 2.0) -> None:
+        super().__init__(daemon=True)
+        self.interval, self.peak = interval, memory_in_use()
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(self.interval):
+            self.peak = max(self.peak, memory_in_use())
+
+    def stop(self) -> int:
+        """Stop; the peak in bytes."""
+        self._done.set()
+        self.join()
+        return self.peak
+
+
+def main(argv: list[str] | None = None) -> int:
+    """One run with N clients; round times and the memory it added; bench/results/scale-*.json."""
+    p = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.split("\n\n")[0])
+    p.add_argument("--clients", type=int, default=50)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--cold", action="store_true", help="Flower's process model (FEDIMDB_WARM_CLIENTS=false)")
+    p.add_argument("--data-source", type=Path, default=DEFAULT_IMDB)
+    a = p.parse_args(argv)
+    settings = {"max-steps": 1, "batch-size": 16, "max-length": 32, "eval-rows": 200, "local-eval-rows": 50}
+    env = {"FEDIMDB_NUM_PARTITIONS": str(a.clients), **({"FEDIMDB_WARM_CLIENTS": "false"} if a.cold else {})}
+    idle = memory_in_use()
+    sampler = PeakMemory()
+    started = time.monotonic()
+    with work_dir("scale") as work:
+        args = ["--model", "tiny", "--clients", str(a.clients), "--rounds", str(a.rounds),
+                "--data-source", str(a.data_source), "--shards-dir", str(work / "shards")]  # fmt: skip
+        sampler.start()
+        try:
+            run = run_fedimdb(work / "results", args, settings, env)
+        finally:
+            peak = sampler.stop()
+    rounds = [float(r["round_seconds"]) for r in run.rounds]
+    replies = [len([c for c in run.clients if c["round"] == r["round"]]) for r in run.rounds]
+    figures = {"clients": a.clients, "rounds": a.rounds, "warm_clients": not a.cold, "settings": settings,
+               "round_seconds": rounds, "replies_per_round": replies, "total_seconds": time.monotonic() - started,
+               "memory_idle_gib": idle / GIB, "memory_peak_gib": peak / GIB, "memory_added_gib": (peak - idle) / GIB}  # fmt: skip
+    print(f"{a.clients} clients ({'cold' if a.cold else 'warm'}): rounds {', '.join(f'{s:.1f}' for s in rounds)} s "
+          f"(mean {statistics.mean(rounds):.1f}); replies {replies}; memory +{figures['memory_added_gib']:.1f} GiB "
+          f"(peak {figures['memory_peak_gib']:.1f} GiB in use)")  # fmt: skip
+    print(f"written: {write_result('scale', figures, sys.argv)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
