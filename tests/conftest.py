@@ -120,6 +120,12 @@ def marked_processes(mark: str) -> list[psutil.Process]:
     return found
 
 
+def _default_sigint() -> None:
+    """Ctrl-C as in a terminal: a shell without job control (CI in the background) starts its
+    children with SIGINT ignored, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Orchestrator:
     """``python orchestrate.py ARGS`` as a user runs it (no .env), in a session of its own.
 
@@ -140,6 +146,7 @@ class Orchestrator:
             stderr=subprocess.PIPE,
             text=True,
             start_new_session=True,
+            preexec_fn=_default_sigint,
         )
 
     def __enter__(self) -> Orchestrator:
