@@ -111,6 +111,7 @@ def train(msg: Message, context: Context) -> Message:
         task.data,
         epochs=cfg.local_epochs,
         max_steps=cfg.max_steps,
+        micro_batch_size=cfg.micro_batch_size,
         learning_rate=cfg.learning_rate,
         seed=task.seed,
         proximal_mu=float(msg.content[CONFIG].get(PROXIMAL_MU, 0.0)),

@@ -204,6 +204,13 @@ class RunConfig(_Settings):
     )
     max_length: int = setting(128, "Tokens per review (truncation length)", low=8, high=512)
     batch_size: int = setting(16, "Batch size for training and evaluation", low=1, high=4096)
+    micro_batch_size: int = setting(
+        4,
+        "At most this many reviews per forward/backward pass; gradients are accumulated over the batch, so the "
+        "optimizer still steps once per batch-size reviews: the same update in less memory (0 = the whole batch)",
+        low=0,
+        high=4096,
+    )
     learning_rate: float = setting(1e-4, "Client AdamW learning rate", low=0.0, low_open=True, high=1.0)
     local_epochs: int = setting(1, "Local epochs per round", low=1, high=1000)
     max_steps: int = setting(

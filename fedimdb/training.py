@@ -51,6 +51,29 @@ def _batches(tokenizer: Any, data: Examples, order: list[int], batch_size: int, 
         yield collate(tokenizer, split, idx, device), torch.from_numpy(split.labels[idx]).to(device)
 
 
+def _step(model: Any, optimizer: Any, inputs: dict[str, torch.Tensor], labels: torch.Tensor, micro: int,
+          anchor: list[torch.Tensor] | None, proximal_mu: float) -> float:  # fmt: skip
+    """One optimizer step over a batch, in passes of at most ``micro`` rows; the batch's mean loss.
+
+    Each pass's mean loss is weighted by its share of the batch, so the accumulated gradient is the
+    whole batch's: the same update in less memory (activations scale with the rows per pass).
+    """
+    optimizer.zero_grad()
+    total = len(labels)
+    loss_sum = 0.0
+    for start in range(0, total, micro):
+        part = slice(start, start + micro)
+        loss = model(**{k: v[part] for k, v in inputs.items()}, labels=labels[part]).loss * (len(labels[part]) / total)
+        loss.backward()
+        loss_sum += loss.item()
+    if anchor is not None:  # FedProx: mu/2 * ||w - w_global||^2, once per step
+        prox = 0.5 * proximal_mu * sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor, strict=True))
+        prox.backward()
+        loss_sum += prox.item()
+    optimizer.step()
+    return loss_sum
+
+
 def train(
     model: Any,
     tokenizer: Any,
@@ -63,31 +86,28 @@ def train(
     max_length: int,
     seed: int,
     device: torch.device,
+    micro_batch_size: int = 0,
     proximal_mu: float = 0.0,
 ) -> TrainResult:
     """AdamW over ``epochs`` shuffled passes, stopping early after ``max_steps`` (0 = no cap).
 
-    With ``proximal_mu`` > 0 the FedProx term mu/2 * ||w - w_global||^2 is added to the loss.
+    Each batch of ``batch_size`` rows is one optimizer step, computed in passes of at most
+    ``micro_batch_size`` rows (0 = the whole batch). With ``proximal_mu`` > 0 the FedProx term
+    mu/2 * ||w - w_global||^2 is added to the loss.
     """
     model.to(device).train()
     anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
     generator = torch.Generator().manual_seed(seed)
+    micro = micro_batch_size or batch_size
     steps, seen, loss_sum = 0, 0, 0.0
     start = time.perf_counter()
     for _ in range(epochs):
         order = torch.randperm(len(data), generator=generator).tolist()
         for inputs, labels in _batches(tokenizer, data, order, batch_size, max_length, device):
-            loss = model(**inputs, labels=labels).loss
-            if anchor is not None:
-                prox = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor, strict=True))
-                loss = loss + 0.5 * proximal_mu * prox
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+            loss_sum += _step(model, optimizer, inputs, labels, micro, anchor, proximal_mu) * len(labels)
             steps += 1
             seen += len(labels)
-            loss_sum += loss.item() * len(labels)
             if max_steps and steps >= max_steps:
                 break
         if max_steps and steps >= max_steps:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from fedimdb.data import Examples
 from fedimdb.model import load_model, pick_device
-from fedimdb.training import evaluate, seed_everything, train
+from fedimdb.training import _step, evaluate, seed_everything, train
 from tests.conftest import OFFLINE_VARS
 
 pytestmark = pytest.mark.timeout(300)
@@ -94,6 +95,53 @@ def test_training_learns_a_separable_task() -> None:
     after = evaluate(model, tok, data, batch_size=16, max_length=16, device=cpu)
     assert result.num_examples == 15 * 64 and result.steps == 15 * 4
     assert after.loss < before.loss and after.accuracy == 1.0
+
+
+def _no_dropout_tiny() -> tuple[Any, Any]:
+    model, tok = load_model("tiny", 0)
+    for module in model.modules():  # dropout masks depend on the shapes drawn
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    return model, tok
+
+
+def _sgd_update(micro: int, proximal_mu: float) -> tuple[float, dict[str, torch.Tensor]]:
+    """One step of plain SGD (lr 1, so the update is minus the gradient) on 7 rows: loss and update."""
+    model, tok = _no_dropout_tiny()
+    model.train()
+    texts = [("great wonderful loved" if i % 2 else "awful boring hated") + f" {i}" for i in range(7)]
+    inputs, labels = dict(tok(texts, padding=True, return_tensors="pt")), torch.tensor([i % 2 for i in range(7)])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    anchor = [p.detach() - 0.1 for p in model.parameters()] if proximal_mu else None  # w - w_global = 0.1
+    loss = _step(model, torch.optim.SGD(model.parameters(), lr=1.0), inputs, labels, micro, anchor, proximal_mu)
+    return loss, {k: v - before[k] for k, v in model.state_dict().items() if k in dict(model.named_parameters())}
+
+
+@pytest.mark.parametrize("proximal_mu", [0.0, 0.5])
+def test_micro_batches_give_the_whole_batch_gradient(proximal_mu: float) -> None:
+    (whole_loss, whole), (micro_loss, micro) = _sgd_update(7, proximal_mu), _sgd_update(3, proximal_mu)  # 3+3+1
+    assert micro_loss == pytest.approx(whole_loss, rel=1e-6)
+    for key, value in whole.items():
+        torch.testing.assert_close(micro[key], value, rtol=1e-4, atol=1e-7)
+
+
+def test_the_proximal_term_pulls_towards_the_global_weights() -> None:
+    (plain_loss, plain), (prox_loss, prox) = _sgd_update(3, 0.0), _sgd_update(3, 0.5)
+    assert prox_loss > plain_loss
+    for key, value in plain.items():  # gradient of mu/2 ||w - w_global||^2 is mu * 0.1
+        torch.testing.assert_close(prox[key], value - 0.05, rtol=1e-4, atol=1e-6)
+
+
+def test_micro_batched_training_counts_steps_and_loss_as_whole_batches() -> None:
+    data = Examples([("great" if i % 2 else "awful") + f" {i}" for i in range(30)], [i % 2 for i in range(30)])
+    results = []
+    for micro in (0, 3):  # batches of 8, 8, 8, 6
+        model, tok = _no_dropout_tiny()
+        results.append(train(model, tok, data, epochs=1, max_steps=0, batch_size=8, learning_rate=1e-2,
+                             max_length=12, seed=0, device=pick_device("cpu"), micro_batch_size=micro))  # fmt: skip
+    whole, micro = results
+    assert (micro.steps, micro.num_examples) == (whole.steps, whole.num_examples) == (4, 30)
+    assert micro.loss == pytest.approx(whole.loss, rel=1e-4)
 
 
 def test_max_steps_caps_local_training() -> None:
