@@ -14,6 +14,9 @@ from typing import Any
 
 from fedimdb.artifacts import utc_now
 from fedimdb.config import (
+    BACKENDS,
+    DOCKER_BACKEND,
+    ENV_FILE,
     MODEL_PRESETS,
     PARTITIONERS,
     STRATEGIES,
@@ -23,6 +26,7 @@ from fedimdb.config import (
     RunConfig,
     Settings,
     check_clients_fit,
+    check_env_file,
 )
 from fedimdb.data import ShardError, prepare_shards, verify_shards
 from fedimdb.deploy.backend import choose_backend
@@ -35,6 +39,7 @@ from fedimdb.experiment import (
     new_experiment_dir,
     new_record,
 )
+from fedimdb.preflight import preflight
 
 RUN_OPTIONS = ("num_rounds", "num_clients", "model", "strategy", "seed")
 DATA_OPTIONS = ("data_source", "partitioner", "alpha", "shards_dir")
@@ -51,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add = p.add_argument
     add("--repeats", type=int, help="repeats of the run; repeat k uses seed + k (FEDIMDB_REPEATS)")
-    add("--backend", choices=("auto", "docker", "local"),
+    add("--backend", choices=BACKENDS,
         help="docker: one Compose stack per repeat; local: SuperLink and SuperNodes as local processes; "
         "auto (default): docker when a Docker daemon answers (FEDIMDB_BACKEND)")  # fmt: skip
     add("--rounds", dest="num_rounds", type=int, help="federated rounds (FEDIMDB_NUM_ROUNDS)")
@@ -74,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--keep-up", action="store_true", help="docker backend: leave the last repeat's stack up for inspection")
     add("--compose-file", type=Path, default=COMPOSE_FILE, help="docker: the stack (default: docker-compose.yml)")
     add("--out", type=Path, default=Path("results"), help="results root (default: results)")
-    add("--env-file", type=Path, default=Path(".env"), help="settings file (default: .env)")
+    add("--env-file", type=Path, help=f"settings file (default: {ENV_FILE})")
     return p
 
 
@@ -84,6 +89,8 @@ def _options(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, Any]
 
 def load_settings(args: argparse.Namespace) -> Settings:
     """The three configurations from defaults < --env-file < environment < options, validated."""
+    env_file = args.env_file or ENV_FILE
+    check_env_file(env_file, given=args.env_file is not None)
     run_overrides = _options(args, RUN_OPTIONS)
     for item in args.settings:
         key, sep, value = item.partition("=")
@@ -91,9 +98,9 @@ def load_settings(args: argparse.Namespace) -> Settings:
             raise ConfigError(f"--set {item!r}: write it as KEY=VALUE, e.g. --set max-steps=5")
         run_overrides[key.strip()] = value
     settings = Settings(
-        run=RunConfig.from_env(args.env_file, overrides=run_overrides),
-        data=DataConfig.from_env(args.env_file, overrides=_options(args, DATA_OPTIONS)),
-        experiment=ExperimentConfig.from_env(args.env_file, overrides=_options(args, EXPERIMENT_OPTIONS)),
+        run=RunConfig.from_env(env_file, overrides=run_overrides),
+        data=DataConfig.from_env(env_file, overrides=_options(args, DATA_OPTIONS)),
+        experiment=ExperimentConfig.from_env(env_file, overrides=_options(args, EXPERIMENT_OPTIONS)),
     )
     check_clients_fit(settings.run, settings.data.num_partitions)
     return settings
@@ -153,8 +160,9 @@ def main(argv: list[str] | None = None) -> int:
         settings, record = resume_settings(exp_dir, args) if exp_dir else (load_settings(args), None)
         backend = choose_backend(record["backend"] if record else settings.experiment.backend, args.compose_file,
                                  log=console.print)  # fmt: skip
-        if args.keep_up and backend.name != "docker":
+        if args.keep_up and backend.name != DOCKER_BACKEND:
             raise ConfigError("--keep-up keeps a Compose stack up; the local backend has none: drop --keep-up")
+        preflight(settings, backend.name, args.out)
         shards = prepare_shards(settings.data, log=console.print)
         verify_shards(shards)
     except (ConfigError, ShardError) as exc:

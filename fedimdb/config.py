@@ -18,6 +18,7 @@ anything expensive starts.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
 from collections.abc import Mapping
@@ -28,6 +29,7 @@ from typing import Any, TypeVar
 from dotenv import dotenv_values
 
 ENV_PREFIX = "FEDIMDB_"
+ENV_FILE = Path(".env")
 STRATEGIES = (
     "fedavg",
     "fedprox",
@@ -41,7 +43,8 @@ STRATEGIES = (
 MODEL_PRESETS = ("tiny", "minilm")
 PARTITIONERS = ("iid", "dirichlet")
 DEVICES = ("auto", "cpu", "cuda")
-BACKENDS = ("auto", "docker", "local")
+AUTO_BACKEND, DOCKER_BACKEND, LOCAL_BACKEND = "auto", "docker", "local"
+BACKENDS = (AUTO_BACKEND, DOCKER_BACKEND, LOCAL_BACKEND)
 LOCAL_EVAL_WITH_TRAIN = "with-train"
 LOCAL_EVAL_MODES = (LOCAL_EVAL_WITH_TRAIN, "separate")
 FULL_PRECISION = "float32"
@@ -133,8 +136,10 @@ class _Settings:
         for key, raw in values.items():
             name = key.replace("-", "_")
             if name not in fields:
-                known = ", ".join(config_key(n) for n in fields)
-                raise ConfigError(f"{key} (from {origin}): unknown setting; known settings: {known}")
+                known = [config_key(n) for n in fields]
+                close = difflib.get_close_matches(config_key(name), known, n=1)
+                hint = f"did you mean {close[0]}?" if close else f"known settings: {', '.join(known)}"
+                raise ConfigError(f"{config_key(name)} (from {origin}): unknown setting; {hint}")
             parsed[name] = _coerce(fields[name], raw, origin)
         obj = cls(**parsed)
         obj.validate()
@@ -320,6 +325,25 @@ class ExperimentConfig(_Settings):
     metrics_port: int = setting(
         9101, "Port of the orchestrator's Prometheus /metrics (0 = do not serve)", low=0, high=65535
     )
+
+
+def check_env_file(path: Path, given: bool) -> None:
+    """A settings file named on the command line exists; every ``FEDIMDB_`` key in it is a setting.
+
+    A misspelt key would otherwise be ignored without a word, and its default used.
+    """
+    if not path.exists():
+        if given:
+            raise ConfigError(f"--env-file: {path} not found; give an existing file, or leave the option out")
+        return
+    known = sorted(
+        env_name(f.name) for cls in (RunConfig, DataConfig, ExperimentConfig) for f in dataclasses.fields(cls)
+    )
+    for key in dotenv_values(path):
+        if key.startswith(ENV_PREFIX) and key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"did you mean {close[0]}?" if close else "the settings are listed in the project's .env"
+            raise ConfigError(f"{path}: {key} is not a setting; {hint}")
 
 
 def check_clients_fit(run: RunConfig, num_partitions: int) -> None:

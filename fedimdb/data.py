@@ -27,11 +27,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fedimdb.artifacts import read_json, sha256_bytes, sha256_file, write_json_atomic
-from fedimdb.config import ConfigError, DataConfig
+from fedimdb.config import ENV_FILE, PARTITIONERS, ConfigError, DataConfig, check_env_file
 
 MANIFEST = "manifest.json"
 SERVER_DIR = "server"
 STAGING_PREFIX = ".staging-"
+IMDB_SPLITS = ("train", "test")
+LABEL_NAMES = {0: "negative", 1: "positive"}  # IMDB's labels
 SPLIT_FILES = {"train": "train.parquet", "val": "val.parquet", "test": "test.parquet"}
 
 
@@ -44,17 +46,52 @@ def client_dir_name(partition_id: int) -> str:
     return f"client-{partition_id}"
 
 
+def check_local_source(folder: Path) -> None:
+    """Refuse a local IMDB folder that cannot make shards: read only the Parquet footers and labels."""
+    for split in IMDB_SPLITS:
+        path = folder / f"{split}.parquet"
+        if not path.is_file():
+            raise ConfigError(f"data-source: {path} is missing; the folder needs train.parquet and test.parquet")
+        try:
+            schema = pq.read_schema(path)
+            labels = pq.read_table(path, columns=["label"]).column("label") if "label" in schema.names else None
+        except (OSError, pa.ArrowException) as exc:
+            raise ConfigError(f"data-source: {path} is not a readable Parquet file ({exc}); replace it") from exc
+        problem = _source_problem(schema, labels)
+        if problem:
+            raise ConfigError(f"data-source: {path} {problem}")
+
+
+def _source_problem(schema: pa.Schema, labels: pa.ChunkedArray | None) -> str | None:
+    """What is wrong with one split's columns and labels, or None."""
+    missing = [c for c in ("text", "label") if c not in schema.names]
+    if missing:
+        return f"has no column {' or '.join(missing)} (columns: {', '.join(schema.names)}); it needs text and label"
+    if not pa.types.is_string(schema.field("text").type) and not pa.types.is_large_string(schema.field("text").type):
+        return f"has text of type {schema.field('text').type}; text must be strings"
+    if not pa.types.is_integer(schema.field("label").type):
+        return f"has label of type {schema.field('label').type}; labels must be integers 0 (negative) and 1 (positive)"
+    if labels is None or len(labels) == 0:
+        return "has no rows; it needs labelled reviews"
+    found = set(labels.unique().to_pylist())
+    if found != set(LABEL_NAMES):
+        return f"has labels {sorted(found, key=str)}; it needs both 0 (negative) and 1 (positive), and only those"
+    return None
+
+
 def load_imdb(source: str) -> Any:
     """Load IMDB's labelled train and test splits (hub id or local Parquet folder)."""
     import datasets  # here, not at the top: a ClientApp only reads its shard (datasets is the prepare extra)
 
     local = Path(source).expanduser()
+    if local.is_dir():
+        check_local_source(local)
     path = str(local.resolve()) if local.is_dir() else source
     ds = datasets.load_dataset(path)
-    missing = {"train", "test"} - set(ds.keys())
+    missing = set(IMDB_SPLITS) - set(ds.keys())
     if missing:
         raise ConfigError(f"data-source: {source!r} has no {sorted(missing)} split; it needs train and test")
-    for split in ("train", "test"):
+    for split in IMDB_SPLITS:
         cols = set(ds[split].column_names)
         if not {"text", "label"} <= cols:
             raise ConfigError(
@@ -129,12 +166,11 @@ def prepare_shards(cfg: DataConfig, log: Any = print) -> Path:
         verify_shards(out)
         log(f"shards at {out} already prepared with these settings: verified, reusing")
         return out
-    _clear_unfinished(out)
-
     import datasets
 
     datasets.disable_progress_bars()
-    ds = load_imdb(cfg.data_source)
+    ds = load_imdb(cfg.data_source)  # a bad source is refused before anything is written
+    _clear_unfinished(out)
     train = ds["train"].select_columns(["text", "label"]).shuffle(seed=cfg.data_seed).flatten_indices()
     test = ds["test"].select_columns(["text", "label"]).shuffle(seed=cfg.data_seed).flatten_indices()
     partitioner = _partitioner(cfg)
@@ -249,17 +285,18 @@ def main(argv: list[str] | None = None) -> int:
     prep = sub.add_parser("prepare", help="write or verify the client shards and the server's held-out set")
     prep.add_argument("--source", dest="data_source", help="hub id (stanfordnlp/imdb) or local folder of Parquet files")
     prep.add_argument("--num-partitions", type=int)
-    prep.add_argument("--partitioner", choices=("iid", "dirichlet"))
+    prep.add_argument("--partitioner", choices=PARTITIONERS)
     prep.add_argument("--alpha", type=float, help="Dirichlet concentration (partitioner dirichlet)")
     prep.add_argument("--val-fraction", type=float)
     prep.add_argument("--seed", dest="data_seed", type=int)
     prep.add_argument("--out", dest="shards_dir", help="output folder (default data/shards)")
-    prep.add_argument("--env-file", default=".env", help="settings file (default .env)")
+    prep.add_argument("--env-file", type=Path, help=f"settings file (default {ENV_FILE})")
     args = vars(parser.parse_args(argv))
-    env_file = Path(args.pop("env_file"))
+    given = args.pop("env_file")
     args.pop("command")
     try:
-        cfg = DataConfig.from_env(env_file, overrides=args)
+        check_env_file(given or ENV_FILE, given=given is not None)
+        cfg = DataConfig.from_env(given or ENV_FILE, overrides=args)
         prepare_shards(cfg)
     except (ConfigError, ShardError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -19,9 +19,9 @@ import torch
 
 from fedimdb.artifacts import WEIGHTS_DIR
 from fedimdb.config import ConfigError
+from fedimdb.data import LABEL_NAMES
 
-NUM_LABELS = 2
-LABEL_NAMES = {0: "negative", 1: "positive"}
+NUM_LABELS = len(LABEL_NAMES)
 
 # A fixed vocabulary keeps the tiny preset reproducible without training a tokenizer.
 _TINY_WORDS = [

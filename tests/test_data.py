@@ -90,5 +90,7 @@ def test_dirichlet_partitioner_skews_labels(tmp_path: Path) -> None:
 def test_source_without_a_test_split_is_refused(tmp_path: Path) -> None:
     source = write_parquet_dataset(tmp_path / "imdb", rows=20)
     (source / "test.parquet").unlink()
-    with pytest.raises(ConfigError, match=r"data-source: .* has no \['test'\] split"):
+    with pytest.raises(
+        ConfigError, match=r"data-source: .*test.parquet is missing; the folder needs train.parquet and test.parquet"
+    ):
         load_imdb(str(source))

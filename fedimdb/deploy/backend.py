@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from fedimdb.config import ConfigError, DataConfig, ExperimentConfig, RunConfig
+from fedimdb.config import DOCKER_BACKEND, LOCAL_BACKEND, ConfigError, DataConfig, ExperimentConfig, RunConfig
 
 Log = Callable[[str], None]
 RoundCallback = Callable[[int], None]
@@ -86,17 +86,17 @@ def choose_backend(requested: str, compose_file: Path, log: Log) -> Backend:
     from fedimdb.deploy.docker_backend import DockerStack, docker_problem
     from fedimdb.deploy.local import LocalStack, missing_commands
 
-    if requested == "local":
+    if requested == LOCAL_BACKEND:
         missing = missing_commands()
         if missing:
             raise ConfigError(
                 f"backend local needs {', '.join(missing)} on PATH; install the project: pip install -e ."
             )
-        return Backend("local", functools.partial(LocalStack, log=log))
+        return Backend(LOCAL_BACKEND, functools.partial(LocalStack, log=log))
     problem = docker_problem(compose_file)
     if problem is None:
-        return Backend("docker", functools.partial(DockerStack, log=log, compose_file=compose_file))
-    if requested == "docker":
+        return Backend(DOCKER_BACKEND, functools.partial(DockerStack, log=log, compose_file=compose_file))
+    if requested == DOCKER_BACKEND:
         raise ConfigError(f"--backend docker: {problem}")
     log(f"notice: backend auto falls back to local processes: {problem}")
-    return choose_backend("local", compose_file, log)
+    return choose_backend(LOCAL_BACKEND, compose_file, log)
