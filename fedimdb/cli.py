@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,12 @@ from fedimdb.config import (
 from fedimdb.data import ShardError, prepare_shards, verify_shards
 from fedimdb.deploy.backend import choose_backend
 from fedimdb.deploy.compose import COMPOSE_FILE
+from fedimdb.deploy.processes import runs_one_of
 from fedimdb.experiment import (
     EXPERIMENT_FILE,
+    ORCHESTRATOR,
+    RUNNING,
+    STATUS,
     Experiment,
     console,
     load_record,
@@ -129,6 +134,13 @@ def resume_settings(exp_dir: Path, args: argparse.Namespace) -> tuple[Settings, 
             "(only --retries, --on-failure and --metrics-port apply to a resumed experiment)"
         )  # fmt: skip
     record = load_record(exp_dir)
+    owner = record.get(ORCHESTRATOR, {})
+    alive = owner.get("host") == socket.gethostname() and runs_one_of(owner.get("pid", 0), (b"orchestrate",))
+    if record.get(STATUS) == RUNNING and alive:
+        raise ConfigError(
+            f"--resume: experiment {exp_dir.name} is still being run by process {owner['pid']}; wait for it, or "
+            "stop it (Ctrl-C) and resume then"
+        )
     recorded = dict(record["experiment"])
     recorded.update({k.replace("_", "-"): v for k, v in _options(args, RESUMABLE_OPTIONS).items() if v is not None})
     settings = Settings(

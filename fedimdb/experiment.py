@@ -18,7 +18,9 @@ experiment.json's keys are kebab-case, like run.json's.
 
 from __future__ import annotations
 
+import os
 import secrets
+import socket
 import subprocess
 import time
 from datetime import datetime, timezone
@@ -32,6 +34,7 @@ from rich.table import Table
 from fedimdb.artifacts import (
     ROUNDS_FILE,
     RUN_ID,
+    STATUS,
     ArtifactError,
     read_csv,
     read_json,
@@ -50,8 +53,9 @@ from fedimdb.summary import write_summary
 EXPERIMENT_FILE = "experiment.json"
 RUN_FAILURES = (FlowerRunError, ArtifactError, ComposeRunError, RuntimeError, OSError, subprocess.SubprocessError)
 # experiment.json keys and repeat statuses.
-REPEATS, STATUS, ATTEMPTS = "repeats", "status", "attempts"
+REPEATS, ATTEMPTS, STACK, ORCHESTRATOR = "repeats", "attempts", "stack", "orchestrator"
 VERIFIED, RUNNING, FAILED, INTERRUPTED, CORRUPT = "verified", "running", "failed", "interrupted", "corrupt"
+ABANDONED = "abandoned"  # its orchestrator was killed mid-attempt; the stack it left was stopped on --resume
 console = Console(stderr=True, soft_wrap=True, highlight=False)
 
 
@@ -115,9 +119,10 @@ class Experiment:
     def run(self) -> int:
         """All repeats; exit code 0 only when every repeat is verified."""
         n = self.settings.experiment.repeats
+        self._stop_leftovers()
         verified = [k for k in range(n) if self._still_verified(k)]
         self._start_metrics(n, len(verified))
-        self.record[STATUS] = RUNNING
+        self.record.update({STATUS: RUNNING, ORCHESTRATOR: {"pid": os.getpid(), "host": socket.gethostname()}})
         self.save()
         stopped = self._run_repeats(n, verified)
         done = {k: repeat_dir(self.exp_dir, k) for k in range(n) if self._repeat(k).get(STATUS) == VERIFIED}
@@ -169,6 +174,20 @@ class Experiment:
                     return True
         return False
 
+    def _stop_leftovers(self) -> None:
+        """An attempt still marked running had its orchestrator killed: stop the stack it left, mark it abandoned."""
+        for k, rep in self.record[REPEATS].items():
+            if rep.get(STATUS) != RUNNING or not rep.get(ATTEMPTS):
+                continue
+            entry = rep[ATTEMPTS][-1]
+            said = self.backend.stop_leftover(entry.get(STACK, {}))
+            entry.update(
+                {STATUS: ABANDONED, "error": "the orchestrator was killed during this attempt", "leftovers": said}
+            )
+            rep[STATUS] = ABANDONED
+            console.print(f"repeat {k} attempt {entry['attempt']}: its orchestrator was killed; {said}")
+        self.save()
+
     def _still_verified(self, k: int) -> bool:
         """A repeat recorded as verified whose folder still verifies; a corrupt one is set aside."""
         rep = self._repeat(k)
@@ -212,6 +231,8 @@ class Experiment:
         t0 = time.monotonic()
         try:
             with self.backend.make(job) as stack:
+                entry[STACK] = stack.handle()  # for a --resume after this orchestrator is killed
+                self.save()
                 stack.run(on_round)
                 stack.collect()
             meta = verify_run(path)

@@ -9,6 +9,7 @@ import shutil
 import signal
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fedimdb.artifacts import read_csv, read_json, verify_run
 from fedimdb.deploy.local import free_port
-from tests.conftest import Orchestrator, local_run_args, orchestrate
+from tests.conftest import Orchestrator, local_run_args, marked_processes, orchestrate
 
 pytestmark = pytest.mark.timeout(1200)  # a test's share includes the module fixture it triggers
 SETTINGS = ["max-steps=2", "batch-size=8", "eval-rows=32", "local-eval-rows=16"]
@@ -164,3 +165,51 @@ def test_corrupted_repeat_is_detected_and_redone(interrupted: dict, resumed: dic
     assert len(after["repeats"]["1"]["attempts"]) == len(before["repeats"]["1"]["attempts"]) + 1
     assert _fingerprint(exp / "repeat-0") == repeat0
     assert json.loads(json.dumps(after["repeats"]["0"])) == before["repeats"]["0"]
+
+
+@pytest.fixture(scope="module")
+def hard_killed(imdb_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """One repeat; once its stack is up and recorded, a second orchestrator tries to --resume it (refused:
+    it is still running), then the first is killed with SIGKILL (no teardown) and the experiment resumed."""
+    base = tmp_path_factory.mktemp("hard-kill")
+    out = base / "results"
+    killed = Orchestrator(*_args(out, base / "shards", imdb_dir, "--metrics-port", "0"))
+    found: dict = {"imdb": imdb_dir, "base": base}
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and killed.proc.poll() is None:
+            exps = list(out.glob("*/experiment.json")) if out.exists() else []
+            attempts = _status(exps[0].parent).get("repeats", {}).get("0", {}).get("attempts", []) if exps else []
+            if attempts and attempts[-1].get("stack"):
+                found["exp"] = exps[0].parent
+                found["second"] = _resume(found["exp"], found)
+                killed.proc.kill()
+                killed.proc.wait(timeout=30)
+                break
+            time.sleep(0.5)
+        found["left"] = [p.pid for p in marked_processes(killed.mark)]
+        found["record"] = _status(found["exp"])
+        found["resumed"] = _resume(found["exp"], found)
+        found["still-left"] = killed.leftovers(grace=5)
+        yield found
+    finally:
+        killed.kill(grace=1)  # whatever a failed test left
+
+
+def test_resume_while_the_orchestrator_runs_is_refused(hard_killed: dict) -> None:
+    second = hard_killed["second"]
+    assert second.returncode == 2, second.stderr[-2000:]
+    assert f"experiment {hard_killed['exp'].name} is still being run by process" in " ".join(second.stderr.split())
+
+
+def test_resume_after_a_hard_kill_stops_the_stack_it_left_and_finishes(hard_killed: dict) -> None:
+    assert hard_killed["record"]["repeats"]["0"]["status"] == "running"  # what a killed orchestrator leaves
+    assert len(hard_killed["left"]) >= 3, "the killed orchestrator's SuperLink and SuperNodes ran on"
+    run = hard_killed["resumed"]
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "repeat 0 attempt 1: its orchestrator was killed; stopped the 3 process groups it left running" in run.stderr
+    assert hard_killed["still-left"] == [], "the resumed orchestrator stopped what the killed one left"
+    record = read_json(hard_killed["exp"] / "experiment.json")
+    assert [a["status"] for a in record["repeats"]["0"]["attempts"]] == ["abandoned", "verified"]
+    assert record["status"] == "completed"
+    verify_run(hard_killed["exp"] / "repeat-0")

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import functools
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from fedimdb.config import DOCKER_BACKEND, LOCAL_BACKEND, ConfigError, DataConfig, ExperimentConfig, RunConfig
 
@@ -58,6 +59,10 @@ class Stack(ABC):
         """Put the run's artifacts into ``job.run_dir`` (verified by the caller)."""
 
     @abstractmethod
+    def handle(self) -> dict[str, Any]:
+        """What another orchestrator needs to stop this stack should this one be killed (kept in experiment.json)."""
+
+    @abstractmethod
     def down(self) -> None:
         """Stop everything and keep the deployment's logs in ``job.run_dir``; safe to call twice."""
 
@@ -79,23 +84,25 @@ class Backend:
 
     name: str
     make: Callable[[StackJob], Stack]
+    stop_leftover: Callable[[Mapping[str, Any]], str]
+    """Stops what a killed orchestrator left running, given its stack's ``handle()``; says what it did."""
 
 
 def choose_backend(requested: str, compose_file: Path, log: Log) -> Backend:
     """docker or local; ``auto`` falls back to local (with a notice) when Docker cannot run."""
-    from fedimdb.deploy.docker_backend import DockerStack, docker_problem
-    from fedimdb.deploy.local import LocalStack, missing_commands
+    from fedimdb.deploy import docker_backend, local
 
     if requested == LOCAL_BACKEND:
-        missing = missing_commands()
+        missing = local.missing_commands()
         if missing:
             raise ConfigError(
                 f"backend local needs {', '.join(missing)} on PATH; install the project: pip install -e ."
             )
-        return Backend(LOCAL_BACKEND, functools.partial(LocalStack, log=log))
-    problem = docker_problem(compose_file)
+        return Backend(LOCAL_BACKEND, functools.partial(local.LocalStack, log=log), local.stop_leftover)
+    problem = docker_backend.docker_problem(compose_file)
     if problem is None:
-        return Backend(DOCKER_BACKEND, functools.partial(DockerStack, log=log, compose_file=compose_file))
+        stack = functools.partial(docker_backend.DockerStack, log=log, compose_file=compose_file)
+        return Backend(DOCKER_BACKEND, stack, docker_backend.stop_leftover)
     if requested == DOCKER_BACKEND:
         raise ConfigError(f"--backend docker: {problem}")
     log(f"notice: backend auto falls back to local processes: {problem}")

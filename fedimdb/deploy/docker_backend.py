@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from fedimdb.deploy.patience import patiently
 from fedimdb.deploy.processes import SUPEREXEC_POLL_VAR, WARM_CLIENTS_VAR
 
 COMPOSE_LOG = "compose.log"  # in the run folder's logs/
+COMPOSE_PROJECT = "compose-project"  # key of a stack handle
 POLL_SECONDS = 3.0
 DOCKER_PATIENCE = 600.0  # seconds the Docker daemon may leave the run's status checks unanswered
 UNANSWERED = (requests.exceptions.ConnectionError, requests.exceptions.Timeout)  # the Docker SDK's "no answer"
@@ -132,6 +134,10 @@ class DockerStack(Stack):
         pulled = pull_artifacts(self.job.name, self.job.run_dir.name, self.work / "pulled", self.client)
         shutil.move(str(pulled), self.job.run_dir)
 
+    def handle(self) -> dict[str, Any]:
+        """The Compose project's name: ``docker compose -p NAME down`` needs no file."""
+        return {COMPOSE_PROJECT: self.job.name}
+
     def down(self) -> None:
         """Keep the stack's log with the run (a failed attempt's too), then remove the stack and its volumes."""
         if not self._is_up:
@@ -146,3 +152,12 @@ class DockerStack(Stack):
             return
         self._compose("down", "-v", "-t", "10")
         shutil.rmtree(self.work, ignore_errors=True)
+
+
+def stop_leftover(handle: Mapping[str, Any]) -> str:
+    """Remove the Compose project a killed orchestrator left up (its containers, network and volumes)."""
+    name = handle.get(COMPOSE_PROJECT)
+    if not name:
+        return "no stack was recorded"
+    subprocess.run(["docker", "compose", "-p", name, "down", "-v", "-t", "10"], capture_output=True, timeout=300)
+    return f"removed its Compose project {name}"

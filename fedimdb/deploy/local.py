@@ -19,14 +19,16 @@ import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from fedimdb.artifacts import LOGS_DIR
 from fedimdb.config import RunConfig
 from fedimdb.data import SERVER_DIR, client_dir_name
 from fedimdb.deploy import flwr_cli, forkserver
 from fedimdb.deploy.backend import RoundCallback, Stack
-from fedimdb.deploy.processes import FLOWER_POLL_VAR, superlink_argv, supernode_argv
+from fedimdb.deploy.processes import FLOWER_POLL_VAR, runs_one_of, superlink_argv, supernode_argv
+
+PROCESS_GROUPS = "process-groups"  # key of a stack handle
 
 LOOPBACK = "127.0.0.1"
 CONNECTION = "fedimdb-local"  # the flwr CLI's name for the local SuperLink
@@ -184,9 +186,31 @@ class LocalStack(Stack):
     def collect(self) -> None:
         """Nothing to move: the ServerApp ran on this filesystem and wrote into ``job.run_dir``."""
 
+    def handle(self) -> dict[str, Any]:
+        """The process groups of the SuperLink and the SuperNodes (each leads its own session)."""
+        fed = self.federation
+        return {PROCESS_GROUPS: [p.pid for p in [fed.superlink, *fed.supernodes] if p is not None] if fed else []}
+
     def down(self) -> None:
         """Stop every process group; the logs stay in run_dir/logs."""
         if self.federation is not None:
             self.federation.stop()
             self.federation = None
             self._flwr_home.cleanup()
+
+
+def _runs_flower(pid: int) -> bool:
+    return runs_one_of(pid, (b"flower-", b"fedimdb"))  # not a process that reused a dead one's pid
+
+
+def stop_leftover(handle: Mapping[str, Any], grace: float = 10.0) -> str:
+    """SIGTERM, then SIGKILL, the process groups a killed orchestrator left running."""
+    groups = [g for g in handle.get(PROCESS_GROUPS, []) if _runs_flower(g)]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for group in groups:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, sig)
+        deadline = time.monotonic() + grace
+        while any(_runs_flower(g) for g in groups) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    return f"stopped the {len(groups)} process groups it left running" if groups else "nothing of it was still running"

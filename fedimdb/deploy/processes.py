@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from pathlib import Path
 
 from fedimdb.config import ExperimentConfig, env_name
 from fedimdb.deploy import forkserver
@@ -27,6 +28,15 @@ ARTIFACTS_MOUNT = "/artifacts"  # the artifacts volume, in the server and runner
 WARM_CLIENTS_VAR = env_name("warm_clients")  # read by the client containers' supernode role
 SUPEREXEC_POLL_VAR = env_name("superexec_poll_interval")  # docker-compose.yml hands it to Flower's SuperExec
 FLOWER_POLL_VAR = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"  # Flower's own knob, read by flower-superexec
+
+
+def runs_one_of(pid: int, words: tuple[bytes, ...]) -> bool:
+    """Whether process ``pid`` is alive and its command line holds one of ``words`` (Linux /proc; else False)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return any(word in cmdline for word in words)
 
 
 def superlink_argv(fleet_address: str, host: str, port: int) -> list[str]:
