@@ -310,6 +310,11 @@ class ExperimentConfig(_Settings):
     on_failure: str = setting(
         "stop", "After a repeat failed every attempt: stop or continue", choices=("stop", "continue")
     )
+    tls_auth: bool = setting(
+        False,
+        "TLS on the SuperLink's Fleet, Control and Runtime APIs and SuperNode authentication: fresh certificates "
+        "and one key per SuperNode each repeat, every key registered before its SuperNode starts (local backend)",
+    )
     warm_clients: bool = setting(
         True,
         "Each client node keeps flwr, torch and transformers imported in a fork server and forks the process "

@@ -25,7 +25,7 @@ import torch
 from fedimdb import cli
 from fedimdb.config import DataConfig
 from fedimdb.data import MANIFEST, client_dir_name, prepare_shards
-from tests.conftest import ROOT, orchestrate, write_parquet_dataset
+from tests.conftest import ROOT, orchestrate, require_docker, write_parquet_dataset
 
 pytestmark = pytest.mark.timeout(300)
 DOCS = ROOT / "docs" / "reliability.md"
@@ -43,6 +43,7 @@ class Case:
     message: str
     setup: Setup | None = None
     keeps_shards: bool = field(default=False)  # the case prepares shards itself; only --out must stay absent
+    needs_docker: bool = field(default=False)  # reaches the check only where a Docker daemon answers
 
 
 def _env_file(text: str) -> Setup:
@@ -160,6 +161,10 @@ CASES: dict[str, Case] = {
         ("--backend", "docker", *MINI, "--compose-file", "/nonexistent/docker-compose.yml"),
         "--backend docker: compose file /nonexistent/docker-compose.yml not found",
     ),
+    "tls-auth on Compose": Case(
+        ("--backend", "docker", *MINI), "tls-auth: TLS and SuperNode authentication run on the local backend only",
+        _environ("FEDIMDB_TLS_AUTH", "true"), needs_docker=True,
+    ),
     # the model and the device
     "device cuda without a GPU": Case(
         (*LOCAL, "--set", "device=cuda"), "device: cuda was asked for but torch sees no CUDA device"
@@ -257,6 +262,8 @@ def test_bad_input_fails_before_anything_starts(
     case = CASES[name]
     if name == "device cuda without a GPU" and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
+    if case.needs_docker:
+        require_docker()
     if case.setup:
         case.setup(tmp_path, monkeypatch)
     monkeypatch.setattr(cli.Experiment, "run", _no_experiment)

@@ -184,7 +184,6 @@ def superlink(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[dict[str
     monkeypatch.setattr(flwr_cli, "CALL_TIMEOUT", 5.0)
     env = process_env(RunConfig(num_clients=1), tmp_path / "flwr-home")
     with LocalFederation(tmp_path, 0, tmp_path / "logs", env) as fed:
-        flwr_cli.write_connection(tmp_path / "flwr-home", CONNECTION, fed.control_address)
         assert fed.superlink is not None
         yield env, fed.superlink
         os.kill(fed.superlink.pid, signal.SIGCONT)

@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +43,19 @@ class ControlUnanswered(FlowerRunError):
     """A ``flwr`` call got no usable answer from the SuperLink's Control API (slow, busy, or down)."""
 
 
-def write_connection(flwr_home: Path, name: str, address: str) -> None:
-    """The ``$FLWR_HOME/config.toml`` entry that ``flwr run NAME`` connects with (insecure)."""
+def write_connection(flwr_home: Path, name: str, address: str, root_certificates: Path | None = None) -> None:
+    """The ``$FLWR_HOME/config.toml`` entry that ``flwr run NAME`` connects with: plaintext, or TLS trusting a CA."""
     flwr_home.mkdir(parents=True, exist_ok=True)
-    config = {"superlink": {"default": name, name: {"address": address, "insecure": True}}}
+    security = {"root-certificates": str(root_certificates)} if root_certificates else {"insecure": True}
+    config = {"superlink": {"default": name, name: {"address": address, **security}}}
     (flwr_home / "config.toml").write_text(tomli_w.dumps(config))
+
+
+def register_nodes(connection: str, public_keys: list[Path], env: Mapping[str, str]) -> list[int]:
+    """``flwr supernode register`` each SuperNode's public key (SuperNode authentication); their node ids."""
+    with ThreadPoolExecutor(max_workers=len(public_keys) or 1) as pool:
+        replies = pool.map(lambda key: _flwr(["supernode", "register", str(key), connection], env), public_keys)
+        return [int(reply["node-id"]) for reply in replies]
 
 
 def _flwr(args: list[str], env: Mapping[str, str]) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from fedimdb.config import RunConfig
 from fedimdb.data import SERVER_DIR, client_dir_name
 from fedimdb.deploy import flwr_cli, forkserver
 from fedimdb.deploy.backend import RoundCallback, Stack
+from fedimdb.deploy.credentials import Credentials, make_credentials
 from fedimdb.deploy.processes import FLOWER_POLL_VAR, runs_one_of, superlink_argv, supernode_argv
 
 PROCESS_GROUPS = "process-groups"  # key of a stack handle
@@ -56,14 +57,25 @@ def wait_for_port(port: int, timeout: float, proc: subprocess.Popen | None = Non
 
 
 class LocalFederation:
-    """Context manager: SuperLink + ``num_clients`` SuperNodes, each on its own shard."""
+    """Context manager: SuperLink + ``num_clients`` SuperNodes, each on its own shard.
+
+    Inside the block, the ``flwr`` CLI (``env``'s FLWR_HOME) reaches the SuperLink as :data:`CONNECTION`.
+    With ``credentials``, every API is TLS and each SuperNode's key is registered before it starts.
+    """
 
     def __init__(
-        self, shards_dir: Path, num_clients: int, workdir: Path, env: Mapping[str, str], warm_clients: bool = True
+        self,
+        shards_dir: Path,
+        num_clients: int,
+        workdir: Path,
+        env: Mapping[str, str],
+        warm_clients: bool = True,
+        credentials: Credentials | None = None,
     ) -> None:
         self.shards_dir = Path(shards_dir).resolve()
         self.num_clients = num_clients
         self.warm_clients = warm_clients
+        self.credentials = credentials
         self.workdir = Path(workdir)
         self.env = {**os.environ, **env}
         self.fleet_port = free_port()
@@ -88,13 +100,20 @@ class LocalFederation:
     def __enter__(self) -> LocalFederation:
         self.workdir.mkdir(parents=True, exist_ok=True)
         try:
-            self.superlink = self._spawn(
-                superlink_argv(self.fleet_address, LOOPBACK, self.control_port), "superlink.log"
-            )
+            creds = self.credentials
+            argv = superlink_argv(self.fleet_address, LOOPBACK, self.control_port, creds)
+            self.superlink = self._spawn(argv, "superlink.log")
             wait_for_port(self.control_port, 60, self.superlink)
             wait_for_port(self.fleet_port, 60, self.superlink)
+            flwr_home = Path(self.env["FLWR_HOME"])
+            flwr_cli.write_connection(flwr_home, CONNECTION, self.control_address, creds.ca if creds else None)
+            if creds:
+                flwr_cli.register_nodes(
+                    CONNECTION, [creds.node_public_key(k) for k in range(self.num_clients)], self.env
+                )
             for pid in range(self.num_clients):
-                argv = supernode_argv(self.fleet_address, pid, str(self.shards_dir / client_dir_name(pid)), free_port())
+                shard = str(self.shards_dir / client_dir_name(pid))
+                argv = supernode_argv(self.fleet_address, pid, shard, free_port(), creds)
                 if self.warm_clients:
                     argv = forkserver.argv(argv)
                 self.supernodes.append(self._spawn(argv, f"supernode-{pid}.log"))
@@ -161,14 +180,15 @@ class LocalStack(Stack):
         job = self.job
         self._flwr_home = tempfile.TemporaryDirectory(prefix="fedimdb-flwr-")
         self.env = process_env(job.run, Path(self._flwr_home.name), job.nodes.superexec_poll_interval)
+        home = Path(self._flwr_home.name)
+        creds = make_credentials(home / "credentials", job.run.num_clients) if job.nodes.tls_auth else None
         self.federation = LocalFederation(
-            job.shards, job.run.num_clients, job.run_dir / LOGS_DIR, self.env, job.nodes.warm_clients
+            job.shards, job.run.num_clients, job.run_dir / LOGS_DIR, self.env, job.nodes.warm_clients, creds
         )
         self.federation.__enter__()
-        flwr_cli.write_connection(Path(self._flwr_home.name), CONNECTION, self.federation.control_address)
-        self.log(
-            f"{job.run.num_clients} SuperNodes connect over gRPC to the SuperLink at {self.federation.fleet_address}"
-        )
+        how = "TLS, registered keys" if creds else "plaintext"
+        self.log(f"{job.run.num_clients} SuperNodes connect over gRPC ({how}) to the SuperLink at "
+                 f"{self.federation.fleet_address}")  # fmt: skip
 
     def run(self, on_round: RoundCallback) -> None:
         """``flwr run`` against the local SuperLink, followed to its end."""

@@ -13,10 +13,14 @@ import os
 import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedimdb.config import ExperimentConfig, env_name
 from fedimdb.deploy import forkserver
 from fedimdb.protocol import NODE_PARTITION_ID, NODE_SHARD_DIR
+
+if TYPE_CHECKING:  # credentials.py imports this module's SERVER_HOST
+    from fedimdb.deploy.credentials import Credentials
 
 FLEET_PORT = 9092  # gRPC Fleet API: SuperNodes -> SuperLink
 CONTROL_PORT = 8000  # HTTP Control (flwr CLI) and Runtime (ServerApp) API
@@ -39,11 +43,18 @@ def runs_one_of(pid: int, words: tuple[bytes, ...]) -> bool:
     return any(word in cmdline for word in words)
 
 
-def superlink_argv(fleet_address: str, host: str, port: int) -> list[str]:
-    """A SuperLink with the gRPC (grpc-rere) Fleet API; no per-run dependency installation."""
+def superlink_argv(fleet_address: str, host: str, port: int, credentials: Credentials | None = None) -> list[str]:
+    """A SuperLink with the gRPC (grpc-rere) Fleet API; no per-run dependency installation.
+
+    With ``credentials``: TLS on every API and SuperNode authentication (registered keys only).
+    """
+    security = ["--insecure"]
+    if credentials is not None:
+        security = ["--ssl-ca-certfile", str(credentials.ca), "--ssl-certfile", str(credentials.server_cert),
+                    "--ssl-keyfile", str(credentials.server_key), "--enable-supernode-auth"]  # fmt: skip
     return [
         "flower-superlink",
-        "--insecure",
+        *security,
         "--disable-runtime-dependency-installation",
         "--fleet-api-type",
         "grpc-rere",
@@ -56,12 +67,21 @@ def superlink_argv(fleet_address: str, host: str, port: int) -> list[str]:
     ]
 
 
-def supernode_argv(superlink: str, partition_id: int, shard_dir: str, port: int = NODE_PORT) -> list[str]:
-    """A SuperNode on gRPC (grpc-rere) serving one partition, read from ``shard_dir``."""
+def supernode_argv(
+    superlink: str, partition_id: int, shard_dir: str, port: int = NODE_PORT, credentials: Credentials | None = None
+) -> list[str]:
+    """A SuperNode on gRPC (grpc-rere) serving one partition, read from ``shard_dir``.
+
+    With ``credentials``: it trusts their CA and signs in with the partition's private key.
+    """
     node_config = f'{NODE_PARTITION_ID}={partition_id} {NODE_SHARD_DIR}="{shard_dir}"'
+    security = ["--insecure"]
+    if credentials is not None:
+        security = ["--root-certificates", str(credentials.ca),
+                    "--auth-supernode-private-key", str(credentials.node_key(partition_id))]  # fmt: skip
     return [
         "flower-supernode",
-        "--insecure",
+        *security,
         "--grpc-rere",
         "--superlink",
         superlink,

@@ -1,0 +1,83 @@
+"""TLS and SuperNode authentication with Flower's own mechanisms, on real local processes.
+
+With ``tls-auth``, the SuperLink serves every API over TLS and admits only SuperNodes whose public
+key was registered (``flwr supernode register``) before they start.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from fedimdb.artifacts import LOGS_DIR, verify_run
+from fedimdb.config import RunConfig
+from fedimdb.deploy.credentials import CA_CERT, NODE_KEY, make_credentials
+from fedimdb.deploy.local import CONNECTION, LocalFederation, free_port, process_env
+from fedimdb.deploy.processes import supernode_argv
+from tests.conftest import local_run_args, orchestrate
+
+pytestmark = pytest.mark.timeout(600)
+AUTH_REFUSED = "Exit Code: 305"  # what flower-supernode logs when the SuperLink will not activate it
+
+
+def test_credentials_are_private_where_they_must_be(tmp_path: Path) -> None:
+    creds = make_credentials(tmp_path / "creds", 2)
+    assert (creds.ca.stat().st_mode & 0o777, creds.server_key.stat().st_mode & 0o777) == (0o644, 0o600)
+    assert creds.node_key(1).read_text().startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
+    assert creds.node_public_key(1).read_text().startswith("ecdsa-sha2-nistp384 ")
+    with pytest.raises(FileExistsError, match="never overwritten"):
+        make_credentials(tmp_path / "creds", 2)
+
+
+def _nodes(env: dict[str, str]) -> list[dict]:
+    out = subprocess.run(["flwr", "supernode", "list", CONNECTION, "--format", "json"], env=env, capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    return json.loads(out.stdout)["nodes"]
+
+
+def test_unregistered_keys_and_plaintext_are_refused(tmp_path: Path) -> None:
+    creds = make_credentials(tmp_path / "creds", 1)
+    stranger = make_credentials(tmp_path / "stranger", 1)  # a key pair of its own, never registered ...
+    shutil.copy(creds.ca, stranger.root / CA_CERT)  # ... that trusts the federation's CA
+    assert stranger.node_key(0) == stranger.root / "client-0" / NODE_KEY
+    env = process_env(RunConfig(num_clients=1), tmp_path / "flwr-home")
+    with LocalFederation(tmp_path, 1, tmp_path / "logs", env, warm_clients=False, credentials=creds) as fed:
+        argv = {"unregistered": supernode_argv(fed.fleet_address, 0, str(tmp_path), free_port(), stranger),
+                "plaintext": supernode_argv(fed.fleet_address, 0, str(tmp_path), free_port(), None)}  # fmt: skip
+        logs = {name: open(tmp_path / f"{name}.log", "wb") for name in argv}  # noqa: SIM115 - closed below
+        procs = {name: subprocess.Popen(a, stdout=logs[name], stderr=subprocess.STDOUT, env=fed.env)
+                 for name, a in argv.items()}  # fmt: skip
+        try:
+            assert procs["unregistered"].wait(timeout=120) != 0
+            time.sleep(10)
+            assert procs["plaintext"].poll() is None, "a plaintext SuperNode keeps knocking, it is not let in"
+            nodes = _nodes(fed.env)
+        finally:
+            for proc in procs.values():
+                proc.kill()
+                proc.wait()
+            for log in logs.values():
+                log.close()
+    refused = (tmp_path / "unregistered.log").read_text()
+    assert AUTH_REFUSED in refused and "Failed to activate SuperNode" in refused
+    assert "Connection attempt failed" in (tmp_path / "plaintext.log").read_text()
+    assert [n["status"] for n in nodes] == ["online"], "only the registered SuperNode is in the federation"
+
+
+def test_a_run_with_tls_and_registered_keys_completes(imdb_dir: Path, tmp_path: Path) -> None:
+    args = local_run_args(tmp_path / "results", tmp_path / "shards", imdb_dir, clients=2, rounds=1,
+                          settings=["max-steps=1", "batch-size=8", "eval-rows=16", "local-eval-rows=8"])  # fmt: skip
+    run = orchestrate(*args, "--metrics-port", "0", env={"FEDIMDB_TLS_AUTH": "true"}, timeout=480)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "SuperNodes connect over gRPC (TLS, registered keys)" in " ".join(run.stderr.split())
+    (repeat,) = (tmp_path / "results").glob("*/repeat-0")
+    verify_run(repeat)
+    superlink = (repeat / LOGS_DIR / "superlink.log").read_text()
+    assert "running on https://" in superlink, "the Control and Runtime APIs serve TLS"
+    assert superlink.count("[ControlServicer.RegisterNode] Created node_id") == 2
+    assert superlink.count("[Fleet.ActivateNode] Activated node_id") == 2
