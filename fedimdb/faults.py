@@ -18,11 +18,14 @@ for the tests. The kinds:
 ``raise``
     the ClientApp raises before training (Flower sends the server an error reply);
 ``scale=K``
-    the update (returned − received weights) is multiplied by K.
+    the update (returned − received weights) is multiplied by K;
+``slow=S``
+    the ClientApp waits S seconds before training (a slow site; a window to kill a node mid-round).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -32,7 +35,8 @@ if TYPE_CHECKING:  # imported where a fault is committed: parsing stays import-l
     from flwr.app import ArrayRecord
 
 FAULT_VAR = "FEDIMDB_TEST_FAULT"
-KINDS = ("nan", "shape", "dtype", "missing", "examples", "raise", "scale")
+KINDS = ("nan", "shape", "dtype", "missing", "examples", "raise", "scale", "slow")
+VALUED_KINDS = ("scale", "slow")  # written KIND=VALUE
 NO_FAULT = "none"
 ABSURD_EXAMPLES = 10**9
 
@@ -43,15 +47,17 @@ class FaultError(RuntimeError):
 
 @dataclass(frozen=True)
 class Fault:
-    """One partition's fault: its kind and, for ``scale``, the factor."""
+    """One partition's fault: its kind and, for ``scale`` the factor, for ``slow`` the seconds."""
 
     kind: str
-    factor: float = 1.0
+    value: float = 1.0
 
     def before_training(self) -> None:
-        """``raise``: fail the message before any work."""
+        """``raise``: fail the message before any work; ``slow``: wait first."""
         if self.kind == "raise":
             raise FaultError(f"test fault ({FAULT_VAR}): this client fails every train message")
+        if self.kind == "slow":
+            time.sleep(self.value)
 
     def examples(self, num_examples: int) -> int:
         """The example count the reply claims."""
@@ -76,7 +82,7 @@ class Fault:
             from fedimdb.protocol import received_state
 
             start = received_state(received)
-            out = {k: start[k] + self.factor * (v - start[k]) if v.is_floating_point() else v for k, v in out.items()}
+            out = {k: start[k] + self.value * (v - start[k]) if v.is_floating_point() else v for k, v in out.items()}
         return out
 
 
@@ -90,9 +96,10 @@ def parse(text: str) -> dict[int, Fault]:
     for item in filter(None, (part.strip() for part in text.split(","))):
         partition, _, spec = item.partition(":")
         kind, _, value = spec.partition("=")
-        if not partition.strip().isdigit() or kind not in KINDS or (kind == "scale") != bool(value):
+        if not partition.strip().isdigit() or kind not in KINDS or (kind in VALUED_KINDS) != bool(value):
             raise ValueError(
-                f"{FAULT_VAR}: {item!r} is not PARTITION:KIND; kinds: {', '.join(KINDS)} (scale as scale=K)"
+                f"{FAULT_VAR}: {item!r} is not PARTITION:KIND; kinds: {', '.join(KINDS)} "
+                f"({' and '.join(VALUED_KINDS)} as KIND=NUMBER)"
             )
         faults[int(partition)] = Fault(kind, float(value) if value else 1.0)
     return faults

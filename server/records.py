@@ -109,12 +109,20 @@ class RoundLog:
         self.clients.append(row)
         return row
 
-    def record_failure(self, server_round: int, msg: Message, status: str, reason: str) -> None:
-        """A train reply that is not aggregated: an error reply (FAILED) or a refused update (REFUSED)."""
+    def record_failure(self, server_round: int, msg: Message, node_id: int, status: str, reason: str) -> None:
+        """A train reply that is not aggregated: an error reply (FAILED) or a refused update (REFUSED).
+
+        ``node_id`` is the node the train message went to (an error reply from the SuperLink, e.g. for a
+        dead node, comes from the SuperLink itself); its partition is taken from the reply's metrics, or
+        from an earlier reply of the same node.
+        """
         partition_id = None
         if not msg.has_error() and METRICS in msg.content.metric_records:
             partition_id = msg.content.metric_records[METRICS].get(PARTITION_ID)
-        row = self._row(server_round, None if partition_id is None else int(partition_id), msg.metadata.src_node_id)
+        if partition_id is None:
+            partition_id = next((r["partition_id"] for r in self.clients if r["node_id"] == node_id
+                                 and r["partition_id"] != ""), None)  # fmt: skip
+        row = self._row(server_round, None if partition_id is None else int(partition_id), node_id)
         row.update(status=status, reason=reason)
 
     def record_train(self, server_round: int, replies: list[Message]) -> None:

@@ -159,6 +159,7 @@ class RecordingStrategy(Strategy):
         self.policy = policy or RoundPolicy()
         self._grid: Grid | None = None
         self._sent: dict[int, Message] = {}  # node id -> this round's train message
+        self._pushed: list[Message] = []  # every train message of this round, resent ones too (ids set on push)
         self._expected: Expected | None = None
 
     def _outgoing(self, arrays: ArrayRecord) -> ArrayRecord:
@@ -186,6 +187,7 @@ class RecordingStrategy(Strategy):
         messages = list(self.inner.configure_train(server_round, outgoing, config, grid))
         self._grid, self._expected = grid, Expected.of(outgoing, self.policy.max_examples)
         self._sent = {msg.metadata.dst_node_id: msg for msg in messages}
+        self._pushed = list(messages)
         self.round_log.start_round(server_round, len(messages))
         return messages
 
@@ -226,11 +228,17 @@ class RecordingStrategy(Strategy):
             else:
                 status, reason = REFUSED, train_reply_problem(msg.content, self._expected)
             if msg.has_error() or reason is not None:
-                log(WARNING, "round %s: node %s %s: %s", server_round, msg.metadata.src_node_id, status, reason)
-                self.round_log.record_failure(server_round, msg, status, str(reason))
+                node = self._addressee(msg)
+                log(WARNING, "round %s: node %s %s: %s", server_round, node, status, reason)
+                self.round_log.record_failure(server_round, msg, node, status, str(reason))
             else:
                 usable.append(msg)
         return usable
+
+    def _addressee(self, reply: Message) -> int:
+        """The node a reply answers for: the SuperLink itself sends the error reply of a node that died."""
+        sent = {msg.metadata.message_id: msg.metadata.dst_node_id for msg in self._pushed}
+        return sent.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
 
     def _resend(self, server_round: int, usable: list[Message]) -> list[Message]:
         """This round's train messages again, to the sampled clients still online without a usable update."""
@@ -241,6 +249,7 @@ class RecordingStrategy(Strategy):
         log(INFO, "round %s: too few usable updates; sending the train message again to %s", server_round, again)
         self.round_log.retried(server_round)
         messages = [_copy_to(self._sent[node], node) for node in again]
+        self._pushed += messages
         return list(self._grid.send_and_receive(messages, timeout=self.policy.timeout)) if messages else []
 
     def configure_evaluate(

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,7 +18,7 @@ from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from safetensors.torch import load_file
 
 from fedimdb import faults
-from fedimdb.artifacts import read_csv, read_json, verify_run
+from fedimdb.artifacts import ROUNDS_COMPLETED, read_csv, read_json, verify_run
 from fedimdb.config import RunConfig
 from fedimdb.deploy import flwr_cli
 from fedimdb.deploy.local import CONNECTION, LocalFederation, process_env
@@ -25,7 +27,7 @@ from fedimdb.protocol import ARRAYS, METRICS, NUM_EXAMPLES, PARTITION_ID, TrainM
 from server.checks import Expected, examples_problem, train_reply_problem
 from server.records import FAILED, OK, REFUSED, RoundLog
 from server.strategy import RoundPolicy
-from tests.conftest import local_run_args, orchestrate
+from tests.conftest import Orchestrator, local_run_args, marked_processes, orchestrate
 
 # Run settings of the faulty runs: a capped budget (2 steps of 32) bounds the believable example count.
 SETTINGS = ["max-steps=2", "max-length=32", "batch-size=32", "eval-rows=64", "local-eval-rows=32",
@@ -106,13 +108,25 @@ def test_a_retried_client_keeps_one_row_per_round() -> None:
     """A failed reply (partition unknown) followed by a usable one from the same node: one row, ok."""
     log = RoundLog()
     log.start_round(1, 2)
-    log.record_failure(1, _Reply(None, node=5), FAILED, "error reply 1: boom")
+    log.record_failure(1, _Reply(None, node=5), 5, FAILED, "error reply 1: boom")
     assert [(r["node_id"], r["status"]) for r in log.clients] == [(5, FAILED)]
     assert log.reasons(1) == ["partition ? (node 5): error reply 1: boom"]
     log.record_train(1, [_Reply(3, node=5)])
     assert [(r["partition_id"], r["node_id"], r["status"], r["reason"]) for r in log.clients] == [(3, 5, OK, "")]
     row = log.finish_round(1, None, 0.0)
     assert (row["clients_failed"], row["clients_participating"], row["central_accuracy"]) == (0, 1, "")
+
+
+def test_a_dead_nodes_failure_is_named_by_its_partition() -> None:
+    """The SuperLink itself sends a dead node's error reply (source node 1): the row names the node the
+    message went to, and the partition that node trained in an earlier round."""
+    log = RoundLog()
+    log.start_round(1, 1)
+    log.record_train(1, [_Reply(3, node=5)])
+    log.finish_round(1, None, 0.0)
+    log.start_round(2, 1)
+    log.record_failure(2, _Reply(None, node=1), 5, FAILED, "error reply 2: node unavailable")
+    assert log.reasons(2) == ["partition 3 (node 5): error reply 2: node unavailable"]
 
 
 class _Reply:
@@ -210,3 +224,35 @@ def test_a_slow_control_api_is_waited_for(superlink: tuple) -> None:
     with pytest.raises(flwr_cli.FlowerRunError, match="Run ID not found") as caught:
         flwr_cli.wait_for_run(CONNECTION, 1, env, timeout=600, poll_seconds=0.5, log=said.append, patience=120)
     assert not isinstance(caught.value, flwr_cli.ControlUnanswered) and said
+
+
+def test_a_killed_supernode_is_restarted_and_rejoins(shards: Path, imdb_dir: Path, tmp_path: Path) -> None:
+    """Client 1 (slowed by 15 s a message) has its SuperNode killed in round 2: the round goes on with the
+    other two, the node is restarted, and partition 1 trains again in a later round."""
+    args = local_run_args(tmp_path / "results", shards, imdb_dir, clients=3, rounds=4, settings=SETTINGS)
+    with Orchestrator(*args, "--retries", "0", "--metrics-port", "0", env={faults.FAULT_VAR: "1:slow=15"}) as run:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and run.returncode is None:
+            run_files = list((tmp_path / "results").glob("*/repeat-0/run.json"))
+            with contextlib.suppress(OSError, ValueError):
+                if run_files and read_json(run_files[0]).get(ROUNDS_COMPLETED, 0) >= 1:
+                    break
+            time.sleep(0.5)
+        node_1 = [p for p in marked_processes(run.mark) if "partition-id=1" in " ".join(p.cmdline())]
+        assert node_1, "partition 1's SuperNode was found"
+        os.killpg(os.getpgid(node_1[0].pid), signal.SIGKILL)
+        run.wait(timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "SuperNode 1 exited with code -9; restarted it (1 of 3 restarts)" in run.stderr
+    (exp,) = (tmp_path / "results").iterdir()
+    run_dir = exp / "repeat-0"
+    verify_run(run_dir)
+    rows = [r for r in read_csv(run_dir / "clients.csv") if r["partition_id"] == "1" and r["num_examples"]]
+    trained = {int(r["round"]): (r["status"], r["node_id"]) for r in rows}  # train rows (not local-eval rows)
+    failed = [r for r in read_csv(run_dir / "clients.csv") if r["status"] == FAILED]
+    assert [(r["round"], r["partition_id"]) for r in failed] == [("2", "1")], failed
+    assert "Node Unavailable" in failed[0]["reason"]
+    assert trained[1][0] == OK and 2 not in trained
+    assert trained[4][0] == OK and trained[4][1] != trained[1][1], "partition 1 rejoined as a new node"
+    rounds = {int(r["round"]): r for r in read_csv(run_dir / "rounds.csv")}
+    assert sorted(rounds) == [1, 2, 3, 4] and rounds[2]["clients_failed"] == "1"

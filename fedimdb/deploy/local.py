@@ -17,7 +17,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -32,6 +32,7 @@ from fedimdb.deploy.processes import FLOWER_POLL_VAR, runs_one_of, superlink_arg
 PROCESS_GROUPS = "process-groups"  # key of a stack handle
 
 LOOPBACK = "127.0.0.1"
+MAX_NODE_RESTARTS = 3  # per SuperNode and attempt
 CONNECTION = "fedimdb-local"  # the flwr CLI's name for the local SuperLink
 FLOWER_COMMANDS = ("flwr", "flower-superlink", "flower-supernode")
 
@@ -71,8 +72,10 @@ class LocalFederation:
         env: Mapping[str, str],
         warm_clients: bool = True,
         credentials: Credentials | None = None,
+        log: Callable[[str], None] = lambda _: None,
     ) -> None:
         self.shards_dir = Path(shards_dir).resolve()
+        self.log = log
         self.num_clients = num_clients
         self.warm_clients = warm_clients
         self.credentials = credentials
@@ -82,6 +85,7 @@ class LocalFederation:
         self.control_port = free_port()
         self.superlink: subprocess.Popen | None = None
         self.supernodes: list[subprocess.Popen] = []
+        self.restarts = [0] * num_clients
         self._logs: list[IO[bytes]] = []
 
     @property
@@ -92,8 +96,8 @@ class LocalFederation:
     def fleet_address(self) -> str:
         return f"{LOOPBACK}:{self.fleet_port}"
 
-    def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen:
-        log = open(self.workdir / log_name, "wb")  # noqa: SIM115 - open while the process runs; closed in stop()
+    def _spawn(self, args: list[str], log_name: str, mode: str = "wb") -> subprocess.Popen:
+        log = open(self.workdir / log_name, mode)  # noqa: SIM115 - open while the process runs; closed in stop()
         self._logs.append(log)
         return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
 
@@ -126,13 +130,25 @@ class LocalFederation:
         self.stop()
 
     def check_alive(self) -> None:
-        """Raise if the SuperLink or a SuperNode exited while a run is going on."""
-        for proc in [self.superlink, *self.supernodes]:
-            if proc is not None and proc.poll() is not None:
-                raise RuntimeError(
-                    f"{' '.join(proc.args[:1])} (pid {proc.pid}) exited with code {proc.returncode}; "
-                    f"see the logs in {self.workdir}"
-                )
+        """Raise if the SuperLink exited; restart a SuperNode that exited, as a site restarts a crashed node.
+
+        The restarted SuperNode registers anew (a new node id, the same partition) and is sampled in
+        the rounds after it is online. One that exits more than :data:`MAX_NODE_RESTARTS` times fails
+        the attempt.
+        """
+        link = self.superlink
+        if link is not None and link.poll() is not None:
+            raise RuntimeError(f"the SuperLink (pid {link.pid}) exited with code {link.returncode}; see {self.workdir}")
+        for k, proc in enumerate(self.supernodes):
+            if proc.poll() is None:
+                continue
+            if self.restarts[k] >= MAX_NODE_RESTARTS:
+                raise RuntimeError(f"SuperNode {k} exited {self.restarts[k] + 1} times (last code {proc.returncode}); "
+                                   f"see {self.workdir / f'supernode-{k}.log'}")  # fmt: skip
+            self.restarts[k] += 1
+            self.supernodes[k] = self._spawn(list(proc.args), f"supernode-{k}.log", mode="ab")
+            self.log(f"SuperNode {k} exited with code {proc.returncode}; restarted it "
+                     f"({self.restarts[k]} of {MAX_NODE_RESTARTS} restarts)")  # fmt: skip
 
     def stop(self, grace: float = 10.0) -> None:
         """SIGTERM every process group, then SIGKILL whatever is left of them after ``grace`` s."""
@@ -183,7 +199,7 @@ class LocalStack(Stack):
         home = Path(self._flwr_home.name)
         creds = make_credentials(home / "credentials", job.run.num_clients) if job.nodes.tls_auth else None
         self.federation = LocalFederation(
-            job.shards, job.run.num_clients, job.run_dir / LOGS_DIR, self.env, job.nodes.warm_clients, creds
+            job.shards, job.run.num_clients, job.run_dir / LOGS_DIR, self.env, job.nodes.warm_clients, creds, self.log
         )
         self.federation.__enter__()
         how = "TLS, registered keys" if creds else "plaintext"
