@@ -48,7 +48,7 @@ def check_model(run: RunConfig, backend: str) -> int:
     except Exception as exc:  # transformers raises OSError, ValueError, KeyError, … for what it cannot load
         where = "the directory" if local_dir else "the Hugging Face hub (is it reachable?)"
         raise ConfigError(f"model: {run.model!r} cannot be loaded from {where}: {type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0] if str(exc) else ''}; fix it or use a preset (tiny, minilm)") from exc  # fmt: skip
+                          f"{str(exc).splitlines()[0] if str(exc) else ''}; fix it or use a preset ({', '.join(MODEL_PRESETS)})") from exc  # fmt: skip
     return _weight_bytes(Path(source)) if Path(source).is_dir() else 0
 
 
