@@ -26,7 +26,8 @@ from fedimdb.artifacts import LOGS_DIR, read_json
 from fedimdb.config import RunConfig
 from fedimdb.deploy import flwr_cli
 from fedimdb.deploy.flwr_cli import FLWR_RUN_FILE
-from fedimdb.deploy.local import CONNECTION, LocalFederation, process_env
+from fedimdb.deploy.local import LocalFederation, process_env
+from fedimdb.deploy.processes import CONNECTION
 from fedimdb.model import load_model
 
 BASELINE_APP = Path(__file__).with_name("flower_baseline")

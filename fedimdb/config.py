@@ -311,9 +311,9 @@ class ExperimentConfig(_Settings):
         "stop", "After a repeat failed every attempt: stop or continue", choices=("stop", "continue")
     )
     tls_auth: bool = setting(
-        False,
+        True,
         "TLS on the SuperLink's Fleet, Control and Runtime APIs and SuperNode authentication: fresh certificates "
-        "and one key per SuperNode each repeat, every key registered before its SuperNode starts (local backend)",
+        "and one key per SuperNode each repeat, every key registered before its SuperNode starts (false: plaintext)",
     )
     warm_clients: bool = setting(
         True,

@@ -68,13 +68,6 @@ def check_device(run: RunConfig, backend: str) -> None:
         pick_device(run.device)
 
 
-def check_tls_auth(settings: Settings, backend: str) -> None:
-    """TLS and SuperNode authentication exist on the local backend only, so far."""
-    if settings.experiment.tls_auth and backend != LOCAL_BACKEND:
-        raise ConfigError("tls-auth: TLS and SuperNode authentication run on the local backend only so far; "
-                          "use --backend local, or set FEDIMDB_TLS_AUTH=false for Compose")  # fmt: skip
-
-
 def check_port(port: int, option: str) -> None:
     """Nothing listens on ``port`` (0: off, nothing to check)."""
     if not port:
@@ -112,6 +105,5 @@ def check_out(out: Path, needed: int) -> None:
 def preflight(settings: Settings, backend: str, out: Path) -> None:
     """Every check above, cheapest first."""
     check_port(settings.experiment.metrics_port, "metrics-port")
-    check_tls_auth(settings, backend)
     check_device(settings.run, backend)
     check_out(out, needed_bytes(settings, check_model(settings.run, backend)))

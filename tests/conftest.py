@@ -52,6 +52,17 @@ E2E_SETTINGS = [
 RUN_MARK = "FEDIMDB_TEST_RUN"  # environment variable that marks one orchestrator and all it starts
 
 
+def compose(
+    files: list[Path], *args: str, env: dict | None = None, project: str | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess:
+    cmd = ["docker", "compose", *(["-p", project] if project else [])]
+    for f in files:
+        cmd += ["-f", str(f)]
+    return subprocess.run(
+        [*cmd, *args], cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout
+    )
+
+
 def require_docker() -> None:
     """Skip the calling test module without Docker + Compose v2; fail instead if FEDIMDB_REQUIRE_DOCKER=1 (CI)."""
     try:
@@ -204,9 +215,13 @@ def orchestrate(
     return run
 
 
-def grpc_answers(port: int, timeout: float = 10) -> str:
-    """ "ready" once a gRPC channel to 127.0.0.1:``port`` is (HTTP/2 handshake done), else why not."""
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+def grpc_answers(port: int, ca: Path | None = None, timeout: float = 10) -> str:
+    """ "ready" once a gRPC channel to 127.0.0.1:``port`` is (HTTP/2 handshake done, TLS trusting ``ca``), else why not."""
+    target = f"127.0.0.1:{port}"
+    if ca is None:
+        channel = grpc.insecure_channel(target)
+    else:
+        channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=ca.read_bytes()))
     try:
         grpc.channel_ready_future(channel).result(timeout=timeout)
         return "ready"
@@ -218,6 +233,12 @@ def grpc_answers(port: int, timeout: float = 10) -> str:
 
 def fleet_port(superlink_cmd: list[str]) -> int:
     return int(superlink_cmd[superlink_cmd.index("--fleet-api-address") + 1].rsplit(":", 1)[1])
+
+
+def fleet_ca(superlink_cmd: list[str]) -> Path | None:
+    """The CA a SuperLink's TLS certificate is under (None: plaintext)."""
+    flag = "--ssl-ca-certfile"
+    return Path(superlink_cmd[superlink_cmd.index(flag) + 1]) if flag in superlink_cmd else None
 
 
 class ConnectionWatch:
@@ -245,7 +266,9 @@ class ConnectionWatch:
                 except psutil.Error:
                     continue
                 if sample["connected"] and not probed:
-                    sample["fleet_grpc"], probed = grpc_answers(sample["fleet_port"]), True
+                    ca = fleet_ca(sample["superlink_cmd"])
+                    sample["fleet_grpc"], probed = grpc_answers(sample["fleet_port"], ca), True
+                    sample["fleet_tls"] = ca is not None
                 self.samples.append(sample)
             time.sleep(1)
 

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import secrets
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -21,9 +20,8 @@ import yaml
 from fedimdb.artifacts import read_csv, verify_run
 from fedimdb.deploy.compose import build_override
 from fedimdb.deploy.docker_artifacts import pull_artifacts, service_containers
-from tests.conftest import require_docker
+from tests.conftest import ROOT, compose, require_docker
 
-ROOT = Path(__file__).resolve().parents[1]
 RUN_NAME = "compose-e2e"
 ROUNDS = 2
 SETTINGS = {
@@ -52,7 +50,8 @@ SECRET_NAME = re.compile(r"(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY
 # Data or run outputs anywhere in an image, outside the installed packages (pyarrow ships test Parquet files).
 FIND_DATA = (
     "find / -xdev -path /opt/venv -prune -o -path /proc -prune -o \\( -name '*.parquet' -o -name run.json "
-    "-o -name '*.safetensors' \\) -print 2>/dev/null | wc -l; ls -A /data /artifacts; env"
+    "-o -name '*.safetensors' -o -name auth.key -o -name server.key -o -name ca.key \\) -print 2>/dev/null | wc -l; "
+    "ls -A /data /artifacts; env"
 )
 
 
@@ -68,17 +67,6 @@ pytestmark = pytest.mark.docker
 require_docker()
 
 
-def compose(
-    files: list[Path], *args: str, env: dict | None = None, project: str | None = None, timeout: float = 120
-) -> subprocess.CompletedProcess:
-    cmd = ["docker", "compose", *(["-p", project] if project else [])]
-    for f in files:
-        cmd += ["-f", str(f)]
-    return subprocess.run(
-        [*cmd, *args], cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout
-    )
-
-
 @pytest.fixture(scope="module")
 def stack(imdb_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """``docker compose up --build --exit-code-from runner --no-attach prepare``, then torn down."""
@@ -89,7 +77,7 @@ def stack(imdb_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     override.write_text(yaml.safe_dump(build_override(10, SETTINGS, {"data-source": str(imdb_dir)}, RUN_NAME)))
     files = [ROOT / "docker-compose.yml", override]
     project = f"fedimdb-test-{secrets.token_hex(3)}"
-    env = {"FEDIMDB_SHARDS_DIR": str(base / "shards")}
+    env = {"FEDIMDB_SHARDS_DIR": str(base / "shards"), "CREDENTIALS_DIR": str(base / "credentials")}
     try:
         up = compose(
             files,
@@ -114,6 +102,7 @@ def stack(imdb_dir: Path, tmp_path_factory: pytest.TempPathFactory):
             "run_dir": collected,
             "docker": client,
             "shards": base / "shards",
+            "credentials": base / "credentials",
         }
     finally:
         compose(files, "down", "-v", "-t", "5", env=env, project=project)
@@ -133,13 +122,18 @@ def test_compose_run_completes_and_artifacts_verify(stack) -> None:
     assert (stack["run_dir"] / "logs" / "serverapp.log").is_file()
 
 
-def test_each_client_sees_only_its_own_shard_read_only(stack) -> None:
+def _mounts(stack, service: str) -> set[tuple[str, str, bool]]:
+    """(host path, container path, writable) of a service's container."""
+    (container,) = service_containers(stack["docker"], stack["project"], service)
+    return {(m.get("Source", m.get("Name")), m["Destination"], m["RW"]) for m in container.attrs["Mounts"]}
+
+
+def test_each_client_sees_only_its_own_shard_and_key_read_only(stack) -> None:
     for pid in range(10):
-        (container,) = service_containers(stack["docker"], stack["project"], f"client-{pid}")
-        binds = [m for m in container.attrs["Mounts"] if m["Type"] in ("bind", "volume")]
-        assert [(Path(m["Source"]).name, m["Destination"], m["RW"]) for m in binds] == [
-            (f"client-{pid}", "/data", False)
-        ]
+        assert _mounts(stack, f"client-{pid}") == {
+            (str(stack["shards"] / f"client-{pid}"), "/data", False),
+            (str(stack["credentials"] / f"client-{pid}"), "/credentials", False),
+        }
         probe = compose(
             stack["files"],
             "run",
@@ -162,13 +156,33 @@ def test_supernodes_reach_the_grpc_fleet_port_on_the_compose_network(stack) -> N
     (server,) = service_containers(stack["docker"], stack["project"], "server")
     assert network in server.attrs["NetworkSettings"]["Networks"]
     assert "--fleet-api-type grpc-rere --fleet-api-address 0.0.0.0:9092" in server.logs().decode()
+    secure = "--root-certificates /credentials/ca.pem --auth-supernode-private-key /credentials/auth.key"
     for pid in range(10):
         (container,) = service_containers(stack["docker"], stack["project"], f"client-{pid}")
         assert list(container.attrs["NetworkSettings"]["Networks"]) == [network]
         logs = container.logs().decode()
-        assert "flower-supernode --insecure --grpc-rere --superlink server:9092" in logs
+        assert f"flower-supernode {secure} --grpc-rere --superlink server:9092" in logs
         assert f"partition-id={pid} " in logs
     assert stack["up"].returncode == 0
+
+
+def test_tls_and_supernode_authentication_by_default(stack) -> None:
+    """The SuperLink registers every client's public key before it is healthy; each party mounts its own folder."""
+    creds = stack["credentials"]
+    (server,) = service_containers(stack["docker"], stack["project"], "server")
+    logs = server.logs().decode()
+    assert "SuperLink ready (TLS, SuperNode authentication; 10 SuperNode keys registered)" in logs
+    assert logs.count("[Fleet.ActivateNode] Activated node_id") == 10
+    assert (
+        "--ssl-certfile /credentials/server.pem --ssl-keyfile /credentials/server.key --enable-supernode-auth" in logs
+    )
+    assert (str(creds / "server"), "/credentials", False) in _mounts(stack, "server")
+    assert (str(creds / "server" / "ca.pem"), "/credentials/ca.pem", False) in _mounts(stack, "runner")
+    assert sorted(p.name for p in (creds / "client-3").iterdir()) == ["auth.key", "auth.pub", "ca.pem"]
+    assert not list((creds / "server").rglob("auth.key")), "no client's private key is in the server's folder"
+    every = {source for service in ("server", "runner", *(f"client-{k}" for k in range(10)))
+             for source, _, _ in _mounts(stack, service)}  # fmt: skip
+    assert str(creds) not in every and not any(s.endswith("ca.key") for s in every), "the CA key is mounted nowhere"
 
 
 def test_images_run_as_non_root_and_hold_no_data(stack) -> None:
@@ -212,12 +226,23 @@ def test_other_client_counts_by_override(tmp_path: Path, imdb_dir: Path) -> None
         services = set(compose(files, "config", "--services").stdout.split())
         assert services == {"prepare", "server", "runner", *(f"client-{i}" for i in range(n))}
         config = json.loads(compose(files, "config", "--format", "json").stdout)
-        assert config["services"]["runner"]["environment"]["FEDIMDB_NUM_CLIENTS"] == str(n)
+        for service in ("runner", "prepare"):
+            assert config["services"][service]["environment"]["FEDIMDB_NUM_CLIENTS"] == str(n)
         last = config["services"][f"client-{n - 1}"]
         assert last["environment"]["PARTITION_ID"] == str(n - 1)
         assert [(Path(v["source"]).name, v["target"], v["read_only"]) for v in last["volumes"]] == [
-            (f"client-{n - 1}", "/data", True)
+            (f"client-{n - 1}", "/data", True),
+            (f"client-{n - 1}", "/credentials", True),
         ]
+
+
+def test_plaintext_is_an_explicit_opt_in() -> None:
+    def tls_auth(env: dict[str, str]) -> set[str]:
+        config = json.loads(compose([ROOT / "docker-compose.yml"], "config", "--format", "json", env=env).stdout)
+        return {config["services"][s]["environment"]["FEDIMDB_TLS_AUTH"] for s in ("server", "client-7", "runner")}
+
+    assert tls_auth({}) == {"true"}
+    assert tls_auth({"FEDIMDB_TLS_AUTH": "false"}) == {"false"}
 
 
 def test_gpu_override_reserves_nvidia_devices_for_every_client() -> None:

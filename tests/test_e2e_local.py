@@ -73,6 +73,7 @@ def test_fleet_port_speaks_grpc(e2e_runs: dict) -> None:
     probed = [s for s in e2e_runs["watch"].samples if "fleet_grpc" in s]
     assert probed, "the Fleet port was never probed: never saw all SuperNodes connected"
     assert probed[0]["fleet_grpc"] == "ready"
+    assert probed[0]["fleet_tls"], "the default is TLS: the channel trusted the run's CA"
 
 
 def test_round_one_is_the_example_weighted_mean_of_client_weights(run_dir: Path) -> None:

@@ -161,10 +161,6 @@ CASES: dict[str, Case] = {
         ("--backend", "docker", *MINI, "--compose-file", "/nonexistent/docker-compose.yml"),
         "--backend docker: compose file /nonexistent/docker-compose.yml not found",
     ),
-    "tls-auth on Compose": Case(
-        ("--backend", "docker", *MINI), "tls-auth: TLS and SuperNode authentication run on the local backend only",
-        _environ("FEDIMDB_TLS_AUTH", "true"), needs_docker=True,
-    ),
     # the model and the device
     "device cuda without a GPU": Case(
         (*LOCAL, "--set", "device=cuda"), "device: cuda was asked for but torch sees no CUDA device"

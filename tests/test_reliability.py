@@ -21,7 +21,8 @@ from fedimdb import faults
 from fedimdb.artifacts import ROUNDS_COMPLETED, read_csv, read_json, verify_run
 from fedimdb.config import RunConfig
 from fedimdb.deploy import flwr_cli
-from fedimdb.deploy.local import CONNECTION, LocalFederation, process_env
+from fedimdb.deploy.local import LocalFederation, process_env
+from fedimdb.deploy.processes import CONNECTION
 from fedimdb.model import load_model
 from fedimdb.protocol import ARRAYS, METRICS, NUM_EXAMPLES, PARTITION_ID, TrainMetrics, transport_arrays
 from server.checks import Expected, examples_problem, train_reply_problem

@@ -16,22 +16,30 @@ import pytest
 
 from fedimdb.artifacts import LOGS_DIR, verify_run
 from fedimdb.config import RunConfig
-from fedimdb.deploy.credentials import CA_CERT, NODE_KEY, make_credentials
-from fedimdb.deploy.local import CONNECTION, LocalFederation, free_port, process_env
-from fedimdb.deploy.processes import supernode_argv
+from fedimdb.deploy.credentials import make_credentials
+from fedimdb.deploy.local import LocalFederation, free_port, process_env
+from fedimdb.deploy.processes import CONNECTION, supernode_argv
 from tests.conftest import local_run_args, orchestrate
 
 pytestmark = pytest.mark.timeout(600)
 AUTH_REFUSED = "Exit Code: 305"  # what flower-supernode logs when the SuperLink will not activate it
 
 
-def test_credentials_are_private_where_they_must_be(tmp_path: Path) -> None:
+def test_credentials_are_private_and_never_overwritten(tmp_path: Path) -> None:
     creds = make_credentials(tmp_path / "creds", 2)
-    assert (creds.ca.stat().st_mode & 0o777, creds.server_key.stat().st_mode & 0o777) == (0o644, 0o600)
-    assert creds.node_key(1).read_text().startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
-    assert creds.node_public_key(1).read_text().startswith("ecdsa-sha2-nistp384 ")
-    with pytest.raises(FileExistsError, match="never overwritten"):
-        make_credentials(tmp_path / "creds", 2)
+    server, node = creds.server, creds.node(1)
+    assert (server.ca.stat().st_mode & 0o777, server.key.stat().st_mode & 0o777) == (0o644, 0o600)
+    assert node.key.stat().st_mode & 0o777 == 0o600
+    assert node.key.read_text().startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
+    assert node.public_key.read_text().startswith("ecdsa-sha2-nistp384 ")
+    assert server.node_public_keys() == [server.node_public_key(0), server.node_public_key(1)]
+    assert server.node_public_key(1).read_bytes() == node.public_key.read_bytes()
+    assert node.ca.read_bytes() == server.ca.read_bytes() == creds.ca.read_bytes()
+    before = {p: p.read_bytes() for p in creds.root.rglob("*") if p.is_file()}
+    make_credentials(creds.root, 3)  # a third client: its keys are added, nothing else changes
+    assert {p: p.read_bytes() for p in before} == before
+    assert creds.node(2).key.exists() and len(server.node_public_keys()) == 3
+    assert not (server.folder / "ca.key").exists() and not (node.folder / "ca.key").exists(), "the CA key stays home"
 
 
 def _nodes(env: dict[str, str]) -> list[dict]:
@@ -42,9 +50,8 @@ def _nodes(env: dict[str, str]) -> list[dict]:
 
 def test_unregistered_keys_and_plaintext_are_refused(tmp_path: Path) -> None:
     creds = make_credentials(tmp_path / "creds", 1)
-    stranger = make_credentials(tmp_path / "stranger", 1)  # a key pair of its own, never registered ...
-    shutil.copy(creds.ca, stranger.root / CA_CERT)  # ... that trusts the federation's CA
-    assert stranger.node_key(0) == stranger.root / "client-0" / NODE_KEY
+    stranger = make_credentials(tmp_path / "stranger", 1).node(0)  # a key pair of its own, never registered ...
+    shutil.copy(creds.ca, stranger.ca)  # ... that trusts the federation's CA
     env = process_env(RunConfig(num_clients=1), tmp_path / "flwr-home")
     with LocalFederation(tmp_path, 1, tmp_path / "logs", env, warm_clients=False, credentials=creds) as fed:
         argv = {"unregistered": supernode_argv(fed.fleet_address, 0, str(tmp_path), free_port(), stranger),

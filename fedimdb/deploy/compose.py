@@ -2,8 +2,9 @@
 
 docker-compose.yml declares client-0 ... client-9. For N < 10 the override puts the clients
 N ... 9 in an unused profile (so ``docker compose up`` does not start them); for N > 10 it adds
-client-10 ... client-(N-1) extending client-0. Run and data settings go into the runner's and
-the data-preparation service's environment, where they beat .env. Values are validated here,
+client-10 ... client-(N-1) extending client-0, each with its own shard and credentials. Run and
+data settings go into the runner's and the data-preparation service's environment, where they
+beat .env; the client count also into the prepare service's (one key pair per client). Values are validated here,
 before any container starts.
 
     python -m fedimdb.deploy.compose --clients 3 --set num-rounds=2 --set model=tiny \\
@@ -22,12 +23,13 @@ import yaml
 from fedimdb.config import ConfigError, DataConfig, RunConfig, check_clients_fit, env_name
 from fedimdb.data import client_dir_name
 from fedimdb.deploy import APP_DIR
-from fedimdb.deploy.processes import CLIENT_SHARD_MOUNT
+from fedimdb.deploy.processes import CLIENT_SHARD_MOUNT, CREDENTIALS_MOUNT
 
 COMPOSE_FILE = APP_DIR / "docker-compose.yml"
 DECLARED_CLIENTS = 10  # client-0 ... client-9 in docker-compose.yml
 CONTAINER_SOURCE = "/imdb"  # where the prepare service mounts a local IMDB folder
 SHARDS_DIR_VAR = env_name("shards_dir")  # docker-compose.yml mounts the shards from this host folder
+CREDENTIALS_DIR_VAR = "CREDENTIALS_DIR"  # ... and the credentials from this one (Compose only)
 
 
 def _env(settings: dict[str, Any]) -> dict[str, str]:
@@ -37,9 +39,16 @@ def _env(settings: dict[str, Any]) -> dict[str, str]:
 
 
 def build_override(
-    num_clients: int, run_settings: dict[str, Any], data_settings: dict[str, Any], run_name: str | None = None
+    num_clients: int,
+    run_settings: dict[str, Any],
+    data_settings: dict[str, Any],
+    run_name: str | None = None,
+    client_services: bool = True,
 ) -> dict[str, Any]:
-    """The override as a dict; validates the settings against fedimdb/config.py first."""
+    """The override as a dict; validates the settings against fedimdb/config.py first.
+
+    ``client_services=False``: for docker-compose.server.yml, whose clients are sites of their own.
+    """
     RunConfig.from_mapping({**run_settings, "num-clients": num_clients}, origin="compose override")
     data = dict(data_settings)
     services: dict[str, Any] = {}
@@ -53,19 +62,23 @@ def build_override(
     partitions = int(data.get("num-partitions", DataConfig().num_partitions))
     check_clients_fit(RunConfig(num_clients=num_clients), partitions)
 
-    if data:
-        services.setdefault("prepare", {})["environment"] = _env(data)
+    services.setdefault("prepare", {})["environment"] = _env({**data, "num-clients": num_clients})
     runner_env = _env({**run_settings, "num-clients": num_clients})
     if run_name:
         runner_env["RUN_NAME"] = run_name
     services["runner"] = {"environment": runner_env}
+    if not client_services:
+        return {"services": services}
     for i in range(num_clients, DECLARED_CLIENTS):
         services[f"client-{i}"] = {"profiles": ["unused-client"]}
     for i in range(DECLARED_CLIENTS, num_clients):
         services[f"client-{i}"] = {
             "extends": {"file": str(COMPOSE_FILE), "service": "client-0"},
             "environment": {"PARTITION_ID": str(i)},
-            "volumes": [f"${{{SHARDS_DIR_VAR}:-./data/shards}}/{client_dir_name(i)}:{CLIENT_SHARD_MOUNT}:ro"],
+            "volumes": [
+                f"${{{SHARDS_DIR_VAR}:-./data/shards}}/{client_dir_name(i)}:{CLIENT_SHARD_MOUNT}:ro",
+                f"${{{CREDENTIALS_DIR_VAR}:-./data/credentials}}/{client_dir_name(i)}:{CREDENTIALS_MOUNT}:ro",
+            ],
         }
     return {"services": services}
 

@@ -1,15 +1,18 @@
 """TLS certificates and SuperNode keys for a federation that encrypts and authenticates (Flower's own mechanisms).
 
-Run from the repository root::
+Run from the repository root (the Compose stack's ``credentials`` service runs the same)::
 
     python -m fedimdb.deploy.credentials --out data/credentials --clients 10
 
-It writes, and never overwrites (delete the folder to make new ones):
+It writes what is missing and never overwrites a file (delete the folder to make new ones), one
+folder per party, each mounted read-only into that party's container and nowhere else:
 
-    ca.pem, ca.key               the certificate authority (its key never leaves this folder)
-    server.pem, server.key       the SuperLink's certificate, SAN = the server's names, and its key
-    client-K/auth.key            SuperNode K's private key (EC P-384, OpenSSH format): client K only
-    client-K/auth.pub            its public key, registered with the SuperLink before SuperNode K starts
+    ca.pem, ca.key                  the certificate authority (its key is mounted nowhere)
+    server/ca.pem                   the SuperLink's folder: the CA it serves under, ...
+    server/server.pem, server.key   ... its certificate (SAN = the server's names) and key, ...
+    server/nodes/client-K.pub       ... and every SuperNode's public key, registered when it starts
+    client-K/ca.pem                 SuperNode K's folder: the CA it trusts, ...
+    client-K/auth.key, auth.pub     ... and its private key (EC P-384, OpenSSH format) and public key
 
 The SuperLink serves its Fleet, Control and Runtime APIs over TLS with ``server.pem``; every
 SuperNode and ``flwr`` call trusts ``ca.pem``; with SuperNode authentication on, the SuperLink
@@ -22,6 +25,7 @@ import argparse
 import datetime
 import ipaddress
 import os
+import pwd
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -36,16 +40,64 @@ from fedimdb.data import client_dir_name
 from fedimdb.deploy.processes import SERVER_HOST
 
 CA_CERT, CA_KEY = "ca.pem", "ca.key"
+SERVER_FOLDER = "server"
 SERVER_CERT, SERVER_KEY = "server.pem", "server.key"
+NODES_DIR = "nodes"  # in server/: the public keys to register
 NODE_KEY, NODE_PUBLIC_KEY = "auth.key", "auth.pub"
+PUBLIC_KEY_SUFFIX = ".pub"
 SERVER_NAMES = (SERVER_HOST, "localhost", "127.0.0.1")
 VALID_DAYS = 365
 CURVE = ec.SECP384R1()  # Flower accepts NIST curves for SuperNode keys
 
 
 @dataclass(frozen=True)
+class ServerCredentials:
+    """The SuperLink's folder: its CA, certificate and key, and the public keys it registers."""
+
+    folder: Path
+
+    @property
+    def ca(self) -> Path:
+        return self.folder / CA_CERT
+
+    @property
+    def cert(self) -> Path:
+        return self.folder / SERVER_CERT
+
+    @property
+    def key(self) -> Path:
+        return self.folder / SERVER_KEY
+
+    def node_public_key(self, partition_id: int) -> Path:
+        return self.folder / NODES_DIR / f"{client_dir_name(partition_id)}{PUBLIC_KEY_SUFFIX}"
+
+    def node_public_keys(self) -> list[Path]:
+        """Every public key in ``nodes/``, in name order."""
+        return sorted((self.folder / NODES_DIR).glob(f"*{PUBLIC_KEY_SUFFIX}"))
+
+
+@dataclass(frozen=True)
+class NodeCredentials:
+    """One SuperNode's folder: the CA it trusts and its key pair."""
+
+    folder: Path
+
+    @property
+    def ca(self) -> Path:
+        return self.folder / CA_CERT
+
+    @property
+    def key(self) -> Path:
+        return self.folder / NODE_KEY
+
+    @property
+    def public_key(self) -> Path:
+        return self.folder / NODE_PUBLIC_KEY
+
+
+@dataclass(frozen=True)
 class Credentials:
-    """Where one federation's certificates and keys are."""
+    """Where one federation's certificates and keys are: a folder per party."""
 
     root: Path
 
@@ -54,18 +106,11 @@ class Credentials:
         return self.root / CA_CERT
 
     @property
-    def server_cert(self) -> Path:
-        return self.root / SERVER_CERT
+    def server(self) -> ServerCredentials:
+        return ServerCredentials(self.root / SERVER_FOLDER)
 
-    @property
-    def server_key(self) -> Path:
-        return self.root / SERVER_KEY
-
-    def node_key(self, partition_id: int) -> Path:
-        return self.root / client_dir_name(partition_id) / NODE_KEY
-
-    def node_public_key(self, partition_id: int) -> Path:
-        return self.root / client_dir_name(partition_id) / NODE_PUBLIC_KEY
+    def node(self, partition_id: int) -> NodeCredentials:
+        return NodeCredentials(self.root / client_dir_name(partition_id))
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -97,51 +142,102 @@ def _certificate(subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Cer
 
 
 def _write(path: Path, data: bytes, private: bool) -> None:
-    """Atomically, and readable by its owner only when ``private``."""
+    """Atomically, never over an existing file, and readable by its owner only when ``private``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
     os.chmod(tmp, 0o600 if private else 0o644)
-    os.replace(tmp, path)
+    try:
+        os.link(tmp, path)  # fails if path exists
+    except FileExistsError:
+        raise FileExistsError(
+            f"{path} exists (credentials are never overwritten): delete its folder to make new ones"
+        ) from None
+    finally:
+        os.unlink(tmp)
 
 
-def make_credentials(root: Path, num_clients: int, server_names: tuple[str, ...] = SERVER_NAMES) -> Credentials:
-    """A CA, the SuperLink's certificate and one key pair per SuperNode, in ``root`` (which must not exist)."""
-    if root.exists():
-        raise FileExistsError(f"{root} exists; credentials are never overwritten: delete it to make new ones")
-    creds = Credentials(root)
+def _server_names(cert: Path) -> set[str]:
+    """The names (DNS and IP) a server certificate is valid for."""
+    sans = x509.load_pem_x509_certificate(cert.read_bytes()).extensions.get_extension_for_class(
+        x509.SubjectAlternativeName
+    )
+    return {*sans.value.get_values_for_type(x509.DNSName), *map(str, sans.value.get_values_for_type(x509.IPAddress))}
+
+
+def _load_or_make_ca(creds: Credentials, server_names: tuple[str, ...]) -> bytes:
+    """The CA certificate (PEM), made with the server's certificate when the folder has none."""
+    if creds.ca.exists():
+        missing = set(server_names) - _server_names(creds.server.cert)
+        if missing:
+            raise FileExistsError(f"{creds.server.cert} does not name {', '.join(sorted(missing))} and is never "
+                                  f"overwritten: delete {creds.root} to make new credentials for every party")  # fmt: skip
+        return creds.ca.read_bytes()
+    if creds.server.cert.exists():
+        raise FileExistsError(f"{creds.server.cert} exists without {creds.ca}; delete {creds.root} to make new ones")
     ca_key, server_key = ec.generate_private_key(CURVE), ec.generate_private_key(CURVE)
     ca = _certificate("fedimdb CA", ca_key, None, ca_key)
     server = _certificate(server_names[0], server_key, ca, ca_key, server_names)
-    _write(creds.ca, ca.public_bytes(serialization.Encoding.PEM), private=False)
-    _write(root / CA_KEY, _pem_key(ca_key), private=True)
-    _write(creds.server_cert, server.public_bytes(serialization.Encoding.PEM), private=False)
-    _write(creds.server_key, _pem_key(server_key), private=True)
+    ca_pem = ca.public_bytes(serialization.Encoding.PEM)
+    _write(creds.root / CA_KEY, _pem_key(ca_key), private=True)
+    _write(creds.server.ca, ca_pem, private=False)
+    _write(creds.server.cert, server.public_bytes(serialization.Encoding.PEM), private=False)
+    _write(creds.server.key, _pem_key(server_key), private=True)
+    _write(creds.ca, ca_pem, private=False)  # last: its presence means the CA and the server's files are complete
+    return ca_pem
+
+
+def _make_node(creds: Credentials, partition_id: int, ca_pem: bytes) -> None:
+    """SuperNode ``partition_id``'s folder and its public key in the server's ``nodes/``."""
+    node = creds.node(partition_id)
+    key = ec.generate_private_key(CURVE)
+    openssh = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                serialization.NoEncryption())  # fmt: skip
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    _write(node.ca, ca_pem, private=False)
+    _write(creds.server.node_public_key(partition_id), public + b"\n", private=False)
+    _write(node.public_key, public + b"\n", private=False)
+    _write(node.key, openssh, private=True)  # last: its presence means the node's files are complete
+
+
+def make_credentials(root: Path, num_clients: int, server_names: tuple[str, ...] = SERVER_NAMES) -> Credentials:
+    """The CA, the SuperLink's certificate and one key pair per SuperNode in ``root``: whatever is missing.
+
+    Existing files are kept as they are (a rerun with more clients adds their keys only).
+    """
+    creds = Credentials(root)
+    ca_pem = _load_or_make_ca(creds, server_names)
     for k in range(num_clients):
-        key = ec.generate_private_key(CURVE)
-        openssh = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                    serialization.NoEncryption())  # fmt: skip
-        public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-        _write(creds.node_key(k), openssh, private=True)
-        _write(creds.node_public_key(k), public + b"\n", private=False)
+        if not creds.node(k).key.exists():
+            _make_node(creds, k, ca_pem)
     return creds
+
+
+def give_to(root: Path, user: str) -> None:
+    """Hand ``root`` and everything in it to ``user`` (run as root in a container for its non-root user)."""
+    entry = pwd.getpwnam(user)
+    for path in [root, *root.rglob("*")]:
+        os.chown(path, entry.pw_uid, entry.pw_gid)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m fedimdb.deploy.credentials", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, required=True, help="a new folder")
+    p.add_argument("--out", type=Path, required=True, help="the credentials folder (what it lacks is added)")
     p.add_argument("--clients", type=int, required=True, help="one key pair per SuperNode")
-    p.add_argument(
-        "--server-name", action="append", help=f"SAN of the SuperLink's certificate (default: {SERVER_NAMES})"
-    )
+    p.add_argument("--server-name", action="append", default=[],
+                   help=f"another name the SuperLink is reached by, for its certificate (always: {SERVER_NAMES})")  # fmt: skip
+    p.add_argument("--owner", help="hand the folder to this user afterwards (the containers' user, when run as root)")
     a = p.parse_args(argv)
     try:
-        make_credentials(a.out, a.clients, tuple(a.server_name) if a.server_name else SERVER_NAMES)
-    except FileExistsError as exc:
+        names = (*SERVER_NAMES, *(n for n in a.server_name if n and n not in SERVER_NAMES))
+        make_credentials(a.out, a.clients, names)
+        if a.owner:
+            give_to(a.out, a.owner)
+    except (OSError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"credentials for a SuperLink and {a.clients} SuperNodes written to {a.out}")
+    print(f"credentials for a SuperLink and {a.clients} SuperNodes in {a.out} (existing files kept)")
     return 0
 
 

@@ -24,11 +24,11 @@ import yaml
 
 from fedimdb.artifacts import LOGS_DIR, ROUNDS_COMPLETED
 from fedimdb.deploy.backend import Log, RoundCallback, Stack, StackJob
-from fedimdb.deploy.compose import COMPOSE_FILE, SHARDS_DIR_VAR, build_override
+from fedimdb.deploy.compose import COMPOSE_FILE, CREDENTIALS_DIR_VAR, SHARDS_DIR_VAR, build_override
 from fedimdb.deploy.docker_artifacts import RUNNER_SERVICE, pull_artifacts, read_run_file, service_containers
 from fedimdb.deploy.flwr_cli import RoundProgress
 from fedimdb.deploy.patience import patiently
-from fedimdb.deploy.processes import SUPEREXEC_POLL_VAR, WARM_CLIENTS_VAR
+from fedimdb.deploy.processes import SUPEREXEC_POLL_VAR, TLS_AUTH_VAR, WARM_CLIENTS_VAR
 
 COMPOSE_LOG = "compose.log"  # in the run folder's logs/
 COMPOSE_PROJECT = "compose-project"  # key of a stack handle
@@ -72,6 +72,8 @@ class DockerStack(Stack):
         self.env = {
             **os.environ,
             SHARDS_DIR_VAR: str(job.shards.resolve()),
+            CREDENTIALS_DIR_VAR: str((self.work / "credentials").resolve()),  # fresh each attempt
+            TLS_AUTH_VAR: str(job.nodes.tls_auth).lower(),
             WARM_CLIENTS_VAR: str(job.nodes.warm_clients).lower(),
             SUPEREXEC_POLL_VAR: str(job.nodes.superexec_poll_interval),
         }

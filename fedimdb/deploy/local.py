@@ -27,13 +27,19 @@ from fedimdb.data import SERVER_DIR, client_dir_name
 from fedimdb.deploy import flwr_cli, forkserver
 from fedimdb.deploy.backend import RoundCallback, Stack
 from fedimdb.deploy.credentials import Credentials, make_credentials
-from fedimdb.deploy.processes import FLOWER_POLL_VAR, runs_one_of, superlink_argv, supernode_argv
+from fedimdb.deploy.processes import (
+    CONNECTION,
+    FLOWER_POLL_VAR,
+    LOOPBACK,
+    await_superlink,
+    runs_one_of,
+    superlink_argv,
+    supernode_argv,
+)
 
 PROCESS_GROUPS = "process-groups"  # key of a stack handle
 
-LOOPBACK = "127.0.0.1"
 MAX_NODE_RESTARTS = 3  # per SuperNode and attempt
-CONNECTION = "fedimdb-local"  # the flwr CLI's name for the local SuperLink
 FLOWER_COMMANDS = ("flwr", "flower-superlink", "flower-supernode")
 
 
@@ -42,19 +48,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((LOOPBACK, 0))
         return int(sock.getsockname()[1])
-
-
-def wait_for_port(port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
-    """Block until something accepts connections on ``port``; fail early if ``proc`` died."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with code {proc.returncode} before listening on {port}")
-        with socket.socket() as sock:
-            if sock.connect_ex((LOOPBACK, port)) == 0:
-                return
-        time.sleep(0.2)
-    raise RuntimeError(f"nothing listened on {LOOPBACK}:{port} within {timeout:.0f} s")
 
 
 class LocalFederation:
@@ -105,19 +98,13 @@ class LocalFederation:
         self.workdir.mkdir(parents=True, exist_ok=True)
         try:
             creds = self.credentials
-            argv = superlink_argv(self.fleet_address, LOOPBACK, self.control_port, creds)
+            server = creds.server if creds else None
+            argv = superlink_argv(self.fleet_address, LOOPBACK, self.control_port, server)
             self.superlink = self._spawn(argv, "superlink.log")
-            wait_for_port(self.control_port, 60, self.superlink)
-            wait_for_port(self.fleet_port, 60, self.superlink)
-            flwr_home = Path(self.env["FLWR_HOME"])
-            flwr_cli.write_connection(flwr_home, CONNECTION, self.control_address, creds.ca if creds else None)
-            if creds:
-                flwr_cli.register_nodes(
-                    CONNECTION, [creds.node_public_key(k) for k in range(self.num_clients)], self.env
-                )
+            await_superlink(self.superlink, (self.control_port, self.fleet_port), self.env, server)
             for pid in range(self.num_clients):
                 shard = str(self.shards_dir / client_dir_name(pid))
-                argv = supernode_argv(self.fleet_address, pid, shard, free_port(), creds)
+                argv = supernode_argv(self.fleet_address, pid, shard, free_port(), creds.node(pid) if creds else None)
                 if self.warm_clients:
                     argv = forkserver.argv(argv)
                 self.supernodes.append(self._spawn(argv, f"supernode-{pid}.log"))

@@ -19,9 +19,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from fedimdb.artifacts import RUN_FILE, ArtifactError
-from fedimdb.config import ConfigError, RunConfig
+from fedimdb.config import ConfigError, ExperimentConfig, RunConfig
 from fedimdb.deploy import flwr_cli
-from fedimdb.deploy.processes import ARTIFACTS_MOUNT, CONTROL_PORT, HELD_OUT_MOUNT, SERVER_HOST
+from fedimdb.deploy.credentials import CA_CERT
+from fedimdb.deploy.processes import ARTIFACTS_MOUNT, CONTROL_PORT, CREDENTIALS_MOUNT, HELD_OUT_MOUNT, SERVER_HOST
 
 CONNECTION = "fedimdb-compose"
 
@@ -46,6 +47,7 @@ def main() -> int:
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     try:
         cfg = RunConfig.from_env(env_file=None)
+        tls = ExperimentConfig.from_env(env_file=None).tls_auth
     except ConfigError as exc:
         log(f"error: {exc}")
         return 2
@@ -57,7 +59,8 @@ def main() -> int:
     address = f"{SERVER_HOST}:{CONTROL_PORT}"
     with tempfile.TemporaryDirectory(prefix="fedimdb-flwr-") as flwr_home:
         env = {"FLWR_HOME": flwr_home}
-        flwr_cli.write_connection(Path(flwr_home), CONNECTION, address)
+        ca = Path(CREDENTIALS_MOUNT) / CA_CERT if tls else None  # the Control API serves TLS under this CA
+        flwr_cli.write_connection(Path(flwr_home), CONNECTION, address, ca)
         try:
             wait_for_control_api(address)
             run_config = {**cfg.as_dict(), "held-out-dir": HELD_OUT_MOUNT, "output-dir": str(run_dir)}
