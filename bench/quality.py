@@ -8,7 +8,10 @@ train splits. Run from the repository root::
     python -m bench.quality            # 10 clients x 5 rounds x 5 steps x 16 = 4,000 samples, length 64
 
 The float16 arm is the IID arm with ``weight-transport=float16``: the accuracy cost of halving the
-bytes on the wire.
+bytes on the wire. With ``--same-steps``, one more centralised arm takes as many sequential
+optimizer steps as FedAvg does (rounds × local steps), each on clients × batch reviews: the same
+samples in a tenth of the steps, which tells the cost of fewer sequential updates from the cost
+of federation.
 """
 
 from __future__ import annotations
@@ -60,12 +63,14 @@ class Arm:
     accuracy_per_round: tuple[float, ...] = ()
 
 
-def centralised(shards: Path, budget: Budget) -> Arm:
+def centralised(shards: Path, budget: Budget, batch_size: int = 0) -> Arm:
     """One process, all cores: ``budget.samples`` random rows of the clients' train splits, one pass.
 
     The rows come from the first federated arm's shards (IID by default); the held-out rows are the
-    same for every partitioner.
+    same for every partitioner. ``batch_size`` (default: the budget's) changes the number of steps,
+    not the samples; a larger batch is computed in passes of the budget's batch (same gradient).
     """
+    batch_size = batch_size or budget.batch_size
     rows: list[tuple[str, int]] = []
     for k in range(budget.clients):
         split = read_split(shards / client_dir_name(k), "train")
@@ -76,11 +81,13 @@ def centralised(shards: Path, budget: Budget) -> Arm:
     model, tokenizer = load_model("minilm", budget.seed)
     seed_everything(budget.seed, os.cpu_count() or 1)
     device = pick_device("auto")
-    options = {"batch_size": budget.batch_size, "max_length": budget.max_length, "device": device}
+    options = {"max_length": budget.max_length, "device": device}
     result = train(model, tokenizer, data, epochs=1, max_steps=0, learning_rate=budget.learning_rate,
-                   seed=budget.seed, **options)  # fmt: skip
+                   seed=budget.seed, batch_size=batch_size, micro_batch_size=budget.batch_size, **options)  # fmt: skip
     held_out = read_split(shards / SERVER_DIR, "test").head(budget.eval_rows)
-    return Arm("centralised", evaluate(model, tokenizer, held_out, **options).accuracy, result.num_examples)
+    accuracy = evaluate(model, tokenizer, held_out, batch_size=budget.batch_size, **options).accuracy
+    name = "centralised" if batch_size == budget.batch_size else f"centralised-batch-{batch_size}"
+    return Arm(name, accuracy, result.num_examples)
 
 
 IID = ["--partitioner", "iid"]
@@ -122,12 +129,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-source", type=Path, default=DEFAULT_IMDB)
     p.add_argument("--arms", nargs="+", default=list(FEDERATED_ARMS), choices=list(FEDERATED_ARMS),
                    help="federated arms to run beside the centralised one")  # fmt: skip
+    p.add_argument("--same-steps", action="store_true",
+                   help="also centralised with FedAvg's number of sequential steps (batch x clients)")  # fmt: skip
     a = p.parse_args(argv)
     budget = Budget(a.clients, a.rounds, a.steps, 16, a.max_length, a.learning_rate, a.eval_rows, seed=42)
     with work_dir("quality") as work:
         runs = [federated(name, work, a.data_source, budget) for name in a.arms]
         central = centralised(shards_dir(work, a.arms[0]), budget)
-    arms = [central, *runs]
+        same_steps = [centralised(shards_dir(work, a.arms[0]), budget, 16 * a.clients)] if a.same_steps else []
+    arms = [central, *same_steps, *runs]
     print(f"{'arm':<24}{'samples':>9}{'accuracy':>10}{'÷ centralised':>15}")
     for arm in arms:
         print(f"{arm.name:<24}{arm.samples:>9}{arm.accuracy:>10.4f}{arm.accuracy / central.accuracy:>15.3f}  "
