@@ -39,7 +39,8 @@ from fedimdb.deploy.processes import (
 
 PROCESS_GROUPS = "process-groups"  # key of a stack handle
 
-MAX_NODE_RESTARTS = 3  # per SuperNode and attempt
+MAX_NODE_RESTARTS = 5  # per SuperNode and attempt
+RESTART_BACKOFF = 5.0  # seconds before a SuperNode's first restart, doubling for each further one
 FLOWER_COMMANDS = ("flwr", "flower-superlink", "flower-supernode")
 
 
@@ -79,6 +80,7 @@ class LocalFederation:
         self.superlink: subprocess.Popen | None = None
         self.supernodes: list[subprocess.Popen] = []
         self.restarts = [0] * num_clients
+        self._restart_at: list[float | None] = [None] * num_clients  # when an exited SuperNode is started again
         self._logs: list[IO[bytes]] = []
 
     @property
@@ -119,9 +121,12 @@ class LocalFederation:
     def check_alive(self) -> None:
         """Raise if the SuperLink exited; restart a SuperNode that exited, as a site restarts a crashed node.
 
-        The restarted SuperNode registers anew (a new node id, the same partition) and is sampled in
-        the rounds after it is online. One that exits more than :data:`MAX_NODE_RESTARTS` times fails
-        the attempt.
+        Restarts back off (:data:`RESTART_BACKOFF` s, doubling), as Docker's restart policy does: with
+        SuperNode authentication a restarted node signs in with the same key, so as the same node,
+        and the SuperLink refuses it (Flower's exit code 305) until the old session's heartbeats
+        lapse (~60 s). Without authentication it registers as a new node. Either way it is sampled
+        in the rounds after it is online. One that exits more than :data:`MAX_NODE_RESTARTS` times
+        fails the attempt.
         """
         link = self.superlink
         if link is not None and link.poll() is not None:
@@ -132,10 +137,17 @@ class LocalFederation:
             if self.restarts[k] >= MAX_NODE_RESTARTS:
                 raise RuntimeError(f"SuperNode {k} exited {self.restarts[k] + 1} times (last code {proc.returncode}); "
                                    f"see {self.workdir / f'supernode-{k}.log'}")  # fmt: skip
-            self.restarts[k] += 1
-            self.supernodes[k] = self._spawn(list(proc.args), f"supernode-{k}.log", mode="ab")
-            self.log(f"SuperNode {k} exited with code {proc.returncode}; restarted it "
-                     f"({self.restarts[k]} of {MAX_NODE_RESTARTS} restarts)")  # fmt: skip
+            if self._restart_at[k] is None:
+                self._restart_at[k] = time.monotonic() + RESTART_BACKOFF * 2 ** self.restarts[k]
+            if time.monotonic() >= self._restart_at[k]:
+                self._restart(k, proc)
+
+    def _restart(self, k: int, exited: subprocess.Popen) -> None:
+        self.restarts[k] += 1
+        self._restart_at[k] = None
+        self.supernodes[k] = self._spawn(list(exited.args), f"supernode-{k}.log", mode="ab")
+        self.log(f"SuperNode {k} exited with code {exited.returncode}; restarted it "
+                 f"({self.restarts[k]} of {MAX_NODE_RESTARTS} restarts)")  # fmt: skip
 
     def stop(self, grace: float = 10.0) -> None:
         """SIGTERM every process group, then SIGKILL whatever is left of them after ``grace`` s."""

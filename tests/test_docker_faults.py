@@ -1,0 +1,79 @@
+"""Faults on the Docker backend: client containers that crash mid-round come back and rejoin.
+
+``orchestrate.py --backend docker`` with 10 client containers; partitions 1, 4 and 7 are slowed
+(``FEDIMDB_TEST_FAULT``) so that round 2 is still going on when their containers' main processes
+are SIGKILLed from the host, as a crash would (``docker kill`` would count as a deliberate stop,
+which Docker's restart policy leaves alone). Needs Docker (see test_compose.py).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from fedimdb import faults
+from fedimdb.artifacts import ROUNDS_COMPLETED, read_csv, verify_run
+from fedimdb.deploy.docker_artifacts import RUNNER_SERVICE, read_run_file, service_containers
+from server.records import FAILED, OK
+from tests.conftest import Orchestrator, require_docker
+
+KILLED = (1, 4, 7)
+ROUNDS = 6  # rounds of ~15 s: a restarted client is back ~90 s after the kill (its old session must lapse)
+SETTINGS = ["max-steps=2", "batch-size=8", "eval-rows=64", "local-eval-rows=32"]
+PROJECT_LABEL = "com.docker.compose.project"
+
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(1800)]
+require_docker()
+
+
+def _running_project(client, deadline: float) -> str:
+    """The Compose project of the one fedimdb runner running now."""
+    while time.monotonic() < deadline:
+        runners = client.containers.list(filters={"label": f"com.docker.compose.service={RUNNER_SERVICE}"})
+        projects = [c.labels[PROJECT_LABEL] for c in runners if c.labels[PROJECT_LABEL].startswith("fedimdb-")]
+        if projects:
+            return projects[0]
+        time.sleep(1)
+    raise AssertionError("no fedimdb runner started")
+
+
+def _wait_for_round(client, project: str, rounds: int, deadline: float) -> None:
+    (runner,) = service_containers(client, project, RUNNER_SERVICE)
+    while time.monotonic() < deadline:
+        if (read_run_file(runner, "repeat-0") or {}).get(ROUNDS_COMPLETED, 0) >= rounds:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"round {rounds} did not complete in time")
+
+
+def test_crashed_client_containers_restart_and_rejoin(imdb_dir: Path, tmp_path: Path) -> None:
+    import docker
+
+    client = docker.from_env()
+    args = ["--backend", "docker", "--model", "tiny", "--clients", "10", "--rounds", str(ROUNDS), "--retries", "0",
+            "--metrics-port", "0", "--data-source", str(imdb_dir), "--shards-dir", str(tmp_path / "shards"),
+            "--out", str(tmp_path / "results")] + [a for s in SETTINGS for a in ("--set", s)]  # fmt: skip
+    fault = ",".join(f"{k}:slow=10" for k in KILLED)
+    with Orchestrator(*args, env={faults.FAULT_VAR: fault}) as run:
+        deadline = time.monotonic() + 900
+        project = _running_project(client, deadline)
+        _wait_for_round(client, project, 1, deadline)
+        for k in KILLED:  # round 2 has begun; these clients sleep 10 s before training
+            (container,) = service_containers(client, project, f"client-{k}")
+            os.kill(container.attrs["State"]["Pid"], signal.SIGKILL)
+        run.wait(timeout=1200)
+    assert run.returncode == 0, run.stderr[-4000:]
+    (exp,) = (tmp_path / "results").iterdir()
+    run_dir = exp / "repeat-0"
+    verify_run(run_dir)
+    clients = read_csv(run_dir / "clients.csv")
+    failed = sorted((r["round"], int(r["partition_id"])) for r in clients if r["status"] == FAILED)
+    assert failed == [("2", k) for k in KILLED], failed
+    trained = {(int(r["round"]), int(r["partition_id"])): r["status"] for r in clients if r["num_examples"]}
+    assert all(trained.get((ROUNDS, k)) == OK for k in KILLED), f"the restarted clients rejoined: {trained}"
+    rounds = {int(r["round"]): r for r in read_csv(run_dir / "rounds.csv")}
+    assert sorted(rounds) == list(range(1, ROUNDS + 1)) and rounds[2]["clients_failed"] == str(len(KILLED))
