@@ -1,6 +1,7 @@
 """``python orchestrate.py --repeats 2 --model tiny --rounds 1`` on the Docker backend: one Compose
 stack per repeat, progress read from run.json in each stack's volume, artifacts pulled out of the
-volume with the Docker SDK and verified. (One round a repeat: tests/test_compose.py runs two.)"""
+volume with the Docker SDK and verified. (One round a repeat, three clients: tests/test_compose.py runs two
+rounds on ten client containers, tests/test_docker_faults.py six.)"""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from fedimdb.artifacts import read_csv, read_json, verify_run
 from tests.conftest import orchestrate, require_docker
 
+CLIENTS = 3
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(2700)]
 require_docker()
 
@@ -23,6 +25,8 @@ def test_two_repeats_on_compose_stacks(imdb_dir: Path, tmp_path: Path) -> None:
         "2",
         "--model",
         "tiny",
+        "--clients",
+        str(CLIENTS),
         "--rounds",
         "1",
         "--backend",
@@ -51,9 +55,9 @@ def test_two_repeats_on_compose_stacks(imdb_dir: Path, tmp_path: Path) -> None:
     assert record["backend"] == "docker" and record["status"] == "completed"
     for k in (0, 1):
         run = verify_run(exp / f"repeat-{k}")
-        assert run["seed"] == 42 + k and run["config"]["num-clients"] == 10
+        assert run["seed"] == 42 + k and run["config"]["num-clients"] == CLIENTS
         assert (exp / f"repeat-{k}" / "logs" / "compose.log").is_file()
-        assert len(read_csv(exp / f"repeat-{k}" / "clients.csv")) == 10
+        assert len(read_csv(exp / f"repeat-{k}" / "clients.csv")) == CLIENTS
     # The round reached the orchestrator through run.json in the volume (its last value stays exported).
     assert re.search(r"^fedimdb_current_round\{[^}]*\} 1\.0$", (exp / "metrics.prom").read_text(), re.MULTILINE)
     summary = read_csv(exp / "summary.csv")
