@@ -86,8 +86,18 @@ def load_imdb(source: str) -> Any:
     local = Path(source).expanduser()
     if local.is_dir():
         check_local_source(local)
-    path = str(local.resolve()) if local.is_dir() else source
-    ds = datasets.load_dataset(path)
+    if local.is_dir():
+        ds = datasets.load_dataset(str(local.resolve()))
+    else:
+        try:
+            ds = datasets.load_dataset(source)
+        except Exception as exc:  # any failure to fetch from the hub: offline, no such dataset, a proxy
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise ConfigError(
+                f"data-source: {source!r} could not be loaded from the Hugging Face hub ({type(exc).__name__}: "
+                f"{first[:300]}); check the network, or set FEDIMDB_DATA_SOURCE (--data-source) to a local folder "
+                "with train.parquet and test.parquet"
+            ) from None
     missing = set(IMDB_SPLITS) - set(ds.keys())
     if missing:
         raise ConfigError(f"data-source: {source!r} has no {sorted(missing)} split; it needs train and test")

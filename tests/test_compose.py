@@ -216,6 +216,24 @@ def test_client_image_holds_only_what_a_client_needs(stack) -> None:
     assert run(server, "sh", "-c", commands) == "3"
 
 
+def test_the_main_command_says_why_preparation_failed(stack, tmp_path: Path) -> None:
+    """No hub here (offline): prepare's reason, with the fix, is in ``up``'s own output, and ``up`` fails."""
+    hub = {"FEDIMDB_DATA_SOURCE": "stanfordnlp/imdb", "HF_HUB_OFFLINE": "1"}
+    override = tmp_path / "override.yml"
+    override.write_text(yaml.safe_dump({"services": {"prepare": {"environment": hub}}}))
+    env = {"FEDIMDB_SHARDS_DIR": str(tmp_path / "shards"), "CREDENTIALS_DIR": str(tmp_path / "credentials")}
+    files, project = [ROOT / "docker-compose.yml", override], f"fedimdb-test-{secrets.token_hex(3)}"
+    try:  # the main command as the README gives it (the images are the stack fixture's)
+        up = compose(files, "up", "--exit-code-from", "runner", "--no-attach", "prepare", env=env, project=project,
+                     timeout=600)  # fmt: skip
+    finally:
+        compose(files, "down", "-v", "-t", "5", env=env, project=project)
+    out = " ".join((up.stdout + up.stderr).split())
+    assert up.returncode != 0
+    assert "'stanfordnlp/imdb' could not be loaded from the Hugging Face hub" in out, out[-3000:]
+    assert "set FEDIMDB_DATA_SOURCE (--data-source) to a local folder" in out and "Traceback" not in out
+
+
 def test_other_client_counts_by_override(tmp_path: Path, imdb_dir: Path) -> None:
     for n in (3, 12):
         override = tmp_path / f"override-{n}.yml"

@@ -181,6 +181,10 @@ CASES: dict[str, Case] = {
     ),
     # the data source
     "data folder missing": Case((*LOCAL, "--data-source", "{tmp}/nope"), "data-source: folder '{tmp}/nope' does not exist"),
+    "hub unreachable": Case(
+        (*LOCAL, "--data-source", "stanfordnlp/imdb"), "could not be loaded from the Hugging Face hub",
+        _environ("HF_HUB_OFFLINE", "1"),
+    ),
     "data folder without test.parquet": Case(
         (*LOCAL, "--data-source", "{tmp}/imdb"), "test.parquet is missing", _no_test_split
     ),

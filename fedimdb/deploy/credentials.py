@@ -214,6 +214,11 @@ def make_credentials(root: Path, num_clients: int, server_names: tuple[str, ...]
     return creds
 
 
+def server_names(*extra: str) -> tuple[str, ...]:
+    """:data:`SERVER_NAMES` and the non-empty ``extra`` names the SuperLink is also reached by."""
+    return (*SERVER_NAMES, *(n for n in extra if n and n not in SERVER_NAMES))
+
+
 def give_to(root: Path, user: str) -> None:
     """Hand ``root`` and everything in it to ``user`` (run as root in a container for its non-root user)."""
     entry = pwd.getpwnam(user)
@@ -230,8 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--owner", help="hand the folder to this user afterwards (the containers' user, when run as root)")
     a = p.parse_args(argv)
     try:
-        names = (*SERVER_NAMES, *(n for n in a.server_name if n and n not in SERVER_NAMES))
-        make_credentials(a.out, a.clients, names)
+        make_credentials(a.out, a.clients, server_names(*a.server_name))
         if a.owner:
             give_to(a.out, a.owner)
     except (OSError, KeyError) as exc:

@@ -41,6 +41,9 @@ CLIENT_SHARD_MOUNT = "/data"  # where a client container sees its own shard (rea
 HELD_OUT_MOUNT = "/held-out"  # where the server container sees the held-out set (read-only)
 ARTIFACTS_MOUNT = "/artifacts"  # the artifacts volume, in the server and runner containers
 CREDENTIALS_MOUNT = "/credentials"  # a container's own credentials folder (read-only): server/ or client-K/
+SHARDS_MOUNT = "/shards"  # the prepare service's view of the host's shards folder
+PREPARE_STATUS = Path("/status/prepare")  # the prepare service's outcome, read by the server container
+PREPARED = "done"  # PREPARE_STATUS after a preparation that worked; anything else says what failed
 CONTAINER_USER = "fedimdb"  # the images' user (docker/install.sh), owner of the mounted credentials
 READY_FILE = Path("/tmp/fedimdb-superlink-ready")  # in the server container: SuperLink up, keys registered
 LOOPBACK = "127.0.0.1"
@@ -145,7 +148,14 @@ def await_superlink(
 
 
 def serve_superlink(credentials: ServerCredentials | None) -> int:
-    """The server container's SuperLink on all interfaces, ready (:data:`READY_FILE`) once its keys are registered."""
+    """The server container's SuperLink on all interfaces, ready (:data:`READY_FILE`) once its keys are registered.
+
+    First the prepare service's outcome: a failure is printed, and ends the container (and ``up``).
+    """
+    outcome = PREPARE_STATUS.read_text().strip() if PREPARE_STATUS.exists() else PREPARED
+    if outcome != PREPARED:
+        print(f"error: {outcome}", file=sys.stderr, flush=True)
+        return 1
     cmd = superlink_argv(f"0.0.0.0:{FLEET_PORT}", "0.0.0.0", CONTROL_PORT, credentials)
     print(" ".join(cmd), flush=True)
     superlink = subprocess.Popen(cmd)
