@@ -1,17 +1,24 @@
 """``python orchestrate.py --repeats 2 --model tiny --rounds 1`` on the Docker backend: one Compose
 stack per repeat, progress read from run.json in each stack's volume, artifacts pulled out of the
-volume with the Docker SDK and verified. (One round a repeat, three clients: tests/test_compose.py runs two
+volume with the Docker SDK and verified. Repeat 1's server container is SIGKILLed as its run
+starts: the attempt fails at once, a fresh stack redoes the repeat, and repeat 0 is left as it was. (One round a repeat, three clients: tests/test_compose.py runs two
 rounds on ten client containers, tests/test_docker_faults.py six.)"""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from fedimdb.artifacts import read_csv, read_json, verify_run
+from fedimdb.deploy.docker_artifacts import RUNNER_SERVICE, read_run_file, service_containers
+from fedimdb.deploy.processes import SERVER_HOST
 from tests.conftest import orchestrate, require_docker
 
 CLIENTS = 3
@@ -19,7 +26,38 @@ pytestmark = [pytest.mark.docker, pytest.mark.timeout(2700)]
 require_docker()
 
 
-def test_two_repeats_on_compose_stacks(imdb_dir: Path, tmp_path: Path) -> None:
+def _digests(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
+
+
+class ServerKiller:
+    """Watches the orchestrator; once repeat 1's first stack has started its run, SIGKILLs that stack's
+    server container (as a crash would) and notes repeat 0's files as they were then."""
+
+    def __init__(self, results: Path) -> None:
+        self.results = results
+        self.repeat_0: dict[str, str] = {}
+        self.killed = ""
+
+    def __call__(self, proc: subprocess.Popen) -> None:
+        import docker
+
+        client = docker.from_env()
+        while proc.poll() is None and not self.killed:
+            for runner in client.containers.list(filters={"label": f"com.docker.compose.service={RUNNER_SERVICE}"}):
+                project = runner.labels["com.docker.compose.project"]
+                if project.endswith("-r1-a1") and read_run_file(runner, "repeat-1"):
+                    (exp,) = self.results.iterdir()
+                    self.repeat_0 = _digests(exp / "repeat-0")
+                    (server,) = service_containers(client, project, SERVER_HOST)
+                    os.kill(server.attrs["State"]["Pid"], signal.SIGKILL)
+                    self.killed = project
+            time.sleep(0.5)
+
+
+def test_two_repeats_on_compose_stacks_survive_a_killed_server(imdb_dir: Path, tmp_path: Path) -> None:
+    killer = ServerKiller(tmp_path / "results")
     run = orchestrate(
         "--repeats",
         "2",
@@ -48,11 +86,17 @@ def test_two_repeats_on_compose_stacks(imdb_dir: Path, tmp_path: Path) -> None:
         "--out",
         str(tmp_path / "results"),
         timeout=2400,
+        watch=killer,
     )
     assert run.returncode == 0, run.stderr[-5000:]
+    assert killer.killed, "repeat 1's server container was killed"
     (exp,) = (tmp_path / "results").iterdir()
     record = read_json(exp / "experiment.json")
     assert record["backend"] == "docker" and record["status"] == "completed"
+    first, second = record["repeats"]["1"]["attempts"]
+    assert first["status"] == "failed" and "the server container exited with code 137" in first["error"]
+    assert second["status"] == "verified"
+    assert _digests(exp / "repeat-0") == killer.repeat_0, "repeat 0's files were left as they were"
     for k in (0, 1):
         run = verify_run(exp / f"repeat-{k}")
         assert run["seed"] == 42 + k and run["config"]["num-clients"] == CLIENTS

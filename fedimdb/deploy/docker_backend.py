@@ -28,7 +28,7 @@ from fedimdb.deploy.compose import COMPOSE_FILE, CREDENTIALS_DIR_VAR, SHARDS_DIR
 from fedimdb.deploy.docker_artifacts import RUNNER_SERVICE, pull_artifacts, read_run_file, service_containers
 from fedimdb.deploy.flwr_cli import RoundProgress
 from fedimdb.deploy.patience import patiently
-from fedimdb.deploy.processes import SUPEREXEC_POLL_VAR, TLS_AUTH_VAR, WARM_CLIENTS_VAR
+from fedimdb.deploy.processes import SERVER_HOST, SUPEREXEC_POLL_VAR, TLS_AUTH_VAR, WARM_CLIENTS_VAR
 
 COMPOSE_LOG = "compose.log"  # in the run folder's logs/
 COMPOSE_PROJECT = "compose-project"  # key of a stack handle
@@ -112,8 +112,17 @@ class DockerStack(Stack):
         return runners[0]
 
     def _status(self, runner: Any) -> dict[str, Any] | None:
-        """Refresh the runner's state; the run's run.json as it stands (None before it is written)."""
+        """Refresh the runner's state; the run's run.json as it stands (None before it is written).
+
+        A server container that exited (crashed, killed) ends the attempt at once: the runner would
+        otherwise wait out the SuperLink's patience.
+        """
         runner.reload()
+        for server in service_containers(self.client, self.job.name, SERVER_HOST):
+            if server.status in ("exited", "dead") and runner.status == "running":
+                code = server.attrs["State"]["ExitCode"]
+                raise ComposeRunError(f"the server container exited with code {code} mid-run; its last lines:\n"
+                                      f"{server.logs(tail=10).decode(errors='replace')}")  # fmt: skip
         return read_run_file(runner, self.job.run_dir.name)
 
     def run(self, on_round: RoundCallback) -> None:
