@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from fedimdb import faults
 from fedimdb.artifacts import ROUNDS_COMPLETED, read_csv, read_json, verify_run
 from fedimdb.config import RunConfig
+from fedimdb.data import SERVER_DIR
 from fedimdb.deploy import flwr_cli
 from fedimdb.deploy.local import LocalFederation, process_env
 from fedimdb.deploy.processes import CONNECTION
@@ -264,3 +265,55 @@ def test_a_killed_supernode_is_restarted_and_rejoins(shards: Path, imdb_dir: Pat
     assert trained[last] == (OK, trained[1][1]), "partition 1 rejoined, as the same node (its key)"
     rounds = {int(r["round"]): r for r in read_csv(run_dir / "rounds.csv")}
     assert sorted(rounds) == list(range(1, last + 1)) and rounds[2]["clients_failed"] == "1"
+
+
+ROBUST_CLIENTS = 5
+ROBUST = ("fedmedian", "fedtrimmedavg", "krum")
+POISON = 50.0  # partition 0 sends its update scaled by this: finite, well-formed, and 50 times too large
+
+
+@pytest.fixture(scope="module")
+def robust_runs(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One local federation of 5 SuperNodes, partition 0 poisoned; one 1-round run per robust strategy."""
+    tmp = tmp_path_factory.mktemp("robust")
+    settings = dict(s.split("=", 1) for s in SETTINGS)
+    settings.update({"model": "tiny", "num-clients": ROBUST_CLIENTS, "num-rounds": 1, "krum-malicious-nodes": 1,
+                     "trimmed-beta": 0.2})  # fmt: skip
+    env = {**process_env(RunConfig.from_mapping(settings), tmp / "flwr-home"), faults.FAULT_VAR: f"0:scale={POISON:g}"}
+    runs = {}
+    with LocalFederation(shards, ROBUST_CLIENTS, tmp / "logs", env) as fed:
+        for strategy in ROBUST:
+            run = RunConfig.from_mapping({**settings, "strategy": strategy}).as_dict()
+            run.update({"held-out-dir": str(shards / SERVER_DIR), "output-dir": str(tmp / strategy)})
+            flwr_cli.run_to_completion(CONNECTION, run, fed.env, log=lambda _: None, check=fed.check_alive)
+            runs[strategy] = tmp / strategy
+    return runs
+
+
+def _update_norm(weights: dict[str, torch.Tensor], start: dict[str, torch.Tensor]) -> float:
+    return float(torch.sqrt(sum(((weights[k].double() - start[k].double()) ** 2).sum() for k in start)))
+
+
+@pytest.mark.parametrize("strategy", ROBUST)
+def test_robust_strategies_resist_a_poisoned_finite_update(strategy: str, robust_runs: dict[str, Path]) -> None:
+    """Partition 0 scales its update by 50 (it passes every check: finite, right shapes, honest count).
+    FedAvg of the same replies would move the model ~10 times as far as an honest client; each robust
+    strategy keeps the global update within the honest clients' (Krum picks one honest client)."""
+    run_dir = robust_runs[strategy]
+    assert verify_run(run_dir)["config"]["strategy"] == strategy
+    start, global_1 = (load_file(run_dir / f"weights/round-00{r}.safetensors") for r in (0, 1))
+    clients = {
+        k: load_file(run_dir / f"weights/clients/round-001-client-{k}.safetensors") for k in range(ROBUST_CLIENTS)
+    }
+    counts = {
+        int(r["partition_id"]): int(r["num_examples"]) for r in read_csv(run_dir / "clients.csv") if r["num_examples"]
+    }
+    honest = [_update_norm(clients[k], start) for k in range(1, ROBUST_CLIENTS)]
+    assert _update_norm(clients[0], start) > 20 * max(honest), "the fault scaled partition 0's update"
+    fedavg = {n: sum(clients[k][n].double() * counts[k] for k in clients) / sum(counts.values()) for n in start}
+    assert _update_norm(fedavg, start) > 5 * max(honest), "FedAvg of these replies would follow the poison"
+    assert _update_norm(global_1, start) <= 1.5 * max(honest)
+    if strategy == "krum":
+        same = lambda k: all(torch.allclose(global_1[n], clients[k][n], rtol=1e-5, atol=1e-7) for n in start)  # noqa: E731
+        chosen = [k for k in range(1, ROBUST_CLIENTS) if same(k)]
+        assert len(chosen) == 1, "Krum's global model is one honest client's"
