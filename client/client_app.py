@@ -19,6 +19,7 @@ from flwr.clientapp import ClientApp
 from fedimdb import faults
 from fedimdb.config import ConfigError, RunConfig
 from fedimdb.data import Examples, read_split
+from fedimdb.metrics.client import ClientMetrics
 from fedimdb.model import load_model, pick_device
 from fedimdb.protocol import (
     ARRAYS,
@@ -35,7 +36,7 @@ from fedimdb.protocol import (
     received_state,
     transport_arrays,
 )
-from fedimdb.training import EvalResult, load_state, seed_everything
+from fedimdb.training import EvalResult, load_state, seed_everything, update_norm
 from fedimdb.training import evaluate as evaluate_model
 from fedimdb.training import train as train_model
 
@@ -53,6 +54,8 @@ class LocalTask:
     model: Any
     tokenizer: Any
     data: Examples
+    global_state: dict[str, Any]  # the global weights as they arrived
+    metrics: ClientMetrics
 
     @property
     def loop_options(self) -> dict[str, Any]:
@@ -82,14 +85,19 @@ def _prepare(msg: Message, context: Context, split: str) -> LocalTask:
     server_round = int(msg.content[CONFIG][SERVER_ROUND])
     seed = cfg.seed + 1000 * server_round + partition_id
     model, tokenizer = load_model(cfg.model, cfg.seed)
-    load_state(model, received_state(msg.content[ARRAYS]))
+    global_state = received_state(msg.content[ARRAYS])
+    load_state(model, global_state)
     seed_everything(seed, cfg.torch_threads)  # after loading: dropout and shuffling follow this seed
-    return LocalTask(cfg, partition_id, shard, seed, model, tokenizer, read_split(shard, split))
+    data = read_split(shard, split)
+    return LocalTask(cfg, partition_id, shard, seed, model, tokenizer, data, global_state,
+                     ClientMetrics(partition_id, context.run_id))  # fmt: skip
 
 
 def _validate(task: LocalTask, val: Examples) -> EvalResult:
     """The model as it is now, on the first ``local-eval-rows`` rows of the validation split."""
-    return evaluate_model(task.model, task.tokenizer, val.head(task.cfg.local_eval_rows), **task.loop_options)
+    result = evaluate_model(task.model, task.tokenizer, val.head(task.cfg.local_eval_rows), **task.loop_options)
+    task.metrics.evaluated(result)
+    return result
 
 
 @app.train()
@@ -100,10 +108,10 @@ def train(msg: Message, context: Context) -> Message:
     cfg = task.cfg
     fault = faults.for_partition(os.environ, task.partition_id)  # tests only; faults.NONE otherwise
     fault.before_training()
-    received: dict[str, int | float] = {}
+    received_eval: dict[str, int | float] = {}
     if msg.content[CONFIG].get(EVALUATE_RECEIVED, False):  # before training: the global model as received
         res = _validate(task, read_split(task.shard, "val"))
-        received = ReceivedEvalMetrics(res.num_examples, res.loss, res.accuracy).as_metrics()
+        received_eval = ReceivedEvalMetrics(res.num_examples, res.loss, res.accuracy).as_metrics()
     setup_seconds = time.perf_counter() - start
     result = train_model(
         task.model,
@@ -117,7 +125,9 @@ def train(msg: Message, context: Context) -> Message:
         proximal_mu=float(msg.content[CONFIG].get(PROXIMAL_MU, 0.0)),
         **task.loop_options,
     )
-    state = fault.state(task.model.cpu().state_dict(), msg.content[ARRAYS])
+    trained = task.model.cpu().state_dict()
+    task.metrics.trained(int(msg.content[CONFIG][SERVER_ROUND]), result, update_norm(trained, task.global_state))
+    state = fault.state(trained, msg.content[ARRAYS])
     metrics = TrainMetrics(
         partition_id=task.partition_id,
         num_examples=fault.examples(result.num_examples),
@@ -127,7 +137,7 @@ def train(msg: Message, context: Context) -> Message:
         samples_per_second=result.samples_per_second,
         setup_seconds=setup_seconds,
     )
-    record = MetricRecord({**metrics.as_metrics(), **received})
+    record = MetricRecord({**metrics.as_metrics(), **received_eval})
     content = RecordDict({ARRAYS: transport_arrays(state, cfg.weight_transport), METRICS: record})
     return Message(content=content, reply_to=msg)
 

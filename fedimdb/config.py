@@ -328,7 +328,22 @@ class ExperimentConfig(_Settings):
         high=60.0,
     )
     metrics_port: int = setting(
-        9101, "Port of the orchestrator's Prometheus /metrics (0 = do not serve)", low=0, high=65535
+        9101,
+        "Port of the orchestrator's Prometheus /metrics (0 = do not serve); with the local backend it also serves "
+        "the metrics of the server and every client",
+        low=0,
+        high=65535,
+    )
+    monitoring: bool = setting(
+        False,
+        "docker backend: one Prometheus and Grafana (Compose project fedimdb-monitoring) kept up across the "
+        "repeats, scraping every repeat's stack (Prometheus at localhost:9090, Grafana at localhost:3000)",
+    )
+    server_metrics_port: int = setting(
+        9102, "Compose: port of the server container's /metrics, on the stack's network (0 = off)", low=0, high=65535
+    )
+    client_metrics_port: int = setting(
+        9103, "Compose: port of each client container's /metrics, on the stack's network (0 = off)", low=0, high=65535
     )
 
 

@@ -22,6 +22,7 @@ import os
 import secrets
 import socket
 import subprocess
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,11 +44,11 @@ from fedimdb.artifacts import (
     verify_run,
     write_json_atomic,
 )
-from fedimdb.config import RunConfig, Settings
+from fedimdb.config import LOCAL_BACKEND, RunConfig, Settings
 from fedimdb.deploy.backend import Backend, RoundCallback, StackJob
 from fedimdb.deploy.docker_backend import ComposeRunError, compose_project_name
 from fedimdb.deploy.flwr_cli import FlowerRunError
-from fedimdb.metrics import ExperimentMetrics
+from fedimdb.metrics.experiment import ExperimentMetrics
 from fedimdb.summary import write_summary
 
 EXPERIMENT_FILE = "experiment.json"
@@ -107,7 +108,8 @@ class Experiment:
     ) -> None:
         self.exp_dir, self.record, self.settings = exp_dir, record, settings
         self.backend, self.shards, self.keep_up = backend, shards, keep_up
-        self.metrics = ExperimentMetrics(exp_dir.name, exp_dir)
+        self.metrics = ExperimentMetrics(exp_dir.name, exp_dir, settings.run.num_rounds)
+        self._flower_metrics: tempfile.TemporaryDirectory | None = None  # local backend, metrics served
 
     def save(self) -> None:
         """Rewrite experiment.json atomically."""
@@ -132,6 +134,9 @@ class Experiment:
         self.record.update(status=status, ended=utc_now())
         self.save()
         self.metrics.flush()
+        self.metrics.wait_for_last_scrape()
+        if self._flower_metrics is not None:
+            self._flower_metrics.cleanup()
         self._print_table(n)
         console.print(f"experiment {self.exp_dir.name}: {len(done)}/{n} repeats verified; results in {self.exp_dir}")
         if len(done) < n:
@@ -141,6 +146,7 @@ class Experiment:
         return 0 if len(done) == n else 1
 
     def _start_metrics(self, total: int, verified: int) -> None:
+        """Serve the metrics; with the local backend, also those the ServerApp and ClientApps record."""
         self.metrics.start(total, verified)
         port = self.settings.experiment.metrics_port
         try:
@@ -149,6 +155,10 @@ class Experiment:
             console.print(
                 f"notice: metrics not served on port {port} ({exc}); they are still written to {self.metrics.path}"
             )
+            return
+        if port and self.backend.name == LOCAL_BACKEND:
+            self._flower_metrics = tempfile.TemporaryDirectory(prefix="fedimdb-metrics-")
+            self.metrics.collect_from(Path(self._flower_metrics.name))
 
     def _run_repeats(self, n: int, verified: list[int]) -> bool:
         """Every repeat not verified yet, with progress bars; True when a failure stopped the loop."""
@@ -226,8 +236,10 @@ class Experiment:
         self.metrics.repeat_started(k)
         console.print(f"repeat {k} (seed {cfg.seed}), attempt {attempt}: backend {self.backend.name}")
         last = k == self.settings.experiment.repeats - 1
+        flower_metrics = Path(self._flower_metrics.name) if self._flower_metrics else None
         job = StackJob(cfg, self.settings.data, self.shards, path, compose_project_name(self.exp_dir.name, k, attempt),
-                       keep_up=self.keep_up and last, nodes=self.settings.experiment)  # fmt: skip
+                       keep_up=self.keep_up and last, nodes=self.settings.experiment,
+                       metrics_dir=flower_metrics)  # fmt: skip
         t0 = time.monotonic()
         try:
             with self.backend.make(job) as stack:

@@ -137,3 +137,9 @@ def evaluate(
 def load_state(model: Any, state: Mapping[str, torch.Tensor]) -> None:
     """Load global weights strictly: every key must match the local architecture."""
     model.load_state_dict(dict(state), strict=True)
+
+
+def update_norm(new: Mapping[str, torch.Tensor], old: Mapping[str, torch.Tensor]) -> float:
+    """L2 norm of ``new - old`` over the floating-point tensors (integer buffers do not train)."""
+    squares = [(new[k].double() - old[k].double()).square().sum() for k in new if new[k].is_floating_point()]
+    return float(torch.stack(squares).sum().sqrt()) if squares else 0.0

@@ -34,6 +34,7 @@ from fedimdb.artifacts import (
 )
 from fedimdb.config import ConfigError, RunConfig, check_clients_fit
 from fedimdb.data import MANIFEST, Examples, read_split
+from fedimdb.metrics.server import ServerMetrics
 from fedimdb.model import load_model, pick_device
 from fedimdb.training import EvalResult, evaluate, load_state, seed_everything
 from server.grid import PollingGrid
@@ -60,20 +61,24 @@ def main(grid: Grid, context: Context) -> None:
         "versions": software_versions(),
     }
     artifacts = RunArtifacts(output, header)
+    metrics = ServerMetrics(context.run_id, cfg)
     try:
-        run_federation(grid, cfg, artifacts)
+        run_federation(grid, cfg, artifacts, metrics)
     except BaseException as exc:
         artifacts.finish(FAILED, error=f"{type(exc).__name__}: {exc}")
+        metrics.finished(FAILED)
         raise
     artifacts.finish(COMPLETED)
+    metrics.finished(COMPLETED)
 
 
 class RoundEnd:
     """Flower's ``evaluate_fn``: archive the global weights, evaluate them, record the round."""
 
-    def __init__(self, cfg: RunConfig, model: Any, tokenizer: Any, artifacts: RunArtifacts, round_log: RoundLog):
+    def __init__(self, cfg: RunConfig, model: Any, tokenizer: Any, artifacts: RunArtifacts, round_log: RoundLog,
+                 metrics: ServerMetrics):  # fmt: skip
         self.cfg, self.model, self.tokenizer = cfg, model, tokenizer
-        self.artifacts, self.round_log = artifacts, round_log
+        self.artifacts, self.round_log, self.metrics = artifacts, round_log, metrics
         self.device = pick_device(cfg.device)
         self.held_out = read_split(Path(cfg.held_out_dir), "test")
         self.latest: dict[str, Any] = {}
@@ -101,11 +106,12 @@ class RoundEnd:
         )
 
     def record(self, server_round: int, res: EvalResult, seconds: float) -> None:
-        """The initial evaluation goes to run.json; a round's rows to rounds.csv and clients.csv."""
+        """The initial evaluation goes to run.json; a round's rows to rounds.csv and clients.csv; both to metrics."""
+        self.metrics.evaluated(res.loss, res.accuracy)
         if server_round == 0:
             self.artifacts.update(**{"initial-evaluation": res.as_dict()})
             return
-        self.round_log.finish_round(server_round, res, seconds)
+        self.metrics.round_finished(self.round_log.finish_round(server_round, res, seconds))
         self.write_tables()
         self.artifacts.update(**{ROUNDS_COMPLETED: server_round})
 
@@ -115,7 +121,7 @@ class RoundEnd:
         self.artifacts.write_csv(CLIENTS_FILE, CLIENT_COLUMNS, self.round_log.clients)
 
 
-def run_federation(grid: Grid, cfg: RunConfig, artifacts: RunArtifacts) -> None:
+def run_federation(grid: Grid, cfg: RunConfig, artifacts: RunArtifacts, metrics: ServerMetrics) -> None:
     """All rounds of the strategy, then the final model (and, if asked, its full evaluation)."""
     random.seed(cfg.seed)
     model, tokenizer = load_model(cfg.model, cfg.seed)
@@ -129,8 +135,8 @@ def run_federation(grid: Grid, cfg: RunConfig, artifacts: RunArtifacts) -> None:
         artifacts.write_weights(client_weights_name(server_round, partition_id), arrays.to_torch_state_dict())
 
     round_log = RoundLog()
-    strategy = make_strategy(cfg, round_log, archive_client if cfg.archive_client_weights else None)
-    round_end = RoundEnd(cfg, model, tokenizer, artifacts, round_log)
+    strategy = make_strategy(cfg, round_log, metrics, archive_client if cfg.archive_client_weights else None)
+    round_end = RoundEnd(cfg, model, tokenizer, artifacts, round_log, metrics)
     grid = PollingGrid(grid, cfg.reply_poll_interval)
     try:
         strategy.start(

@@ -40,6 +40,7 @@ from flwr.serverapp.strategy import (
 )
 
 from fedimdb.config import FULL_PRECISION, LOCAL_EVAL_WITH_TRAIN, RunConfig
+from fedimdb.metrics.server import ServerMetrics
 from fedimdb.protocol import ARRAYS, EVALUATE_RECEIVED, METRICS, PARTITION_ID, received_state, transport_arrays
 from server.checks import Expected, train_reply_problem
 from server.records import FAILED, REFUSED, RoundLog, partition_order
@@ -130,6 +131,8 @@ class RecordingStrategy(Strategy):
         The Flower strategy that samples clients and aggregates their replies.
     round_log : RoundLog
         Where the per-round and per-client rows go.
+    metrics : ServerMetrics
+        The run's Prometheus metrics: rounds, clients online and sampled, bytes, aggregation time.
     archive_client : ClientArchiver, optional
         Called with every successful train reply's arrays (e.g. to archive client weights).
     evaluate_received : bool, default False
@@ -146,6 +149,7 @@ class RecordingStrategy(Strategy):
         self,
         inner: Strategy,
         round_log: RoundLog,
+        metrics: ServerMetrics,
         archive_client: ClientArchiver | None = None,
         evaluate_received: bool = False,
         transport: str = FULL_PRECISION,
@@ -153,6 +157,7 @@ class RecordingStrategy(Strategy):
     ) -> None:
         self.inner = inner
         self.round_log = round_log
+        self.metrics = metrics
         self.archive_client = archive_client
         self.evaluate_received = evaluate_received
         self.transport = transport
@@ -180,7 +185,7 @@ class RecordingStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """The wrapped strategy's train messages, once enough clients are online; the round's clock starts here."""
-        wait_for_nodes(grid, self.policy.online_before(server_round), self.policy.node_wait_timeout)
+        online = wait_for_nodes(grid, self.policy.online_before(server_round), self.policy.node_wait_timeout)
         if self.evaluate_received and server_round > 1:
             config = ConfigRecord({**config, EVALUATE_RECEIVED: True})
         outgoing = self._outgoing(arrays)
@@ -189,7 +194,8 @@ class RecordingStrategy(Strategy):
         self._sent = {msg.metadata.dst_node_id: msg for msg in messages}
         self._pushed = list(messages)
         self.round_log.start_round(server_round, len(messages))
-        return messages
+        self.metrics.round_started_now(server_round, len(messages), len(online))
+        return self._sending(messages)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -213,15 +219,22 @@ class RecordingStrategy(Strategy):
         ordered = partition_order(usable)
         self._incoming(ordered)
         self.round_log.record_train(server_round, ordered)
+        partitions = [int(msg.content[METRICS][PARTITION_ID]) for msg in ordered]
         if self.archive_client is not None:
-            for msg in ordered:
-                self.archive_client(server_round, int(msg.content[METRICS][PARTITION_ID]), msg.content[ARRAYS])
-        return self.inner.aggregate_train(server_round, ordered)
+            for partition, msg in zip(partitions, ordered, strict=True):
+                self.archive_client(server_round, partition, msg.content[ARRAYS])
+        self.metrics.updates_used(server_round, partitions)
+        start = time.perf_counter()
+        aggregate = self.inner.aggregate_train(server_round, ordered)
+        self.metrics.aggregated(time.perf_counter() - start)
+        return aggregate
 
     def _screen(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
         """The usable train replies; the others are recorded (and logged) with their reason."""
         assert self._expected is not None, "configure_train comes first"
         usable = []
+        replies = list(replies)
+        self.metrics.received(msg.content for msg in replies if not msg.has_error())
         for msg in replies:
             if msg.has_error():
                 status, reason = FAILED, f"error reply {msg.error.code}: {msg.error.reason}"
@@ -248,7 +261,7 @@ class RecordingStrategy(Strategy):
         again = [node for node in self._sent if node not in done and node in online]
         log(INFO, "round %s: too few usable updates; sending the train message again to %s", server_round, again)
         self.round_log.retried(server_round)
-        messages = [_copy_to(self._sent[node], node) for node in again]
+        messages = self._sending(_copy_to(self._sent[node], node) for node in again)
         self._pushed += messages
         return list(self._grid.send_and_receive(messages, timeout=self.policy.timeout)) if messages else []
 
@@ -258,11 +271,18 @@ class RecordingStrategy(Strategy):
         """The wrapped strategy's evaluate messages; none when the train messages carry the evaluation."""
         if self.evaluate_received:
             return []
-        return self.inner.configure_evaluate(server_round, self._outgoing(arrays), config, grid)
+        return self._sending(self.inner.configure_evaluate(server_round, self._outgoing(arrays), config, grid))
+
+    def _sending(self, messages: Iterable[Message]) -> list[Message]:
+        """``messages``, counted as sent."""
+        messages = list(messages)
+        self.metrics.sent(msg.content for msg in messages)
+        return messages
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Record the local evaluations, then aggregate them in partition order."""
         ordered = partition_order(replies)
+        self.metrics.received(msg.content for msg in ordered if not msg.has_error())
         if not ordered:
             return None
         self.round_log.record_evaluate(server_round, ordered)
@@ -272,7 +292,9 @@ class RecordingStrategy(Strategy):
         """With ``evaluate_received``: the evaluate exchange of the last round's global model."""
         if not self.evaluate_received:
             return
-        messages = self.inner.configure_evaluate(server_round, self._outgoing(arrays), ConfigRecord(), grid)
+        messages = self._sending(
+            self.inner.configure_evaluate(server_round, self._outgoing(arrays), ConfigRecord(), grid)
+        )
         self.aggregate_evaluate(server_round, grid.send_and_receive(messages, timeout=timeout))
 
     def summary(self) -> None:
@@ -314,11 +336,11 @@ def strategy_kwargs(cfg: RunConfig) -> dict[str, Any]:
 
 
 def make_strategy(
-    cfg: RunConfig, round_log: RoundLog, archive_client: ClientArchiver | None = None
+    cfg: RunConfig, round_log: RoundLog, metrics: ServerMetrics, archive_client: ClientArchiver | None = None
 ) -> RecordingStrategy:
     """Flower's strategy named by ``cfg.strategy``, wrapped so that every round is recorded."""
     inner = STRATEGY_CLASSES[cfg.strategy](**strategy_kwargs(cfg))
     evaluate_received = cfg.local_eval == LOCAL_EVAL_WITH_TRAIN and cfg.fraction_evaluate > 0
     return RecordingStrategy(
-        inner, round_log, archive_client, evaluate_received, cfg.weight_transport, RoundPolicy.of(cfg)
+        inner, round_log, metrics, archive_client, evaluate_received, cfg.weight_transport, RoundPolicy.of(cfg)
     )

@@ -37,6 +37,7 @@ class StackJob:
     name: str  # unique per attempt: the Compose project name, or a label in logs
     keep_up: bool = False
     nodes: ExperimentConfig = field(default_factory=ExperimentConfig)  # how the SuperNodes run (warm, polling)
+    metrics_dir: Path | None = None  # local backend: where Flower's processes record metrics for the orchestrator
 
 
 class Stack(ABC):

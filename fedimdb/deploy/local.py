@@ -36,6 +36,7 @@ from fedimdb.deploy.processes import (
     superlink_argv,
     supernode_argv,
 )
+from fedimdb.metrics.exporter import MULTIPROC_VAR
 
 PROCESS_GROUPS = "process-groups"  # key of a stack handle
 
@@ -195,6 +196,8 @@ class LocalStack(Stack):
         job = self.job
         self._flwr_home = tempfile.TemporaryDirectory(prefix="fedimdb-flwr-")
         self.env = process_env(job.run, Path(self._flwr_home.name), job.nodes.superexec_poll_interval)
+        if job.metrics_dir is not None:  # the ServerApp and ClientApps record for the orchestrator's /metrics
+            self.env[MULTIPROC_VAR] = str(job.metrics_dir)
         home = Path(self._flwr_home.name)
         creds = make_credentials(home / "credentials", job.run.num_clients) if job.nodes.tls_auth else None
         self.federation = LocalFederation(

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from fedimdb.config import ExperimentConfig, env_name
 from fedimdb.deploy import flwr_cli, forkserver
+from fedimdb.metrics import exporter
 from fedimdb.protocol import NODE_PARTITION_ID, NODE_SHARD_DIR
 
 if TYPE_CHECKING:  # credentials.py imports this module's SERVER_HOST
@@ -50,6 +51,8 @@ LOOPBACK = "127.0.0.1"
 CONNECTION = "fedimdb-local"  # the flwr CLI's name for a SuperLink on this host or in this container
 TLS_AUTH_VAR = env_name("tls_auth")  # read by the server, client and runner containers
 WARM_CLIENTS_VAR = env_name("warm_clients")  # read by the client containers' supernode role
+SERVER_METRICS_VAR = env_name("server_metrics_port")  # the server container's exporter
+CLIENT_METRICS_VAR = env_name("client_metrics_port")  # each client container's exporter
 SUPEREXEC_POLL_VAR = env_name("superexec_poll_interval")  # docker-compose.yml hands it to Flower's SuperExec
 FLOWER_POLL_VAR = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"  # Flower's own knob, read by flower-superexec
 
@@ -147,10 +150,11 @@ def await_superlink(
         flwr_cli.register_nodes(CONNECTION, credentials.node_public_keys(), env)
 
 
-def serve_superlink(credentials: ServerCredentials | None) -> int:
+def serve_superlink(credentials: ServerCredentials | None, metrics_port: int = 0) -> int:
     """The server container's SuperLink on all interfaces, ready (:data:`READY_FILE`) once its keys are registered.
 
     First the prepare service's outcome: a failure is printed, and ends the container (and ``up``).
+    With ``metrics_port``, an exporter serves what the ServerApp processes record.
     """
     outcome = PREPARE_STATUS.read_text().strip() if PREPARE_STATUS.exists() else PREPARED
     if outcome != PREPARED:
@@ -158,7 +162,7 @@ def serve_superlink(credentials: ServerCredentials | None) -> int:
         return 1
     cmd = superlink_argv(f"0.0.0.0:{FLEET_PORT}", "0.0.0.0", CONTROL_PORT, credentials)
     print(" ".join(cmd), flush=True)
-    superlink = subprocess.Popen(cmd)
+    superlink = subprocess.Popen(cmd, env={**os.environ, **exporter.start(metrics_port)})
     for sig in (signal.SIGTERM, signal.SIGINT):  # PID 1 in its container: pass a stop on
         signal.signal(sig, lambda *_: superlink.terminate())
     how = "TLS, SuperNode authentication" if credentials else "plaintext"
@@ -198,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     experiment = ExperimentConfig.from_env(env_file=None)
     mount = Path(CREDENTIALS_MOUNT) if experiment.tls_auth else None
     if role == "superlink":
-        sys.exit(serve_superlink(ServerCredentials(mount) if mount else None))
+        sys.exit(serve_superlink(ServerCredentials(mount) if mount else None, experiment.server_metrics_port))
     if role != "supernode":
         sys.exit("usage: python -m fedimdb.deploy.processes superlink|supernode|healthcheck")
     try:
@@ -210,6 +214,7 @@ def main(argv: list[str] | None = None) -> None:
                          credentials=NodeCredentials(mount) if mount else None)  # fmt: skip
     if experiment.warm_clients:
         cmd = forkserver.argv(cmd)
+    os.environ.update(exporter.start(experiment.client_metrics_port))  # its ClientApps record for the exporter
     print(" ".join(cmd), flush=True)
     os.execvp(cmd[0], cmd)
 

@@ -5,26 +5,70 @@ A registry of its own per experiment, so nothing else in the process leaks into 
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server, write_to_textfile
 
+from fedimdb.metrics.exporter import add_collector
+
 METRICS_FILE = "metrics.prom"
+LAST_SCRAPE_WAIT = 10.0  # seconds /metrics stays up after the experiment: two scrapes of monitoring/prometheus
+
+
+@dataclass
+class Progress:
+    """Rounds left in the experiment, and the pace of the rounds seen so far: the ETA.
+
+    ``left`` counts every round of every repeat still to run; a failed attempt puts its rounds back.
+    """
+
+    left: int = 0
+    seconds: float = 0.0  # spent in the rounds counted in ``done``
+    done: int = 0
+    _repeat_start: float = 0.0
+    _in_repeat: int = 0  # rounds of the attempt in progress, counted in ``done``
+
+    def repeat_started(self, now: float) -> None:
+        self._repeat_start, self._in_repeat = now, 0
+
+    def round_done(self, server_round: int, now: float) -> float | None:
+        """Seconds still to go after ``server_round`` of the attempt in progress (None: no pace yet)."""
+        new = server_round - self._in_repeat
+        if new <= 0:
+            return None
+        self.left -= new
+        self.done += new
+        self.seconds += now - self._repeat_start
+        self._repeat_start, self._in_repeat = now, server_round
+        return max(self.left, 0) * self.seconds / self.done
+
+    def repeat_finished(self) -> None:
+        self._in_repeat = 0
+
+    def repeat_failed(self) -> None:
+        self.left += self._in_repeat
+        self._in_repeat = 0
 
 
 class ExperimentMetrics:
-    """Repeats done/failed, repeat duration, final accuracy/loss per repeat, current round."""
+    """Repeats done/failed, repeat duration, final accuracy/loss per repeat, current round, ETA."""
 
-    def __init__(self, experiment_id: str, exp_dir: Path) -> None:
+    def __init__(self, experiment_id: str, exp_dir: Path, rounds: int = 1) -> None:
         self.registry = CollectorRegistry()
         self.path = exp_dir / METRICS_FILE
         labels = {"labelnames": ("experiment",), "registry": self.registry}
         self.experiment_id = experiment_id
+        self.rounds = rounds
+        self.served = False
+        self._clock = Progress()
         self.repeats_total = Gauge("fedimdb_repeats_total", "Repeats planned in the experiment", **labels)
         self.repeats_done = Counter("fedimdb_repeats_completed", "Repeats completed and verified", **labels)
         self.repeats_failed = Counter("fedimdb_repeats_failed", "Repeat attempts that failed", **labels)
         self.current_repeat = Gauge("fedimdb_current_repeat", "Repeat in progress (-1: none)", **labels)
         self.current_round = Gauge("fedimdb_current_round", "Last round completed in the repeat in progress", **labels)
+        self.eta = Gauge("fedimdb_eta_seconds", "Estimated seconds until the experiment ends", **labels)
         per_repeat = {"labelnames": ("experiment", "repeat"), "registry": self.registry}
         self.repeat_seconds = Gauge("fedimdb_repeat_duration_seconds", "Wall time of a completed repeat", **per_repeat)
         self.final_accuracy = Gauge("fedimdb_final_accuracy", "Central accuracy after the last round", **per_repeat)
@@ -34,8 +78,19 @@ class ExperimentMetrics:
         """Expose /metrics on ``port`` (0: do not serve)."""
         if port:
             start_http_server(port, registry=self.registry)
+            self.served = True
+
+    def wait_for_last_scrape(self) -> None:
+        """While serving, stay up :data:`LAST_SCRAPE_WAIT` s more, so that Prometheus sees the final values."""
+        if self.served:
+            time.sleep(LAST_SCRAPE_WAIT)
+
+    def collect_from(self, directory: Path) -> None:
+        """Also serve what Flower's processes record in ``directory`` (the local backend's exporter)."""
+        add_collector(self.registry, directory)
 
     def start(self, total: int, done: int) -> None:
+        self._clock.left = (total - done) * self.rounds
         self.repeats_total.labels(self.experiment_id).set(total)
         self.repeats_done.labels(self.experiment_id).inc(done)
         self.repeats_failed.labels(self.experiment_id).inc(0)
@@ -46,14 +101,19 @@ class ExperimentMetrics:
     def repeat_started(self, repeat: int) -> None:
         self.current_repeat.labels(self.experiment_id).set(repeat)
         self.current_round.labels(self.experiment_id).set(0)
+        self._clock.repeat_started(time.monotonic())
         self.flush()
 
     def round_done(self, server_round: int) -> None:
         self.current_round.labels(self.experiment_id).set(server_round)
+        eta = self._clock.round_done(server_round, time.monotonic())
+        if eta is not None:
+            self.eta.labels(self.experiment_id).set(eta)
         self.flush()
 
     def repeat_finished(self, repeat: int, seconds: float, accuracy: float | None, loss: float | None) -> None:
         self.repeats_done.labels(self.experiment_id).inc()
+        self._clock.repeat_finished()
         self.repeat_seconds.labels(self.experiment_id, str(repeat)).set(seconds)
         if accuracy is not None and loss is not None:
             self.final_accuracy.labels(self.experiment_id, str(repeat)).set(accuracy)
@@ -63,6 +123,7 @@ class ExperimentMetrics:
 
     def repeat_failed(self) -> None:
         self.repeats_failed.labels(self.experiment_id).inc()
+        self._clock.repeat_failed()
         self.flush()
 
     def flush(self) -> None:

@@ -1,0 +1,124 @@
+"""What the ServerApp records for Prometheus, per run: progress, timing, clients, traffic, accuracy.
+
+Every series carries the Flower run id as ``run`` (the dashboard's run selector). Gauges keep the
+most recent value any process set (multiprocess mode ``mostrecent``), so a finished run's last
+values stay visible while the container lives.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from fedimdb.artifacts import COMPLETED, FAILED, RUNNING
+from fedimdb.config import RunConfig
+
+RUN_LABEL = "run"
+STATUSES = (RUNNING, COMPLETED, FAILED)
+ROUND_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 3600, float("inf"))
+AGGREGATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, float("inf"))
+
+
+def payload_bytes(contents: Iterable[Any]) -> int:
+    """Bytes of the arrays in messages' contents (RecordDicts): the weights that travel."""
+    return sum(len(array.data) for content in contents for record in content.array_records.values()
+               for array in record.values())  # fmt: skip
+
+
+class ServerMetrics:
+    """The ServerApp's metrics of one run.
+
+    Parameters
+    ----------
+    run_id : int
+        Flower's id of the run (the ``run`` label).
+    cfg : RunConfig
+        The run's settings: strategy, model, rounds, clients and round timeout are recorded.
+    """
+
+    def __init__(self, run_id: int, cfg: RunConfig) -> None:
+        self.run = str(run_id)
+        reg = CollectorRegistry(auto_describe=True)
+        run = {"labelnames": (RUN_LABEL,), "registry": reg}
+        latest = {**run, "multiprocess_mode": "mostrecent"}
+        self.info = Gauge("fedimdb_server_run_info", "The run's settings (value 1)",
+                          (RUN_LABEL, "strategy", "model", "clients", "rounds"), registry=reg,
+                          multiprocess_mode="mostrecent")  # fmt: skip
+        self.status = Gauge("fedimdb_server_run_status", "1 for the run's status, 0 for the others",
+                            (RUN_LABEL, "status"), registry=reg, multiprocess_mode="mostrecent")  # fmt: skip
+        self.round = Gauge("fedimdb_server_round", "Round in progress (0: before round 1)", **latest)
+        self.round_started = Gauge("fedimdb_server_round_started_timestamp_seconds",
+                                   "Unix time the round in progress began", **latest)  # fmt: skip
+        self.round_timeout = Gauge("fedimdb_server_round_timeout_seconds", "Seconds a round may wait for replies",
+                                   **latest)  # fmt: skip
+        self.rounds_completed = Counter("fedimdb_server_rounds_completed", "Rounds completed", **run)
+        self.round_seconds = Histogram("fedimdb_server_round_duration_seconds", "Wall time of a completed round",
+                                       buckets=ROUND_BUCKETS, **run)  # fmt: skip
+        self.aggregation_seconds = Histogram("fedimdb_server_aggregation_seconds", "Time the strategy took to "
+                                             "aggregate a round's updates", buckets=AGGREGATION_BUCKETS, **run)  # fmt: skip
+        self.nodes_online = Gauge("fedimdb_server_nodes_online", "SuperNodes online before the round", **latest)
+        self.sampled = Gauge("fedimdb_server_clients_sampled", "Clients sampled in the last round", **latest)
+        self.replied = Gauge("fedimdb_server_clients_replied", "Clients whose update the last round aggregated",
+                             **latest)  # fmt: skip
+        self.failed = Gauge("fedimdb_server_clients_failed", "Clients that failed or were refused in the last round",
+                            **latest)  # fmt: skip
+        self.client_last_round = Gauge("fedimdb_server_client_last_round", "Last round that aggregated an update "
+                                       "of this client", (RUN_LABEL, "partition"), registry=reg,
+                                       multiprocess_mode="mostrecent")  # fmt: skip
+        self.bytes_sent = Counter("fedimdb_server_sent_bytes", "Bytes of weights sent to clients", **run)
+        self.bytes_received = Counter("fedimdb_server_received_bytes", "Bytes of weights received from clients",
+                                      **run)  # fmt: skip
+        self.central_loss = Gauge("fedimdb_server_central_loss", "Held-out loss of the latest global model", **latest)
+        self.central_accuracy = Gauge("fedimdb_server_central_accuracy", "Held-out accuracy of the latest global "
+                                      "model", **latest)  # fmt: skip
+        self.info.labels(self.run, cfg.strategy, cfg.model, str(cfg.num_clients), str(cfg.num_rounds)).set(1)
+        self.round_timeout.labels(self.run).set(cfg.round_timeout)
+        self.round.labels(self.run).set(0)
+        self.rounds_completed.labels(self.run)
+        self.bytes_sent.labels(self.run)
+        self.bytes_received.labels(self.run)
+        self.finished(RUNNING)
+
+    def round_started_now(self, server_round: int, sampled: int, online: int) -> None:
+        """A round's train messages go out to ``sampled`` of the ``online`` clients."""
+        self.round.labels(self.run).set(server_round)
+        self.round_started.labels(self.run).set(time.time())
+        self.sampled.labels(self.run).set(sampled)
+        self.nodes_online.labels(self.run).set(online)
+
+    def sent(self, contents: Iterable[Any]) -> None:
+        """Messages' contents went out."""
+        self.bytes_sent.labels(self.run).inc(payload_bytes(contents))
+
+    def received(self, contents: Iterable[Any]) -> None:
+        """Replies' contents came in."""
+        self.bytes_received.labels(self.run).inc(payload_bytes(contents))
+
+    def updates_used(self, server_round: int, partition_ids: Iterable[int]) -> None:
+        """The round aggregates the updates of these clients (the others are silent, failed or refused)."""
+        for partition in partition_ids:
+            self.client_last_round.labels(self.run, str(partition)).set(server_round)
+
+    def aggregated(self, seconds: float) -> None:
+        """The strategy aggregated a round's updates in ``seconds``."""
+        self.aggregation_seconds.labels(self.run).observe(seconds)
+
+    def evaluated(self, loss: float, accuracy: float) -> None:
+        """The central evaluation of the latest global model (round 0: the initial one)."""
+        self.central_loss.labels(self.run).set(loss)
+        self.central_accuracy.labels(self.run).set(accuracy)
+
+    def round_finished(self, row: Mapping[str, Any]) -> None:
+        """A round closed; ``row`` is its rounds.csv row (server/records.py)."""
+        self.rounds_completed.labels(self.run).inc()
+        self.round_seconds.labels(self.run).observe(float(row["round_seconds"]))
+        self.replied.labels(self.run).set(int(row["clients_participating"]))
+        self.failed.labels(self.run).set(int(row["clients_failed"]) + int(row["clients_refused"]))
+
+    def finished(self, status: str) -> None:
+        """The run's status: running, completed or failed."""
+        for name in STATUSES:
+            self.status.labels(self.run, name).set(int(name == status))
