@@ -48,8 +48,8 @@ from fedimdb.preflight import preflight
 
 RUN_OPTIONS = ("num_rounds", "num_clients", "model", "strategy", "seed")
 DATA_OPTIONS = ("data_source", "partitioner", "alpha", "shards_dir")
-EXPERIMENT_OPTIONS = ("backend", "repeats", "retries", "on_failure", "metrics_port")
-RESUMABLE_OPTIONS = ("retries", "on_failure", "metrics_port")  # what --resume may change
+EXPERIMENT_OPTIONS = ("backend", "repeats", "retries", "on_failure", "metrics_port", "monitoring")
+RESUMABLE_OPTIONS = ("retries", "on_failure", "metrics_port", "monitoring")  # what --resume may change
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,9 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--retries", type=int, help="further attempts for a failed repeat (FEDIMDB_RETRIES)")
     add("--on-failure", choices=("stop", "continue"), help="after a repeat failed every attempt (FEDIMDB_ON_FAILURE)")
     add("--metrics-port", type=int, help="Prometheus /metrics port, 0 = off (FEDIMDB_METRICS_PORT)")
+    add("--monitoring", action="store_const", const=True,
+        help="docker backend: keep one Prometheus (localhost:9090) and Grafana (localhost:3000) up across the "
+        "repeats, scraping them all (FEDIMDB_MONITORING)")  # fmt: skip
     add("--resume", metavar="EXPERIMENT_ID",
         help="finish that experiment in --out with its recorded settings: verified repeats are kept, the others "
-        "redone; only --retries, --on-failure and --metrics-port may change")  # fmt: skip
+        "redone; only --retries, --on-failure, --metrics-port and --monitoring may change")  # fmt: skip
     add("--keep-up", action="store_true", help="docker backend: leave the last repeat's stack up for inspection")
     add("--compose-file", type=Path, default=COMPOSE_FILE, help="docker: the stack (default: docker-compose.yml)")
     add("--out", type=Path, default=Path("results"), help="results root (default: results)")
@@ -112,7 +115,7 @@ def load_settings(args: argparse.Namespace) -> Settings:
 
 
 def resume_settings(exp_dir: Path, args: argparse.Namespace) -> tuple[Settings, dict]:
-    """An existing experiment's recorded settings; only retries, on-failure and metrics-port may change.
+    """An existing experiment's recorded settings; only retries, on-failure, metrics-port and monitoring may change.
 
     Run, data and experiment options given with ``--resume`` are named in a notice and ignored.
     """
@@ -131,7 +134,7 @@ def resume_settings(exp_dir: Path, args: argparse.Namespace) -> tuple[Settings, 
     if given:
         console.print(
             f"notice: --resume takes every setting from {exp_dir / EXPERIMENT_FILE}; ignoring {', '.join(given)} "
-            "(only --retries, --on-failure and --metrics-port apply to a resumed experiment)"
+            "(only --retries, --on-failure, --metrics-port and --monitoring apply to a resumed experiment)"
         )  # fmt: skip
     record = load_record(exp_dir)
     owner = record.get(ORCHESTRATOR, {})

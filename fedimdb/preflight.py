@@ -14,7 +14,15 @@ import socket
 import tempfile
 from pathlib import Path
 
-from fedimdb.config import LOCAL_BACKEND, MODEL_PRESETS, ConfigError, RunConfig, Settings
+from fedimdb.config import (
+    DOCKER_BACKEND,
+    LOCAL_BACKEND,
+    MODEL_PRESETS,
+    ConfigError,
+    ExperimentConfig,
+    RunConfig,
+    Settings,
+)
 
 SPACE_MARGIN = 64 * 2**20
 """Bytes of one repeat besides its weights: logs, CSVs, plots, manifests."""
@@ -81,6 +89,24 @@ def check_port(port: int, option: str) -> None:
             ) from exc
 
 
+def check_monitoring(experiment: ExperimentConfig, backend: str) -> None:
+    """``monitoring`` runs Prometheus as a container scraping the orchestrator at the port its configuration names."""
+    if not experiment.monitoring:
+        return
+    if backend != DOCKER_BACKEND:
+        raise ConfigError(
+            "--monitoring: runs Prometheus and Grafana as containers beside the docker backend's stacks; with the "
+            "local backend run `prometheus --config.file=monitoring/prometheus/local.yml` yourself, or leave "
+            "--monitoring out"
+        )
+    scraped = ExperimentConfig().metrics_port
+    if experiment.metrics_port != scraped:
+        raise ConfigError(
+            f"--monitoring: Prometheus scrapes the orchestrator at port {scraped} (monitoring/prometheus/"
+            f"prometheus.yml), not {experiment.metrics_port}; set --metrics-port {scraped}"
+        )
+
+
 def needed_bytes(settings: Settings, weight_bytes: int) -> int:
     """What the experiment writes under --out: every global model archived, client weights if asked."""
     run = settings.run
@@ -105,5 +131,6 @@ def check_out(out: Path, needed: int) -> None:
 def preflight(settings: Settings, backend: str, out: Path) -> None:
     """Every check above, cheapest first."""
     check_port(settings.experiment.metrics_port, "metrics-port")
+    check_monitoring(settings.experiment, backend)
     check_device(settings.run, backend)
     check_out(out, needed_bytes(settings, check_model(settings.run, backend)))

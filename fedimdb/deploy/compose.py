@@ -23,7 +23,8 @@ import yaml
 from fedimdb.config import ConfigError, DataConfig, RunConfig, check_clients_fit, env_name
 from fedimdb.data import client_dir_name
 from fedimdb.deploy import APP_DIR
-from fedimdb.deploy.processes import CLIENT_SHARD_MOUNT, CREDENTIALS_MOUNT
+from fedimdb.deploy.monitoring import CLIENTS_ALIAS, MONITORING_NETWORK
+from fedimdb.deploy.processes import CLIENT_SHARD_MOUNT, CREDENTIALS_MOUNT, SERVER_HOST
 
 COMPOSE_FILE = APP_DIR / "docker-compose.yml"
 DECLARED_CLIENTS = 10  # client-0 ... client-9 in docker-compose.yml
@@ -44,10 +45,13 @@ def build_override(
     data_settings: dict[str, Any],
     run_name: str | None = None,
     client_services: bool = True,
+    monitoring: bool = False,
 ) -> dict[str, Any]:
     """The override as a dict; validates the settings against fedimdb/config.py first.
 
     ``client_services=False``: for docker-compose.server.yml, whose clients are sites of their own.
+    ``monitoring``: the server and the clients also join the network of the experiment's Prometheus
+    (fedimdb/deploy/monitoring.py).
     """
     RunConfig.from_mapping({**run_settings, "num-clients": num_clients}, origin="compose override")
     data = dict(data_settings)
@@ -80,7 +84,20 @@ def build_override(
                 f"${{{CREDENTIALS_DIR_VAR}:-./data/credentials}}/{client_dir_name(i)}:{CREDENTIALS_MOUNT}:ro",
             ],
         }
-    return {"services": services}
+    if not monitoring:
+        return {"services": services}
+    _join_monitoring(services, num_clients)
+    return {"services": services, "networks": {"monitoring": {"external": True, "name": MONITORING_NETWORK}}}
+
+
+def _join_monitoring(services: dict[str, Any], num_clients: int) -> None:
+    """The server and every client on the monitoring network too, under the names Prometheus scrapes."""
+    services.setdefault(SERVER_HOST, {})["networks"] = {"federation": {}, "monitoring": {}}
+    for i in range(num_clients):
+        services.setdefault(f"client-{i}", {})["networks"] = {
+            "federation": {"aliases": [CLIENTS_ALIAS]},
+            "monitoring": {"aliases": [CLIENTS_ALIAS]},
+        }
 
 
 def main(argv: list[str] | None = None) -> int:

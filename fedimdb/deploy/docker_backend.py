@@ -27,8 +27,16 @@ from fedimdb.deploy.backend import Log, RoundCallback, Stack, StackJob
 from fedimdb.deploy.compose import COMPOSE_FILE, CREDENTIALS_DIR_VAR, SHARDS_DIR_VAR, build_override
 from fedimdb.deploy.docker_artifacts import RUNNER_SERVICE, pull_artifacts, read_run_file, service_containers
 from fedimdb.deploy.flwr_cli import RoundProgress
+from fedimdb.deploy.monitoring import MONITORING_PROJECT, STOP_COMMAND, ensure_up
 from fedimdb.deploy.patience import patiently
-from fedimdb.deploy.processes import SERVER_HOST, SUPEREXEC_POLL_VAR, TLS_AUTH_VAR, WARM_CLIENTS_VAR
+from fedimdb.deploy.processes import (
+    CLIENT_METRICS_VAR,
+    SERVER_HOST,
+    SERVER_METRICS_VAR,
+    SUPEREXEC_POLL_VAR,
+    TLS_AUTH_VAR,
+    WARM_CLIENTS_VAR,
+)
 
 COMPOSE_LOG = "compose.log"  # in the run folder's logs/
 COMPOSE_PROJECT = "compose-project"  # key of a stack handle
@@ -74,6 +82,8 @@ class DockerStack(Stack):
             SHARDS_DIR_VAR: str(job.shards.resolve()),
             CREDENTIALS_DIR_VAR: str((self.work / "credentials").resolve()),  # fresh each attempt
             TLS_AUTH_VAR: str(job.nodes.tls_auth).lower(),
+            SERVER_METRICS_VAR: str(job.nodes.server_metrics_port),
+            CLIENT_METRICS_VAR: str(job.nodes.client_metrics_port),
             WARM_CLIENTS_VAR: str(job.nodes.warm_clients).lower(),
             SUPEREXEC_POLL_VAR: str(job.nodes.superexec_poll_interval),
         }
@@ -93,7 +103,13 @@ class DockerStack(Stack):
         job = self.job
         run_settings = {k: v for k, v in job.run.as_dict().items() if k not in ("held-out-dir", "output-dir")}
         data_settings = {k: v for k, v in job.data.as_dict().items() if k != "shards-dir"}
-        override = build_override(job.run.num_clients, run_settings, data_settings, job.run_dir.name)
+        monitoring = job.nodes.monitoring
+        override = build_override(job.run.num_clients, run_settings, data_settings, job.run_dir.name,
+                                  monitoring=monitoring)  # fmt: skip
+        if monitoring:
+            ensure_up(self.compose_file, self.env)
+            self.log(f"monitoring: Prometheus and Grafana up as Compose project {MONITORING_PROJECT}, left up after "
+                     f"the experiment (ports PROMETHEUS_PORT, GRAFANA_PORT in .env); stop with: {STOP_COMMAND}")  # fmt: skip
         self.work.mkdir(parents=True, exist_ok=True)
         self.files[1].write_text(yaml.safe_dump(override))
         self.log(f"docker compose project {job.name}: {job.run.num_clients} client containers")
