@@ -113,8 +113,12 @@ def write_parquet_dataset(folder: Path, rows: int) -> Path:
 def local_run_args(
     out: Path, shards_dir: Path, imdb: Path, *, clients: int, rounds: int, settings: Iterable[str]
 ) -> list[str]:
-    """orchestrate.py options of a small run of the tiny model on the local backend."""
+    """orchestrate.py options of a small run of the tiny model on the local backend, /metrics not served.
+
+    A later ``--metrics-port N`` serves them (the last one given counts).
+    """
     args = ["--backend", "local", "--model", "tiny", "--clients", str(clients), "--rounds", str(rounds)]
+    args += ["--metrics-port", "0"]
     args += ["--out", str(out), "--shards-dir", str(shards_dir), "--data-source", str(imdb)]
     for setting in settings:
         args += ["--set", setting]

@@ -1,9 +1,12 @@
-"""Faults on the Docker backend: client containers that crash mid-round come back and rejoin.
+"""Faults on the Docker backend, watched by a real Prometheus: client containers that crash
+mid-round come back and rejoin, and their silence raises an alert.
 
-``orchestrate.py --backend docker`` with 10 client containers; partitions 1, 4 and 7 are slowed
-(``FEDIMDB_TEST_FAULT``) so that round 2 is still going on when their containers' main processes
-are SIGKILLed from the host, as a crash would (``docker kill`` would count as a deliberate stop,
-which Docker's restart policy leaves alone). Needs Docker (see test_compose.py).
+``orchestrate.py --backend docker --monitoring`` with 10 client containers; partitions 1, 4 and 7
+are slowed (``FEDIMDB_TEST_FAULT``) so that round 2 is still going on when their containers' main
+processes are SIGKILLed from the host, as a crash would (``docker kill`` would count as a
+deliberate stop, which Docker's restart policy leaves alone). The monitoring project's Prometheus
+(the host's Debian binary in an image; Grafana cannot run here, a sleeping container stands in)
+scrapes every container and the orchestrator. Needs Docker (see test_compose.py) and prometheus.
 """
 
 from __future__ import annotations
@@ -18,8 +21,20 @@ import pytest
 from fedimdb import faults
 from fedimdb.artifacts import ROUNDS_COMPLETED, read_csv, verify_run
 from fedimdb.deploy.docker_artifacts import RUNNER_SERVICE, read_run_file, service_containers
+from fedimdb.deploy.local import free_port
+from fedimdb.deploy.monitoring import MONITORING_PROFILE, MONITORING_PROJECT
+from monitoring.dashboard import render
 from server.records import FAILED, OK
-from tests.conftest import Orchestrator, require_docker
+from tests.conftest import ROOT, Orchestrator, compose, require_docker
+from tests.monitoring_checks import (
+    DASHBOARD,
+    build_monitoring_images,
+    check_dashboard,
+    check_federation_metrics,
+    fired,
+    require_prometheus,
+    wait_ready,
+)
 
 KILLED = (1, 4, 7)
 ROUNDS = 6  # rounds of ~15 s: a restarted client is back ~90 s after the kill (its old session must lapse)
@@ -28,6 +43,7 @@ PROJECT_LABEL = "com.docker.compose.project"
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1800)]
 require_docker()
+require_prometheus()
 
 
 def _running_project(client, deadline: float) -> str:
@@ -50,15 +66,27 @@ def _wait_for_round(client, project: str, rounds: int, deadline: float) -> None:
     raise AssertionError(f"round {rounds} did not complete in time")
 
 
-def test_crashed_client_containers_restart_and_rejoin(imdb_dir: Path, tmp_path: Path) -> None:
+@pytest.fixture
+def monitoring(tmp_path: Path):
+    """The monitoring profile's images and host ports; the monitoring project is removed afterwards."""
+    env = {**build_monitoring_images(tmp_path / "images"), "PROMETHEUS_PORT": str(free_port()),
+           "GRAFANA_PORT": str(free_port())}  # fmt: skip
+    yield env
+    down = compose([ROOT / "docker-compose.yml"], "--profile", MONITORING_PROFILE, "down", "-v", "-t", "5",
+                   project=MONITORING_PROJECT, timeout=300)  # fmt: skip
+    assert down.returncode == 0, down.stderr
+
+
+def test_crashed_client_containers_restart_and_rejoin(imdb_dir: Path, tmp_path: Path, monitoring: dict) -> None:
     import docker
 
     client = docker.from_env()
-    args = ["--backend", "docker", "--model", "tiny", "--clients", "10", "--rounds", str(ROUNDS), "--retries", "0",
-            "--metrics-port", "0", "--data-source", str(imdb_dir), "--shards-dir", str(tmp_path / "shards"),
+    args = ["--backend", "docker", "--monitoring", "--model", "tiny", "--clients", "10", "--rounds", str(ROUNDS),
+            "--retries", "0", "--data-source", str(imdb_dir), "--shards-dir", str(tmp_path / "shards"),
             "--out", str(tmp_path / "results")] + [a for s in SETTINGS for a in ("--set", s)]  # fmt: skip
     fault = ",".join(f"{k}:slow=10" for k in KILLED)
-    with Orchestrator(*args, env={faults.FAULT_VAR: fault}) as run:
+    start = time.time()
+    with Orchestrator(*args, env={faults.FAULT_VAR: fault, **monitoring}) as run:
         deadline = time.monotonic() + 900
         project = _running_project(client, deadline)
         _wait_for_round(client, project, 1, deadline)
@@ -67,6 +95,13 @@ def test_crashed_client_containers_restart_and_rejoin(imdb_dir: Path, tmp_path: 
             os.kill(container.attrs["State"]["Pid"], signal.SIGKILL)
         run.wait(timeout=1200)
     assert run.returncode == 0, run.stderr[-4000:]
+    prometheus = f"http://127.0.0.1:{monitoring['PROMETHEUS_PORT']}"
+    wait_ready(prometheus, 60)  # up across the experiment, and after it
+    check_federation_metrics(prometheus, 10, ROUNDS)
+    end = time.time()
+    check_dashboard(prometheus, {"run": ".*", "experiment": ".*"}, start, end)
+    assert render(prometheus, DASHBOARD, tmp_path / "dashboard.png", start, end).stat().st_size > 10_000
+    assert fired(prometheus, "FedimdbClientSilent") == {str(k) for k in KILLED}
     (exp,) = (tmp_path / "results").iterdir()
     run_dir = exp / "repeat-0"
     verify_run(run_dir)

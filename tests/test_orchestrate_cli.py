@@ -230,6 +230,11 @@ CASES: dict[str, Case] = {
     ),
     # the machine
     "metrics port in use": Case((*LOCAL, "--metrics-port", "{port}"), "metrics-port: port {port} is in use"),
+    "monitoring on the local backend": Case((*LOCAL, "--monitoring"), "--monitoring: runs Prometheus and Grafana as containers"),
+    "monitoring with another metrics port": Case(
+        ("--backend", "docker", *MINI, "--monitoring", "--metrics-port", "9199"),
+        "scrapes the orchestrator at port 9101", needs_docker=True,
+    ),
     "results folder read-only": Case(
         (*LOCAL, "--out", "{tmp}/mnt/results"), "--out: {tmp}/mnt is not writable", _tmpfs("ro,size=1m")
     ),
