@@ -56,8 +56,9 @@ FIND_DATA = (
 
 
 # What only the host (orchestrator extra) or the server image (prepare extra) may hold; rich is absent
-# from this list because flwr itself needs it (flwr/supercore/logger.py imports it).
-NOT_IN_CLIENT = ("docker", "matplotlib", "seaborn", "datasets", "pandas", "flwr_datasets", "prometheus_client")
+# from this list because flwr itself needs it (flwr/supercore/logger.py imports it), prometheus_client
+# because the ClientApp records metrics (fedimdb/metrics/client.py).
+NOT_IN_CLIENT = ("docker", "matplotlib", "seaborn", "datasets", "pandas", "flwr_datasets")
 FIND_MODULES = "import importlib.util as u, sys; print([m for m in sys.argv[1:] if u.find_spec(m)])"
 # The runner, the prepare service and the SuperLink/ServerApp, all in the server image.
 SERVER_NEEDS = ("fedimdb.deploy.runner", "fedimdb.data", "server.server_app", "flwr_datasets", "tomli_w")
