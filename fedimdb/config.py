@@ -258,6 +258,15 @@ class RunConfig(_Settings):
         600.0, "Seconds the server waits for enough clients to be online before a round, then fails the run", low=1.0
     )
     archive_client_weights: bool = setting(False, "Also archive every client's returned weights per round")
+    weight_stats: bool = setting(
+        True,
+        "Write weight_stats.csv (each global model per tensor, layer group and whole: norms, moments, zeros, "
+        "NaN/Inf, update) and client_updates.csv (each client's update against the aggregate, outliers flagged)",
+    )
+    outlier_z: float = setting(
+        3.5, "A client's update is an outlier when a robust z-score (norm, cosine) is beyond this", low=0.0,
+        low_open=True,
+    )  # fmt: skip
     held_out_dir: str = setting(
         "", "The server's held-out set (SHARDS_DIR/server) as the ServerApp sees it (set by the deployment)"
     )

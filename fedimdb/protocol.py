@@ -7,6 +7,7 @@ declared here too, with where they come from.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, ClassVar, TypeVar
@@ -149,3 +150,27 @@ def received_state(arrays: ArrayRecord) -> dict[str, torch.Tensor]:
     """Weights as they arrived, floating-point tensors back in float32 (models and aggregation stay float32)."""
 
     return {k: v.float() if v.is_floating_point() else v for k, v in arrays.to_torch_state_dict().items()}
+
+
+def state_view(arrays: ArrayRecord) -> dict[str, torch.Tensor]:
+    """The arrays as tensors that view the record's own bytes: no copy (``to_torch_state_dict`` copies each).
+
+    Read-only: the tensors share memory with the message; never write to them.
+    """
+    import io
+    import warnings
+
+    import numpy as np
+    import torch
+
+    out = {}
+    for name, array in arrays.items():
+        buf = io.BytesIO(array.data)
+        version = np.lib.format.read_magic(buf)
+        shape, fortran, dtype = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                 else np.lib.format.read_array_header_2_0)(buf)  # fmt: skip
+        flat = np.frombuffer(array.data, dtype=dtype, count=math.prod(shape), offset=buf.tell())
+        with warnings.catch_warnings():  # "not writable": these views are only read
+            warnings.simplefilter("ignore", UserWarning)
+            out[name] = torch.from_numpy(flat.reshape(shape, order="F" if fortran else "C"))
+    return out

@@ -17,6 +17,7 @@ from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from fedimdb.artifacts import (
+    CLIENT_UPDATES_FILE,
     CLIENTS_FILE,
     COMPLETED,
     FAILED,
@@ -25,6 +26,7 @@ from fedimdb.artifacts import (
     ROUNDS_FILE,
     RUN_ID,
     SEED,
+    WEIGHT_STATS_FILE,
     WEIGHTS_DIR,
     RunArtifacts,
     client_weights_name,
@@ -37,8 +39,10 @@ from fedimdb.data import MANIFEST, Examples, read_split
 from fedimdb.metrics.server import ServerMetrics
 from fedimdb.model import load_model, pick_device
 from fedimdb.training import EvalResult, evaluate, load_state, seed_everything
+from fedimdb.weights import CLIENT_UPDATE_COLUMNS, WEIGHT_STATS_COLUMNS
 from server.grid import PollingGrid
 from server.records import CLIENT_COLUMNS, ROUND_COLUMNS, RoundLog
+from server.scrutiny import WeightLog
 from server.strategy import RoundFailed, make_strategy
 
 app = ServerApp()
@@ -76,9 +80,9 @@ class RoundEnd:
     """Flower's ``evaluate_fn``: archive the global weights, evaluate them, record the round."""
 
     def __init__(self, cfg: RunConfig, model: Any, tokenizer: Any, artifacts: RunArtifacts, round_log: RoundLog,
-                 metrics: ServerMetrics):  # fmt: skip
+                 metrics: ServerMetrics, weight_log: WeightLog | None):  # fmt: skip
         self.cfg, self.model, self.tokenizer = cfg, model, tokenizer
-        self.artifacts, self.round_log, self.metrics = artifacts, round_log, metrics
+        self.artifacts, self.round_log, self.metrics, self.weight_log = artifacts, round_log, metrics, weight_log
         self.device = pick_device(cfg.device)
         self.held_out = read_split(Path(cfg.held_out_dir), "test")
         self.latest: dict[str, Any] = {}
@@ -93,9 +97,11 @@ class RoundEnd:
         return MetricRecord({"loss": res.loss, "accuracy": res.accuracy})
 
     def archive(self, server_round: int, state: dict[str, Any]) -> None:
-        """Write the round's global weights (hashed in run.json)."""
+        """Write the round's global weights (hashed in run.json), and describe them in the weight log."""
         self.latest = state
         self.artifacts.write_weights(round_weights_name(server_round), state)
+        if self.weight_log is not None:
+            self.weight_log.global_model(server_round, state)
 
     def evaluate(self, state: dict[str, Any], data: Examples) -> EvalResult:
         """Central evaluation of ``state`` on held-out rows."""
@@ -116,9 +122,12 @@ class RoundEnd:
         self.artifacts.update(**{ROUNDS_COMPLETED: server_round})
 
     def write_tables(self) -> None:
-        """rounds.csv and clients.csv as the round log has them now."""
+        """rounds.csv and clients.csv as the round log has them now; weight_stats.csv and client_updates.csv too."""
         self.artifacts.write_csv(ROUNDS_FILE, ROUND_COLUMNS, self.round_log.rounds)
         self.artifacts.write_csv(CLIENTS_FILE, CLIENT_COLUMNS, self.round_log.clients)
+        if self.weight_log is not None:
+            self.artifacts.write_csv(WEIGHT_STATS_FILE, WEIGHT_STATS_COLUMNS, self.weight_log.weights)
+            self.artifacts.write_csv(CLIENT_UPDATES_FILE, CLIENT_UPDATE_COLUMNS, self.weight_log.clients)
 
 
 def run_federation(grid: Grid, cfg: RunConfig, artifacts: RunArtifacts, metrics: ServerMetrics) -> None:
@@ -135,8 +144,10 @@ def run_federation(grid: Grid, cfg: RunConfig, artifacts: RunArtifacts, metrics:
         artifacts.write_weights(client_weights_name(server_round, partition_id), arrays.to_torch_state_dict())
 
     round_log = RoundLog()
-    strategy = make_strategy(cfg, round_log, metrics, archive_client if cfg.archive_client_weights else None)
-    round_end = RoundEnd(cfg, model, tokenizer, artifacts, round_log, metrics)
+    weight_log = WeightLog(cfg.outlier_z) if cfg.weight_stats else None
+    archiver = archive_client if cfg.archive_client_weights else None
+    strategy = make_strategy(cfg, round_log, metrics, archiver, weight_log)
+    round_end = RoundEnd(cfg, model, tokenizer, artifacts, round_log, metrics, weight_log)
     grid = PollingGrid(grid, cfg.reply_poll_interval)
     try:
         strategy.start(

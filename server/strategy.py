@@ -41,9 +41,20 @@ from flwr.serverapp.strategy import (
 
 from fedimdb.config import FULL_PRECISION, LOCAL_EVAL_WITH_TRAIN, RunConfig
 from fedimdb.metrics.server import ServerMetrics
-from fedimdb.protocol import ARRAYS, EVALUATE_RECEIVED, METRICS, PARTITION_ID, received_state, transport_arrays
+from fedimdb.protocol import (
+    ARRAYS,
+    EVALUATE_RECEIVED,
+    METRICS,
+    NUM_EXAMPLES,
+    PARTITION_ID,
+    received_state,
+    state_view,
+    transport_arrays,
+)
+from fedimdb.weights import ClientUpdate
 from server.checks import Expected, train_reply_problem
 from server.records import FAILED, REFUSED, RoundLog, partition_order
+from server.scrutiny import WeightLog
 
 STRATEGY_CLASSES: dict[str, type[Strategy]] = {
     "fedavg": FedAvg,
@@ -143,6 +154,8 @@ class RecordingStrategy(Strategy):
         anything else sees them.
     policy : RoundPolicy, optional
         When a round fails, and what is done about it.
+    weight_log : WeightLog, optional
+        Where each round's client updates are compared with the aggregated one (None: they are not).
     """
 
     def __init__(
@@ -154,6 +167,7 @@ class RecordingStrategy(Strategy):
         evaluate_received: bool = False,
         transport: str = FULL_PRECISION,
         policy: RoundPolicy | None = None,
+        weight_log: WeightLog | None = None,
     ) -> None:
         self.inner = inner
         self.round_log = round_log
@@ -162,6 +176,8 @@ class RecordingStrategy(Strategy):
         self.evaluate_received = evaluate_received
         self.transport = transport
         self.policy = policy or RoundPolicy()
+        self.weight_log = weight_log
+        self._global: ArrayRecord | None = None  # this round's global model as sent (float32)
         self._grid: Grid | None = None
         self._sent: dict[int, Message] = {}  # node id -> this round's train message
         self._pushed: list[Message] = []  # every train message of this round, resent ones too (ids set on push)
@@ -189,6 +205,7 @@ class RecordingStrategy(Strategy):
         if self.evaluate_received and server_round > 1:
             config = ConfigRecord({**config, EVALUATE_RECEIVED: True})
         outgoing = self._outgoing(arrays)
+        self._global = arrays
         messages = list(self.inner.configure_train(server_round, outgoing, config, grid))
         self._grid, self._expected = grid, Expected.of(outgoing, self.policy.max_examples)
         self._sent = {msg.metadata.dst_node_id: msg for msg in messages}
@@ -224,10 +241,21 @@ class RecordingStrategy(Strategy):
             for partition, msg in zip(partitions, ordered, strict=True):
                 self.archive_client(server_round, partition, msg.content[ARRAYS])
         self.metrics.updates_used(server_round, partitions)
+        updates = self._client_updates(ordered)  # before aggregating: FedMedian and others empty the replies
         start = time.perf_counter()
         aggregate = self.inner.aggregate_train(server_round, ordered)
         self.metrics.aggregated(time.perf_counter() - start)
+        if updates is not None and aggregate[0] is not None and self._global is not None:
+            sent, new = state_view(self._global), state_view(aggregate[0])
+            self.weight_log.client_updates(server_round, sent, new, updates)
         return aggregate
+
+    def _client_updates(self, ordered: list[Message]) -> list[ClientUpdate] | None:
+        """The aggregated replies' weights and example counts, for the weight log (None: no weight log)."""
+        if self.weight_log is None:
+            return None
+        return [ClientUpdate(int(msg.content[METRICS][PARTITION_ID]), int(msg.content[METRICS][NUM_EXAMPLES]),
+                             state_view(msg.content[ARRAYS])) for msg in ordered]  # fmt: skip
 
     def _screen(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
         """The usable train replies; the others are recorded (and logged) with their reason."""
@@ -336,11 +364,22 @@ def strategy_kwargs(cfg: RunConfig) -> dict[str, Any]:
 
 
 def make_strategy(
-    cfg: RunConfig, round_log: RoundLog, metrics: ServerMetrics, archive_client: ClientArchiver | None = None
+    cfg: RunConfig,
+    round_log: RoundLog,
+    metrics: ServerMetrics,
+    archive_client: ClientArchiver | None = None,
+    weight_log: WeightLog | None = None,
 ) -> RecordingStrategy:
     """Flower's strategy named by ``cfg.strategy``, wrapped so that every round is recorded."""
     inner = STRATEGY_CLASSES[cfg.strategy](**strategy_kwargs(cfg))
     evaluate_received = cfg.local_eval == LOCAL_EVAL_WITH_TRAIN and cfg.fraction_evaluate > 0
     return RecordingStrategy(
-        inner, round_log, metrics, archive_client, evaluate_received, cfg.weight_transport, RoundPolicy.of(cfg)
+        inner,
+        round_log,
+        metrics,
+        archive_client,
+        evaluate_received,
+        cfg.weight_transport,
+        RoundPolicy.of(cfg),
+        weight_log,
     )
