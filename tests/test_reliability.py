@@ -18,12 +18,14 @@ from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from safetensors.torch import load_file
 
 from fedimdb import faults
-from fedimdb.artifacts import ROUNDS_COMPLETED, read_csv, read_json, verify_run
+from fedimdb.artifacts import CLIENT_UPDATES_FILE, ROUNDS_COMPLETED, WEIGHT_STATS_FILE, read_csv, read_json, verify_run
 from fedimdb.config import RunConfig
 from fedimdb.data import SERVER_DIR
 from fedimdb.deploy import flwr_cli
 from fedimdb.deploy.local import LocalFederation, process_env
 from fedimdb.deploy.processes import CONNECTION
+from fedimdb.inspect.evaluate import evaluate_round
+from fedimdb.inspect.report import read_run, render_text
 from fedimdb.model import load_model
 from fedimdb.protocol import ARRAYS, METRICS, NUM_EXAMPLES, PARTITION_ID, TrainMetrics, transport_arrays
 from server.checks import Expected, examples_problem, train_reply_problem
@@ -317,3 +319,28 @@ def test_robust_strategies_resist_a_poisoned_finite_update(strategy: str, robust
         same = lambda k: all(torch.allclose(global_1[n], clients[k][n], rtol=1e-5, atol=1e-7) for n in start)  # noqa: E731
         chosen = [k for k in range(1, ROBUST_CLIENTS) if same(k)]
         assert len(chosen) == 1, "Krum's global model is one honest client's"
+
+
+@pytest.mark.parametrize("strategy", ROBUST)
+def test_weight_scrutiny_flags_the_poisoned_client_and_no_other(strategy: str, robust_runs: dict[str, Path]) -> None:
+    """client_updates.csv flags partition 0 (update scaled by 50) as the one outlier; both statistics
+    files are hashed in the manifest; weight_stats.csv describes rounds 0 and 1."""
+    run_dir = robust_runs[strategy]
+    meta = verify_run(run_dir)
+    assert {WEIGHT_STATS_FILE, CLIENT_UPDATES_FILE} <= set(meta["files"])
+    rows = read_csv(run_dir / CLIENT_UPDATES_FILE)
+    assert sorted(int(r["partition_id"]) for r in rows) == list(range(ROBUST_CLIENTS))
+    flagged = [int(r["partition_id"]) for r in rows if r["outlier"] == "True"]
+    assert flagged == [0], rows
+    assert {r["round"] for r in read_csv(run_dir / WEIGHT_STATS_FILE)} == {"0", "1"}
+    report = read_run(run_dir)
+    assert [(o.round, o.partition_id) for o in report.outliers] == [(1, 0)] and not report.anomalies
+    assert "round 1: client 0 (norm z" in render_text([report])
+
+
+def test_inspect_evaluate_gives_the_accuracy_the_run_recorded(robust_runs: dict[str, Path]) -> None:
+    """Round 1's archived global model, evaluated again on the rows the server evaluated."""
+    run_dir = robust_runs["fedmedian"]
+    for server_round in (0, 1):
+        again = evaluate_round(run_dir, server_round)
+        assert again.recorded_accuracy is not None and again.accuracy == again.recorded_accuracy, again
