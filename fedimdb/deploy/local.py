@@ -41,7 +41,8 @@ from fedimdb.metrics.exporter import MULTIPROC_VAR
 PROCESS_GROUPS = "process-groups"  # key of a stack handle
 
 MAX_NODE_RESTARTS = 5  # per SuperNode and attempt
-RESTART_BACKOFF = 5.0  # seconds before a SuperNode's first restart, doubling for each further one
+RESTART_BACKOFF = 5.0  # seconds before a SuperNode's first restart, doubling for each further one ...
+RESTART_BACKOFF_MAX = 20.0  # ... up to this: a node refused until its old session lapses is back soon after
 FLOWER_COMMANDS = ("flwr", "flower-superlink", "flower-supernode")
 
 
@@ -122,9 +123,9 @@ class LocalFederation:
     def check_alive(self) -> None:
         """Raise if the SuperLink exited; restart a SuperNode that exited, as a site restarts a crashed node.
 
-        Restarts back off (:data:`RESTART_BACKOFF` s, doubling), as Docker's restart policy does: with
-        SuperNode authentication a restarted node signs in with the same key, so as the same node,
-        and the SuperLink refuses it (Flower's exit code 305) until the old session's heartbeats
+        Restarts back off (:data:`RESTART_BACKOFF` s, doubling up to :data:`RESTART_BACKOFF_MAX`), as
+        Docker's restart policy does: with SuperNode authentication a restarted node signs in with
+        the same key, so as the same node, and the SuperLink refuses it (Flower's exit code 305) until the old session's heartbeats
         lapse (~60 s). Without authentication it registers as a new node. Either way it is sampled
         in the rounds after it is online. One that exits more than :data:`MAX_NODE_RESTARTS` times
         fails the attempt.
@@ -139,7 +140,8 @@ class LocalFederation:
                 raise RuntimeError(f"SuperNode {k} exited {self.restarts[k] + 1} times (last code {proc.returncode}); "
                                    f"see {self.workdir / f'supernode-{k}.log'}")  # fmt: skip
             if self._restart_at[k] is None:
-                self._restart_at[k] = time.monotonic() + RESTART_BACKOFF * 2 ** self.restarts[k]
+                backoff = min(RESTART_BACKOFF * 2 ** self.restarts[k], RESTART_BACKOFF_MAX)
+                self._restart_at[k] = time.monotonic() + backoff
             if time.monotonic() >= self._restart_at[k]:
                 self._restart(k, proc)
 
