@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,7 @@ from fedimdb.deploy.compose import COMPOSE_FILE
 from fedimdb.deploy.local import free_port
 from fedimdb.deploy.monitoring import CLIENTS_ALIAS
 from fedimdb.deploy.processes import SERVER_HOST
-from fedimdb.metrics.experiment import Progress
+from fedimdb.metrics.experiment import LAST_SCRAPE_WAIT, ExperimentMetrics, Progress
 from fedimdb.training import update_norm
 from monitoring.dashboard import panel_queries, render
 from tests.conftest import local_run_args, orchestrate
@@ -72,11 +74,10 @@ def test_dashboard_shows_every_metric() -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_local_federation_in_a_real_prometheus(imdb_dir: Path, tmp_path: Path) -> None:
+def test_local_federation_in_a_real_prometheus(shards: Path, imdb_dir: Path, tmp_path: Path) -> None:
     """10 local clients, 2 rounds: every metric with its labels, all 10 partitions, every panel has data."""
     port = free_port()
-    args = local_run_args(tmp_path / "results", tmp_path / "shards", imdb_dir, clients=CLIENTS, rounds=ROUNDS,
-                          settings=SETTINGS)  # fmt: skip
+    args = local_run_args(tmp_path / "results", shards, imdb_dir, clients=CLIENTS, rounds=ROUNDS, settings=SETTINGS)
     with Prometheus(local_config(port, tmp_path), free_port(), tmp_path) as prom:
         start = time.time()
         plaintext = {"FEDIMDB_TLS_AUTH": "false"}  # saves registering 10 keys; TLS runs: tests/test_security.py
@@ -101,6 +102,25 @@ def test_eta_follows_the_pace_of_the_rounds_and_puts_back_a_failed_attempt() -> 
     clock.repeat_failed()  # its round is to be run again
     clock.repeat_started(now=50.0)
     assert clock.round_done(1, now=60.0) == 2 * (60.0 / 5)
+
+
+def test_the_orchestrator_stays_up_for_the_next_scrape_only_when_scraped(tmp_path: Path) -> None:
+    metrics, port = ExperimentMetrics("exp", tmp_path), free_port()
+    metrics.serve(port)
+    metrics.flush()  # writing metrics.prom is no scrape
+    start = time.monotonic()
+    metrics.wait_for_last_scrape()
+    assert time.monotonic() - start < 1.0, "nothing scraped /metrics: no wait"
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+            return reply.read().decode()
+
+    assert "fedimdb_repeats_total" in scrape()
+    threading.Timer(1.0, scrape).start()
+    start = time.monotonic()
+    metrics.wait_for_last_scrape()
+    assert 0.9 < time.monotonic() - start < LAST_SCRAPE_WAIT / 2, "up until the next scrape, not longer"
 
 
 def test_update_norm_is_the_l2_norm_of_the_float_difference() -> None:

@@ -6,15 +6,16 @@ A registry of its own per experiment, so nothing else in the process leaks into 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server, write_to_textfile
+from prometheus_client import CollectorRegistry, Counter, Gauge, Metric, start_http_server, write_to_textfile
 
 from fedimdb.metrics.exporter import add_collector
 
 METRICS_FILE = "metrics.prom"
-LAST_SCRAPE_WAIT = 10.0  # seconds /metrics stays up after the experiment: two scrapes of monitoring/prometheus
+LAST_SCRAPE_WAIT = 10.0  # at most, seconds /metrics stays up after the experiment: two scrapes of monitoring/prometheus
 
 
 @dataclass
@@ -52,6 +53,22 @@ class Progress:
         self._in_repeat = 0
 
 
+class ScrapedRegistry:
+    """A registry as /metrics serves it, noting when it was last scraped (monotonic seconds)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.last: float | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        self.last = time.monotonic()
+        return self.registry.collect()
+
+    def restricted_registry(self, names: Iterable[str]) -> object:
+        self.last = time.monotonic()
+        return self.registry.restricted_registry(names)
+
+
 class ExperimentMetrics:
     """Repeats done/failed, repeat duration, final accuracy/loss per repeat, current round, ETA."""
 
@@ -61,7 +78,7 @@ class ExperimentMetrics:
         labels = {"labelnames": ("experiment",), "registry": self.registry}
         self.experiment_id = experiment_id
         self.rounds = rounds
-        self.served = False
+        self.served: ScrapedRegistry | None = None
         self._clock = Progress()
         self.repeats_total = Gauge("fedimdb_repeats_total", "Repeats planned in the experiment", **labels)
         self.repeats_done = Counter("fedimdb_repeats_completed", "Repeats completed and verified", **labels)
@@ -77,13 +94,17 @@ class ExperimentMetrics:
     def serve(self, port: int) -> None:
         """Expose /metrics on ``port`` (0: do not serve)."""
         if port:
-            start_http_server(port, registry=self.registry)
-            self.served = True
+            self.served = ScrapedRegistry(self.registry)
+            start_http_server(port, registry=self.served)
 
     def wait_for_last_scrape(self) -> None:
-        """While serving, stay up :data:`LAST_SCRAPE_WAIT` s more, so that Prometheus sees the final values."""
-        if self.served:
-            time.sleep(LAST_SCRAPE_WAIT)
+        """If /metrics has been scraped, stay up until the next scrape, so that Prometheus sees the final
+        values; at most :data:`LAST_SCRAPE_WAIT` s (nothing scrapes what nobody scraped so far)."""
+        if self.served is None or self.served.last is None:
+            return
+        finished = time.monotonic()
+        while self.served.last < finished and time.monotonic() < finished + LAST_SCRAPE_WAIT:
+            time.sleep(0.1)
 
     def collect_from(self, directory: Path) -> None:
         """Also serve what Flower's processes record in ``directory`` (the local backend's exporter)."""
