@@ -91,7 +91,7 @@ def baseline(model: str, clients: int, rounds: int, work: Path) -> Arm:
     env = process_env(RunConfig(num_clients=clients), work / f"flwr-home-{model}")
     with LocalFederation(work, clients, out / LOGS_DIR, env, warm_clients=False):
         config = {"num-rounds": rounds, "num-clients": clients, "num-params": num_params(model), "output-dir": str(out)}
-        run_id = flwr_cli.submit_run(BASELINE_APP, CONNECTION, config, env, out / "run-config.toml")
+        run_id = flwr_cli.submit_run(BASELINE_APP, CONNECTION, config, env, out / "submit")
         entry = flwr_cli.wait_for_run(CONNECTION, run_id, env, timeout=600 * rounds, poll_seconds=1.0)
     if entry["status"] != flwr_cli.COMPLETED:
         raise RuntimeError(f"baseline {model}: {entry['status']} {entry.get('status-details')}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -21,16 +22,29 @@ from pathlib import Path
 from typing import Any
 
 import tomli_w
+import tomllib
 
-from fedimdb.artifacts import LOGS_DIR, ROUNDS_COMPLETED, RUN_FILE, read_json, verify_run, write_json_atomic
+from fedimdb.artifacts import (
+    LOGS_DIR,
+    ROUNDS_COMPLETED,
+    RUN_FILE,
+    RUNNING,
+    STATUS,
+    read_json,
+    verify_run,
+    write_json_atomic,
+)
 from fedimdb.deploy import APP_DIR
 from fedimdb.deploy.patience import patiently
 
+FAB_CONFIG = "pyproject.toml"  # the Flower App's configuration, FAB contents (``fab-include``) included
 SERVERAPP_LOG = "serverapp.log"  # in the run folder's logs/
 FLWR_RUN_FILE = "flwr-run.json"  # in logs/ too: the run's final ``flwr ls`` entry (bytes in/out, compute time)
 FINISHED_PREFIX = "finished:"
 COMPLETED = "finished:completed"
 CALL_TIMEOUT = 120.0  # seconds one flwr call may take
+STATUS_SECONDS = 10.0  # between two ``flwr ls`` while a run goes on ...
+WATCH_SECONDS = 1.0  # ... and between two looks at its run.json and its processes
 CONTROL_PATIENCE = 600.0  # seconds the Control API may go unanswered before the SuperLink counts as dead
 UNAVAILABLE = "is unavailable"  # flwr's words when it cannot reach the SuperLink ("Connection to the SuperLink ...")
 
@@ -80,12 +94,32 @@ def _flwr(args: list[str], env: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
+def stage_app(app_dir: Path, dest: Path) -> Path:
+    """Copy into ``dest`` only what the app's FAB holds: pyproject.toml and its ``fab-include`` files.
+
+    ``flwr run`` lists every file under the folder it is given before it filters them; in a checkout
+    that is the virtual environment, the wheelhouse and the data too (~44,000 files, ~4 s of CPU).
+    """
+    pyproject = app_dir / FAB_CONFIG
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(pyproject, dest / FAB_CONFIG)
+    for pattern in tomllib.loads(pyproject.read_text())["tool"]["flwr"]["app"]["fab-include"]:
+        for path in app_dir.glob(pattern):
+            target = dest / path.relative_to(app_dir)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+    return dest
+
+
 def submit_run(
-    app_dir: Path, connection: str, run_config: Mapping[str, Any], env: Mapping[str, str], overrides_file: Path
+    app_dir: Path, connection: str, run_config: Mapping[str, Any], env: Mapping[str, str], workdir: Path
 ) -> int:
-    """``flwr run``: build the app's FAB, submit it with these run-config overrides; return the run id."""
+    """``flwr run``: build the app's FAB (from a staged copy in ``workdir``), submit it with these
+    run-config overrides; return the run id."""
+    overrides_file = workdir / "run-config.toml"
     overrides_file.write_text(tomli_w.dumps(dict(run_config)))
-    out = _flwr(["run", str(app_dir), connection, "--run-config", str(overrides_file)], env)
+    app = stage_app(app_dir, workdir / "app")
+    out = _flwr(["run", str(app), connection, "--run-config", str(overrides_file)], env)
     return int(out["run-id"])
 
 
@@ -102,15 +136,18 @@ def wait_for_run(
     run_id: int,
     env: Mapping[str, str],
     timeout: float,
-    poll_seconds: float = 3.0,
-    on_poll: Callable[[dict[str, Any]], None] | None = None,
+    poll_seconds: float = STATUS_SECONDS,
+    on_poll: Callable[[], bool] | None = None,
     log: Callable[[str], None] | None = None,
     patience: float = CONTROL_PATIENCE,
 ) -> dict[str, Any]:
     """Poll until the run is finished; return its final entry (completed or failed).
 
-    A status call without an answer is retried (:func:`~fedimdb.deploy.patience.patiently`) until
-    the Control API has been silent for ``patience`` seconds: then FlowerRunError (dead, not slow).
+    The Control API is asked every ``poll_seconds`` (each ``flwr ls`` is a CLI process, ~1 s of CPU).
+    In between, ``on_poll`` (cheap: restarts, progress) runs every :data:`WATCH_SECONDS`; when it
+    returns True (the ServerApp has recorded its end) the Control API is asked at once. A status
+    call without an answer is retried (:func:`~fedimdb.deploy.patience.patiently`) until the
+    Control API has been silent for ``patience`` seconds: then FlowerRunError (dead, not slow).
     """
     deadline = time.monotonic() + timeout
 
@@ -120,13 +157,15 @@ def wait_for_run(
     while True:
         entry = patiently(lambda: run_status(connection, run_id, env), retry_on=(ControlUnanswered,),
                           what="the SuperLink's Control API", patience=patience, give_up=dead, log=log)  # fmt: skip
-        if on_poll is not None:
-            on_poll(entry)
         if str(entry["status"]).startswith(FINISHED_PREFIX):
             return entry
         if time.monotonic() > deadline:
             raise FlowerRunError(f"run {run_id} still {entry['status']} after {timeout:.0f} s")
-        time.sleep(poll_seconds)
+        ask_at = time.monotonic() + poll_seconds
+        while time.monotonic() < ask_at:
+            time.sleep(min(WATCH_SECONDS, poll_seconds))
+            if on_poll is not None and on_poll():
+                break
 
 
 def run_log(connection: str, run_id: int, env: Mapping[str, str]) -> str:
@@ -144,12 +183,12 @@ def run_log(connection: str, run_id: int, env: Mapping[str, str]) -> str:
     return proc.stdout + proc.stderr
 
 
-def rounds_completed(run_dir: Path) -> int:
-    """How many rounds the ServerApp has archived so far, from its run.json (0 before the first)."""
+def run_record(run_dir: Path) -> dict[str, Any]:
+    """The ServerApp's run.json as it stands ({} before it is written): rounds completed, status."""
     try:
-        return int(read_json(run_dir / RUN_FILE).get(ROUNDS_COMPLETED, 0))
+        return read_json(run_dir / RUN_FILE)
     except (OSError, ValueError):
-        return 0
+        return {}
 
 
 class RoundProgress:
@@ -184,8 +223,8 @@ def run_to_completion(
     """
     run_dir = Path(run_config["output-dir"])
     num_rounds = int(run_config["num-rounds"])
-    with tempfile.TemporaryDirectory(prefix="fedimdb-run-config-") as tmp:
-        run_id = submit_run(APP_DIR, connection, run_config, env, Path(tmp) / "run-config.toml")
+    with tempfile.TemporaryDirectory(prefix="fedimdb-submit-") as tmp:
+        run_id = submit_run(APP_DIR, connection, run_config, env, Path(tmp))
     log(
         f"run {run_id} submitted: {num_rounds} rounds of {run_config['strategy']} on model {run_config['model']}, "
         f"{run_config['num-clients']} clients; artifacts go to {run_dir}"
@@ -198,10 +237,12 @@ def run_to_completion(
 
     progress = RoundProgress(report)
 
-    def on_poll(_: dict[str, Any]) -> None:
+    def on_poll() -> bool:
         if check is not None:
             check()
-        progress.update(rounds_completed(run_dir))
+        record = run_record(run_dir)
+        progress.update(int(record.get(ROUNDS_COMPLETED, 0)))
+        return record.get(STATUS, RUNNING) != RUNNING
 
     server_log = run_dir / LOGS_DIR / SERVERAPP_LOG
     try:
