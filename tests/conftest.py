@@ -51,6 +51,43 @@ E2E_SETTINGS = [
 ]
 RUN_MARK = "FEDIMDB_TEST_RUN"  # environment variable that marks one orchestrator and all it starts
 
+# scripts/test.sh runs the suite on two workers (pytest-xdist): the tests wait on Flower and Docker
+# more than they compute. Each module is one unit of work, so that its fixtures are built once; the
+# Docker modules are one unit (one stack at a time on the daemon). Longest first (seconds in CI,
+# docs/benchmarks.md), so that both workers end at about the same time.
+DOCKER_UNIT = "docker"
+DOCKER_MODULES = ("test_compose", "test_docker_faults", "test_experiment_docker", "test_sites")
+LONGEST_FIRST = (DOCKER_UNIT, "test_reliability", "test_learning", "test_experiment_local", "test_e2e_local",
+                 "test_monitoring", "test_security", "test_orchestrate_cli")  # fmt: skip
+
+
+def _unit(nodeid: str) -> str:
+    """The unit of work of a test, from its node id (all the xdist controller sees)."""
+    module = nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
+    return DOCKER_UNIT if module in DOCKER_MODULES else module
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    if item.get_closest_marker("docker") and _unit(item.nodeid) != DOCKER_UNIT:
+        raise pytest.UsageError(f"{item.nodeid} needs Docker: add its module to DOCKER_MODULES (tests/conftest.py)")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Order the units of work as :data:`LONGEST_FIRST` (stable: file order otherwise)."""
+    rank = {name: k for k, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(_unit(item.nodeid), len(rank)))
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """Whole units of work to each worker, in the collected order (``--no-loadscope-reorder``)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class UnitScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _unit(nodeid)
+
+    return UnitScheduling(config, log)
+
 
 def compose(
     files: list[Path], *args: str, env: dict | None = None, project: str | None = None, timeout: float = 120
