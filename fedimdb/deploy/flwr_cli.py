@@ -98,7 +98,7 @@ def stage_app(app_dir: Path, dest: Path) -> Path:
     """Copy into ``dest`` only what the app's FAB holds: pyproject.toml and its ``fab-include`` files.
 
     ``flwr run`` lists every file under the folder it is given before it filters them; in a checkout
-    that is the virtual environment, the wheelhouse and the data too (~44,000 files, ~4 s of CPU).
+    that is the virtual environment, the wheelhouse and the data too (~50,000 files: bench/submit.py).
     """
     pyproject = app_dir / FAB_CONFIG
     dest.mkdir(parents=True, exist_ok=True)
