@@ -9,22 +9,44 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import random
 import shutil
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from fedimdb.artifacts import read_csv, read_json, write_json_atomic
+from fedimdb.data import Examples, client_dir_name, read_split
 from fedimdb.deploy import APP_DIR
 from fedimdb.experiment import repeat_dir
 
 RESULTS_DIR = APP_DIR / "bench" / "results"
 DEFAULT_IMDB = APP_DIR.parent / "shared" / "data" / "imdb"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A fedimdb configuration: run settings and experiment environment."""
+
+    name: str
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict)
+    models: tuple[str, ...] = ("tiny", "minilm")
+
+
+def pooled_train_rows(shards: Path, clients: int, seed: int) -> Examples:
+    """The union of the clients' train splits, shuffled: what one centralised process trains on."""
+    rows: list[tuple[str, int]] = []
+    for k in range(clients):
+        split = read_split(shards / client_dir_name(k), "train")
+        rows += zip(split.texts, split.labels, strict=True)
+    random.Random(seed).shuffle(rows)
+    return Examples([t for t, _ in rows], [y for _, y in rows])
 
 
 @dataclass(frozen=True)

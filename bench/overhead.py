@@ -17,11 +17,11 @@ import argparse
 import statistics
 import sys
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import DEFAULT_IMDB, FedRun, run_fedimdb, work_dir, write_result
+from bench.common import DEFAULT_IMDB, FedRun, Variant, run_fedimdb, work_dir, write_result
 from fedimdb.artifacts import LOGS_DIR, read_json
 from fedimdb.config import RunConfig
 from fedimdb.deploy import flwr_cli
@@ -33,16 +33,6 @@ from fedimdb.model import load_model
 BASELINE_APP = Path(__file__).with_name("flower_baseline")
 TARGETS = {"tiny": 0.25, "minilm": 0.4}  # overhead ÷ baseline round, from the issue
 SETTINGS = {"max-steps": 1, "batch-size": 16, "max-length": 32, "eval-rows": 200, "local-eval-rows": 50}
-
-
-@dataclass(frozen=True)
-class Variant:
-    """A fedimdb configuration: run settings and experiment environment."""
-
-    name: str
-    settings: Mapping[str, Any] = field(default_factory=dict)
-    env: Mapping[str, str] = field(default_factory=dict)
-    models: tuple[str, ...] = ("tiny", "minilm")
 
 
 VARIANTS = (

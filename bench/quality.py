@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench.common import DEFAULT_IMDB, run_fedimdb, work_dir, write_result
-from fedimdb.data import SERVER_DIR, Examples, client_dir_name, read_split
+from bench.common import DEFAULT_IMDB, pooled_train_rows, run_fedimdb, work_dir, write_result
+from fedimdb.data import SERVER_DIR, read_split
 from fedimdb.model import load_model, pick_device
 from fedimdb.training import evaluate, seed_everything, train
 
@@ -71,13 +70,7 @@ def centralised(shards: Path, budget: Budget, batch_size: int = 0) -> Arm:
     not the samples; a larger batch is computed in passes of the budget's batch (same gradient).
     """
     batch_size = batch_size or budget.batch_size
-    rows: list[tuple[str, int]] = []
-    for k in range(budget.clients):
-        split = read_split(shards / client_dir_name(k), "train")
-        rows += zip(split.texts, split.labels, strict=True)
-    random.Random(budget.seed).shuffle(rows)
-    picked = rows[: budget.samples]
-    data = Examples([t for t, _ in picked], [y for _, y in picked])
+    data = pooled_train_rows(shards, budget.clients, budget.seed).head(budget.samples)
     model, tokenizer = load_model("minilm", budget.seed)
     seed_everything(budget.seed, os.cpu_count() or 1)
     device = pick_device("auto")

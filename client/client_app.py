@@ -36,7 +36,7 @@ from fedimdb.protocol import (
     received_state,
     transport_arrays,
 )
-from fedimdb.training import EvalResult, load_state, seed_everything, update_norm
+from fedimdb.training import EvalResult, load_state, scheduled_learning_rate, seed_everything, update_norm
 from fedimdb.training import evaluate as evaluate_model
 from fedimdb.training import train as train_model
 
@@ -85,7 +85,7 @@ def _prepare(msg: Message, context: Context, split: str) -> LocalTask:
     server_round = int(msg.content[CONFIG][SERVER_ROUND])
     seed = cfg.seed + 1000 * server_round + partition_id
     model, tokenizer = load_model(cfg.model, cfg.seed)
-    global_state = received_state(msg.content[ARRAYS])
+    global_state = received_state(msg.content[ARRAYS], reference=model.state_dict())  # int8: the loaded model
     load_state(model, global_state)
     seed_everything(seed, cfg.torch_threads)  # after loading: dropout and shuffling follow this seed
     data = read_split(shard, split)
@@ -120,14 +120,16 @@ def train(msg: Message, context: Context) -> Message:
         epochs=cfg.local_epochs,
         max_steps=cfg.max_steps,
         micro_batch_size=cfg.micro_batch_size,
-        learning_rate=cfg.learning_rate,
+        learning_rate=scheduled_learning_rate(
+            cfg.learning_rate, cfg.lr_schedule, int(msg.content[CONFIG][SERVER_ROUND]), cfg.num_rounds
+        ),
         seed=task.seed,
         proximal_mu=float(msg.content[CONFIG].get(PROXIMAL_MU, 0.0)),
         **task.loop_options,
     )
     trained = task.model.cpu().state_dict()
     task.metrics.trained(int(msg.content[CONFIG][SERVER_ROUND]), result, update_norm(trained, task.global_state))
-    state = fault.state(trained, msg.content[ARRAYS])
+    state = fault.state(trained, task.global_state)
     metrics = TrainMetrics(
         partition_id=task.partition_id,
         num_examples=fault.examples(result.num_examples),
@@ -138,7 +140,9 @@ def train(msg: Message, context: Context) -> Message:
         setup_seconds=setup_seconds,
     )
     record = MetricRecord({**metrics.as_metrics(), **received_eval})
-    content = RecordDict({ARRAYS: transport_arrays(state, cfg.weight_transport), METRICS: record})
+    content = RecordDict(
+        {ARRAYS: transport_arrays(state, cfg.weight_transport, reference=task.global_state), METRICS: record}
+    )
     return Message(content=content, reply_to=msg)
 
 

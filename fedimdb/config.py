@@ -32,6 +32,7 @@ ENV_PREFIX = "FEDIMDB_"
 ENV_FILE = Path(".env")
 STRATEGIES = (
     "fedavg",
+    "fedavgm",
     "fedprox",
     "fedadam",
     "fedyogi",
@@ -47,8 +48,9 @@ AUTO_BACKEND, DOCKER_BACKEND, LOCAL_BACKEND = "auto", "docker", "local"
 BACKENDS = (AUTO_BACKEND, DOCKER_BACKEND, LOCAL_BACKEND)
 LOCAL_EVAL_WITH_TRAIN = "with-train"
 LOCAL_EVAL_MODES = (LOCAL_EVAL_WITH_TRAIN, "separate")
+LR_SCHEDULES = ("constant", "cosine")
 FULL_PRECISION = "float32"
-TRANSPORT_DTYPES = (FULL_PRECISION, "float16")
+TRANSPORT_DTYPES = (FULL_PRECISION, "float16", "int8")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -196,6 +198,9 @@ class RunConfig(_Settings):
     server_learning_rate: float = setting(
         0.1, "Server-side learning rate (eta) of FedAdam/FedYogi/FedAdagrad", low=0.0, low_open=True
     )
+    server_momentum: float = setting(
+        0.9, "FedAvgM: momentum of the server's update (its server learning rate is Flower's 1.0)", low=0.0, high=0.99
+    )
     trimmed_beta: float = setting(0.2, "FedTrimmedAvg: fraction cut from each tail", low=0.0, high=0.49, low_open=True)
     krum_malicious_nodes: int = setting(0, "Krum: assumed number of malicious clients", low=0)
     model: str = setting("minilm", "Model: preset tiny|minilm, a local directory or a hub id (owner/name)")
@@ -217,6 +222,12 @@ class RunConfig(_Settings):
         high=4096,
     )
     learning_rate: float = setting(1e-4, "Client AdamW learning rate", low=0.0, low_open=True, high=1.0)
+    lr_schedule: str = setting(
+        "constant",
+        "Client learning rate across rounds: constant, or cosine (learning-rate in round 1, down to a tenth of it "
+        "in the last round along half a cosine)",
+        choices=LR_SCHEDULES,
+    )
     local_epochs: int = setting(1, "Local epochs per round", low=1, high=1000)
     max_steps: int = setting(
         16, "Cap on local optimizer steps per round, the per-round budget (0 = no cap: full local epochs)", low=0
@@ -234,8 +245,9 @@ class RunConfig(_Settings):
     seed: int = setting(42, "Base seed (model init, sampling, shuffling, dropout)", low=0)
     weight_transport: str = setting(
         FULL_PRECISION,
-        "dtype of the weights in messages, both ways: float32, or float16 (half the bytes; models stay float32 "
-        "at both ends and the server aggregates in float32)",
+        "How the weights travel in messages, both ways: float32; float16 (half the bytes); or int8 (a quarter: "
+        "each tensor's difference from a model both ends hold, in 8-bit codes, every element within half a step, "
+        "(max - min) / 510, of its value). Models stay float32 at both ends and the server aggregates in float32",
         choices=TRANSPORT_DTYPES,
     )
     reply_poll_interval: float = setting(

@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # imported where a fault is committed: parsing stays import-light
     import torch
-    from flwr.app import ArrayRecord
 
 FAULT_VAR = "FEDIMDB_TEST_FAULT"
 KINDS = ("nan", "shape", "dtype", "missing", "examples", "raise", "scale", "slow")
@@ -63,8 +62,8 @@ class Fault:
         """The example count the reply claims."""
         return ABSURD_EXAMPLES if self.kind == "examples" else num_examples
 
-    def state(self, returned: dict[str, torch.Tensor], received: ArrayRecord) -> dict[str, torch.Tensor]:
-        """The weights the reply carries instead of ``returned`` (the trained model's state)."""
+    def state(self, returned: dict[str, torch.Tensor], received: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The weights the reply carries instead of ``returned`` (the trained model's state, ``received`` the global's)."""
         if self.kind == NO_FAULT:
             return returned
         out = dict(returned)
@@ -79,10 +78,8 @@ class Fault:
         elif self.kind == "missing":
             del out[name]
         elif self.kind == "scale":
-            from fedimdb.protocol import received_state
-
-            start = received_state(received)
-            out = {k: start[k] + self.value * (v - start[k]) if v.is_floating_point() else v for k, v in out.items()}
+            out = {k: received[k] + self.value * (v - received[k]) if v.is_floating_point() else v
+                   for k, v in out.items()}  # fmt: skip
         return out
 
 

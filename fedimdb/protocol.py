@@ -7,6 +7,7 @@ declared here too, with where they come from.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -27,6 +28,11 @@ PROXIMAL_MU = "proximal-mu"  # FedProx only
 # ... and the one fedimdb adds to train messages (local-eval = with-train): evaluate the received
 # global model on the validation split before training, and put the result in the train reply.
 EVALUATE_RECEIVED = "evaluate-received"
+
+# The int8 weight transport's entries of an ArrayRecord (see transport_arrays).
+INT8 = "int8"
+INT8_MAP = ":int8-map"  # beside tensor NAME, NAME:int8-map holds (low, step) as float32
+REFERENCE_DIGEST = "int8-reference-sha256"  # the sha256 of the state the differences are taken from
 
 # Node config of a SuperNode (``--node-config``): which partition it serves and from where.
 NODE_PARTITION_ID = "partition-id"
@@ -137,19 +143,95 @@ class ReceivedEvalMetrics(_ReplyMetrics):
         return RECEIVED_EVAL_EXAMPLES in record
 
 
-def transport_arrays(state: Mapping[str, torch.Tensor], dtype: str) -> ArrayRecord:
-    """Weights as they travel: floating-point tensors cast to ``dtype`` (integer buffers as they are)."""
+def state_digest(state: Mapping[str, torch.Tensor]) -> bytes:
+    """SHA-256 of a state's names, dtypes, shapes and bytes, in key order."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy() if tensor.numel() else b"")
+    return digest.digest()
+
+
+def transport_arrays(
+    state: Mapping[str, torch.Tensor], dtype: str, reference: Mapping[str, torch.Tensor] | None = None
+) -> ArrayRecord:
+    """Weights as they travel: floating-point tensors cast to ``dtype`` (integer buffers as they are).
+
+    ``int8`` sends each floating-point tensor's difference from ``reference``, a state both ends
+    hold (the model both load before round 1, or the global model the client received), as 8-bit
+    codes (fedimdb/quantize.py) with its ``(low, step)`` map under ``NAME`` + :data:`INT8_MAP`,
+    and the reference's :func:`state_digest` under :data:`REFERENCE_DIGEST`.
+    """
     import torch
     from flwr.app import ArrayRecord
 
+    if dtype == INT8:
+        if reference is None:
+            raise ValueError("int8 transport needs the reference state both ends hold")
+        return ArrayRecord(_int8_arrays(state, reference))
     target = getattr(torch, dtype)
     return ArrayRecord({k: v.to(target) if v.is_floating_point() else v for k, v in state.items()})
 
 
-def received_state(arrays: ArrayRecord) -> dict[str, torch.Tensor]:
-    """Weights as they arrived, floating-point tensors back in float32 (models and aggregation stay float32)."""
+def _int8_arrays(state: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The int8 transport's arrays: codes and map of each float tensor's difference, and the reference's digest."""
+    import torch
 
+    from fedimdb.quantize import quantise
+
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in state.items():
+        if not tensor.is_floating_point():
+            out[name] = tensor
+            continue
+        q = quantise(tensor.float() - reference[name].float())
+        out[name] = q.codes
+        out[name + INT8_MAP] = torch.tensor([q.low, q.step], dtype=torch.float32)
+    out[REFERENCE_DIGEST] = torch.frombuffer(bytearray(state_digest(reference)), dtype=torch.uint8)
+    return out
+
+
+class TransportError(ValueError):
+    """Weights that cannot be decoded: the int8 reference differs between the two ends."""
+
+
+def received_state(arrays: ArrayRecord, reference: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Weights as they arrived, floating-point tensors back in float32 (models and aggregation stay float32).
+
+    An int8 record is decoded against ``reference``, which must be the state it was encoded against
+    (its digest is checked): :class:`TransportError` otherwise.
+    """
+    if REFERENCE_DIGEST in arrays:
+        return _from_int8(arrays.to_torch_state_dict(), reference)
     return {k: v.float() if v.is_floating_point() else v for k, v in arrays.to_torch_state_dict().items()}
+
+
+def _from_int8(
+    tensors: dict[str, torch.Tensor], reference: Mapping[str, torch.Tensor] | None
+) -> dict[str, torch.Tensor]:
+    """reference + each decoded difference; integer tensors as they came."""
+    from fedimdb.quantize import CODES, Quantised
+
+    digest = bytes(tensors.pop(REFERENCE_DIGEST).numpy())
+    if reference is None or state_digest(reference) != digest:
+        raise TransportError(
+            "weight-transport=int8: these weights were encoded against another reference model than this end "
+            "holds; server and clients must load the same model (same model setting and package versions), "
+            "or use weight-transport=float32"
+        )
+    out = {}
+    for name, tensor in tensors.items():
+        if name.endswith(INT8_MAP):
+            continue
+        if tensor.dtype != CODES or name + INT8_MAP not in tensors:
+            out[name] = tensor
+            continue
+        low, step = (float(v) for v in tensors[name + INT8_MAP])
+        out[name] = reference[name].float() + Quantised(tensor, low, step).restore()
+    return out
 
 
 def state_view(arrays: ArrayRecord) -> dict[str, torch.Tensor]:

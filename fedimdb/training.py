@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -11,6 +12,8 @@ import torch
 
 from fedimdb.data import Examples
 from fedimdb.tokens import collate, tokenised
+
+COSINE_FLOOR = 0.1  # the cosine schedule ends at this share of the base learning rate
 
 
 @dataclass(frozen=True)
@@ -88,16 +91,18 @@ def train(
     device: torch.device,
     micro_batch_size: int = 0,
     proximal_mu: float = 0.0,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> TrainResult:
     """AdamW over ``epochs`` shuffled passes, stopping early after ``max_steps`` (0 = no cap).
 
     Each batch of ``batch_size`` rows is one optimizer step, computed in passes of at most
     ``micro_batch_size`` rows (0 = the whole batch). With ``proximal_mu`` > 0 the FedProx term
-    mu/2 * ||w - w_global||^2 is added to the loss.
+    mu/2 * ||w - w_global||^2 is added to the loss. ``optimizer`` continues an optimizer over the
+    model's parameters, its state and all (None: a fresh AdamW at ``learning_rate``).
     """
     model.to(device).train()
     anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
-    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
+    optimizer = optimizer or torch.optim.AdamW(model.parameters(), lr=learning_rate)
     generator = torch.Generator().manual_seed(seed)
     micro = micro_batch_size or batch_size
     steps, seen, loss_sum = 0, 0, 0.0
@@ -132,6 +137,18 @@ def evaluate(
         correct += int((out.logits.argmax(dim=-1) == labels).sum())
     n = max(len(data), 1)
     return EvalResult(loss=loss_sum / n, accuracy=correct / n, num_examples=len(data))
+
+
+def scheduled_learning_rate(base: float, schedule: str, server_round: int, num_rounds: int) -> float:
+    """The client learning rate of round ``server_round`` (1-based) of ``num_rounds``.
+
+    ``constant``: ``base`` every round. ``cosine``: ``base`` in round 1, falling along half a
+    cosine to ``base / 10`` in the last round.
+    """
+    if schedule == "constant" or num_rounds <= 1:
+        return base
+    progress = min(max(server_round - 1, 0), num_rounds - 1) / (num_rounds - 1)
+    return base * (COSINE_FLOOR + (1 - COSINE_FLOOR) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def load_state(model: Any, state: Mapping[str, torch.Tensor]) -> None:

@@ -146,7 +146,8 @@ def run_federation(grid: Grid, cfg: RunConfig, artifacts: RunArtifacts, metrics:
     round_log = RoundLog()
     weight_log = WeightLog(cfg.outlier_z) if cfg.weight_stats else None
     archiver = archive_client if cfg.archive_client_weights else None
-    strategy = make_strategy(cfg, round_log, metrics, archiver, weight_log)
+    reference = {k: v.clone() for k, v in model.state_dict().items()}  # the model every client loads first
+    strategy = make_strategy(cfg, round_log, metrics, archiver, weight_log, reference)
     round_end = RoundEnd(cfg, model, tokenizer, artifacts, round_log, metrics, weight_log)
     grid = PollingGrid(grid, cfg.reply_poll_interval)
     try:

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from logging import INFO, WARNING
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.logger import log
@@ -31,6 +31,7 @@ from flwr.serverapp.strategy import (
     FedAdagrad,
     FedAdam,
     FedAvg,
+    FedAvgM,
     FedMedian,
     FedProx,
     FedTrimmedAvg,
@@ -44,9 +45,11 @@ from fedimdb.metrics.server import ServerMetrics
 from fedimdb.protocol import (
     ARRAYS,
     EVALUATE_RECEIVED,
+    INT8,
     METRICS,
     NUM_EXAMPLES,
     PARTITION_ID,
+    TransportError,
     received_state,
     state_view,
     transport_arrays,
@@ -56,8 +59,12 @@ from server.checks import Expected, train_reply_problem
 from server.records import FAILED, REFUSED, RoundLog, partition_order
 from server.scrutiny import WeightLog
 
+if TYPE_CHECKING:
+    import torch
+
 STRATEGY_CLASSES: dict[str, type[Strategy]] = {
     "fedavg": FedAvg,
+    "fedavgm": FedAvgM,
     "fedprox": FedProx,
     "fedadam": FedAdam,
     "fedyogi": FedYogi,
@@ -156,6 +163,9 @@ class RecordingStrategy(Strategy):
         When a round fails, and what is done about it.
     weight_log : WeightLog, optional
         Where each round's client updates are compared with the aggregated one (None: they are not).
+    reference : Mapping[str, torch.Tensor], optional
+        The model every end loads before round 1 (the initial global model): ``int8`` transport
+        sends the global model as its difference from this state.
     """
 
     def __init__(
@@ -168,6 +178,7 @@ class RecordingStrategy(Strategy):
         transport: str = FULL_PRECISION,
         policy: RoundPolicy | None = None,
         weight_log: WeightLog | None = None,
+        reference: Mapping[str, torch.Tensor] | None = None,
     ) -> None:
         self.inner = inner
         self.round_log = round_log
@@ -177,7 +188,9 @@ class RecordingStrategy(Strategy):
         self.transport = transport
         self.policy = policy or RoundPolicy()
         self.weight_log = weight_log
+        self.reference = reference
         self._global: ArrayRecord | None = None  # this round's global model as sent (float32)
+        self._received: dict[str, torch.Tensor] | None = None  # ... and as the clients decode it (int8)
         self._grid: Grid | None = None
         self._sent: dict[int, Message] = {}  # node id -> this round's train message
         self._pushed: list[Message] = []  # every train message of this round, resent ones too (ids set on push)
@@ -187,15 +200,17 @@ class RecordingStrategy(Strategy):
         """The global model as the messages carry it."""
         if self.transport == FULL_PRECISION:
             return arrays
-        return transport_arrays(arrays.to_torch_state_dict(), self.transport)
+        return transport_arrays(arrays.to_torch_state_dict(), self.transport, self.reference)
 
-    def _incoming(self, replies: list[Message]) -> None:
-        """Replies' arrays back in float32, in place."""
+    def _decoded(self, msg: Message) -> str | None:
+        """A usable reply's arrays back in float32, in place; why they cannot be decoded, or None."""
         if self.transport == FULL_PRECISION:
-            return
-        for msg in replies:
-            if not msg.has_error():
-                msg.content[ARRAYS] = ArrayRecord(received_state(msg.content[ARRAYS]))
+            return None
+        try:
+            msg.content[ARRAYS] = ArrayRecord(received_state(msg.content[ARRAYS], self._received))
+        except TransportError as exc:
+            return str(exc)
+        return None
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -206,6 +221,7 @@ class RecordingStrategy(Strategy):
             config = ConfigRecord({**config, EVALUATE_RECEIVED: True})
         outgoing = self._outgoing(arrays)
         self._global = arrays
+        self._received = received_state(outgoing, self.reference) if self.transport == INT8 else None
         messages = list(self.inner.configure_train(server_round, outgoing, config, grid))
         self._grid, self._expected = grid, Expected.of(outgoing, self.policy.max_examples)
         self._sent = {msg.metadata.dst_node_id: msg for msg in messages}
@@ -234,7 +250,6 @@ class RecordingStrategy(Strategy):
                 "go on with fewer"
             )
         ordered = partition_order(usable)
-        self._incoming(ordered)
         self.round_log.record_train(server_round, ordered)
         partitions = [int(msg.content[METRICS][PARTITION_ID]) for msg in ordered]
         if self.archive_client is not None:
@@ -267,7 +282,7 @@ class RecordingStrategy(Strategy):
             if msg.has_error():
                 status, reason = FAILED, f"error reply {msg.error.code}: {msg.error.reason}"
             else:
-                status, reason = REFUSED, train_reply_problem(msg.content, self._expected)
+                status, reason = REFUSED, train_reply_problem(msg.content, self._expected) or self._decoded(msg)
             if msg.has_error() or reason is not None:
                 node = self._addressee(msg)
                 log(WARNING, "round %s: node %s %s: %s", server_round, node, status, reason)
@@ -354,6 +369,8 @@ def strategy_kwargs(cfg: RunConfig) -> dict[str, Any]:
     }
     if cfg.strategy == "fedprox":
         kwargs["proximal_mu"] = cfg.proximal_mu
+    elif cfg.strategy == "fedavgm":
+        kwargs["server_momentum"] = cfg.server_momentum
     elif cfg.strategy in ("fedadam", "fedyogi", "fedadagrad"):
         kwargs["eta"] = cfg.server_learning_rate
     elif cfg.strategy == "fedtrimmedavg":
@@ -369,8 +386,12 @@ def make_strategy(
     metrics: ServerMetrics,
     archive_client: ClientArchiver | None = None,
     weight_log: WeightLog | None = None,
+    reference: Mapping[str, torch.Tensor] | None = None,
 ) -> RecordingStrategy:
-    """Flower's strategy named by ``cfg.strategy``, wrapped so that every round is recorded."""
+    """Flower's strategy named by ``cfg.strategy``, wrapped so that every round is recorded.
+
+    ``reference`` is the model every end loads before round 1 (needed by ``int8`` transport).
+    """
     inner = STRATEGY_CLASSES[cfg.strategy](**strategy_kwargs(cfg))
     evaluate_received = cfg.local_eval == LOCAL_EVAL_WITH_TRAIN and cfg.fraction_evaluate > 0
     return RecordingStrategy(
@@ -382,4 +403,5 @@ def make_strategy(
         cfg.weight_transport,
         RoundPolicy.of(cfg),
         weight_log,
+        reference,
     )

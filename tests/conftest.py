@@ -344,10 +344,11 @@ def _is(process: psutil.Process, name: str) -> bool:
 
 @pytest.fixture(scope="session")
 def e2e_runs(imdb_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Two real local deployments with the same seed; the first one is watched for connections.
+    """Real local deployments with the same seed; the first one is watched for connections.
 
     The first evaluates locally inside the train replies (the default), the second with Flower's
-    separate evaluate messages: the same numbers must come out.
+    separate evaluate messages: the same numbers must come out. The third sends the weights in
+    int8 (its results in a folder of their own).
     """
     base = tmp_path_factory.mktemp("e2e")
     args = local_run_args(
@@ -356,4 +357,9 @@ def e2e_runs(imdb_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     watch = ConnectionWatch()
     first = orchestrate(*args, *E2E_OPTIONS, watch=watch)
     second = orchestrate(*args, *E2E_OPTIONS, "--set", "local-eval=separate")
-    return {"runs": [first, second], "results": base / "results", "watch": watch}
+    int8_args = local_run_args(
+        base / "results-int8", base / "shards", imdb_dir, clients=E2E_CLIENTS, rounds=E2E_ROUNDS, settings=E2E_SETTINGS
+    )
+    int8 = orchestrate(*int8_args, *E2E_OPTIONS, "--set", "weight-transport=int8")
+    return {"runs": [first, second, int8], "results": base / "results", "int8_results": base / "results-int8",
+            "watch": watch}  # fmt: skip

@@ -10,8 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fedimdb.artifacts import read_csv, read_json, verify_run
+from fedimdb.artifacts import LOGS_DIR, read_csv, read_json, verify_run
+from fedimdb.deploy.flwr_cli import FLWR_RUN_FILE
 from fedimdb.model import load_global_model
+from fedimdb.quantize import error_bound
 from tests.conftest import E2E_CLIENTS, E2E_ROUNDS
 
 TIMING_COLUMNS = {"round_seconds", "central_eval_seconds", "setup_seconds", "train_seconds", "train_samples_per_s",
@@ -110,6 +112,36 @@ def test_same_seed_gives_identical_csvs_in_both_local_eval_modes(e2e_runs: dict,
             for d in (first, second)
         ]
         assert rows[0] == rows[1], name
+
+
+def _traffic(run: Path) -> float:
+    return float(read_json(run / LOGS_DIR / FLWR_RUN_FILE)["network-traffic"]["total-bytes"])
+
+
+def test_int8_transport_stays_within_its_bound_through_real_flower(e2e_runs: dict, run_dir: Path) -> None:
+    """Round 1 of the int8 run is round 1 of the float32 run, each tensor within the bound of the clients' updates.
+
+    Round 1 starts from the initial model, which int8 sends exactly (a zero difference); the clients
+    train the same steps as in the float32 run (same seed) and their updates come back within
+    half a step each, so FedAvg's weighted mean of them does too.
+    """
+    (int8_dir,) = _run_dirs(e2e_runs["int8_results"])
+    verify_run(int8_dir)
+    assert read_json(int8_dir / "run.json")["config"]["weight-transport"] == "int8"
+    start = load_file(run_dir / "weights/round-000.safetensors")
+    clients = [load_file(path) for path in sorted((run_dir / "weights/clients").glob("round-001-client-*"))]
+    full, int8 = (
+        load_file(run_dir / "weights/round-001.safetensors"),
+        load_file(int8_dir / "weights/round-001.safetensors"),
+    )
+    for name, value in full.items():
+        if not value.is_floating_point():
+            assert torch.equal(int8[name], value)
+            continue
+        bound = max(error_bound(c[name] - start[name]) for c in clients) + 1e-6 * float(value.abs().max())
+        assert float((int8[name] - value).abs().max()) <= bound, name
+    # measured 0.46: tiny's tensors are small, so each one's map and Flower's framing weigh (minilm: bench.tta)
+    assert _traffic(int8_dir) < 0.5 * _traffic(run_dir)
 
 
 def test_weights_load_back_with_from_pretrained(run_dir: Path) -> None:

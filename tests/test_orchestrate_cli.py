@@ -127,7 +127,7 @@ CASES: dict[str, Case] = {
     "unknown model name": Case(("--backend", "local", "--model", "bert-base"), "model: unknown model 'bert-base'"),
     "--set not an int": Case((*LOCAL, "--set", "num-rounds=ten"), "'ten' is not a valid int"),
     "--set not a bool": Case((*LOCAL, "--set", "final-eval-full=maybe"), "'maybe' is not a valid bool"),
-    "--set unknown choice": Case((*LOCAL, "--set", "weight-transport=int8"), "weight-transport: unknown value 'int8'"),
+    "--set unknown choice": Case((*LOCAL, "--set", "weight-transport=int4"), "weight-transport: unknown value 'int4'"),
     "--set unknown key": Case((*LOCAL, "--set", "num-rouns=3"), "num-rouns (from defaults/.env/command line): unknown setting; did you mean num-rounds?"),
     "--set without =": Case((*LOCAL, "--set", "max-steps"), "--set 'max-steps': write it as KEY=VALUE"),
     "--set below range": Case((*LOCAL, "--set", "max-steps=-1"), "max-steps: -1 is out of range; set it >= 0"),

@@ -61,7 +61,7 @@ def _reply(state: dict[str, torch.Tensor], num_examples: object = 64, dtype: str
 def test_each_broken_update_is_refused_with_its_reason(tiny_state: dict, kind: str, reason: str) -> None:
     expected = Expected.of(transport_arrays(tiny_state, "float32"), max_examples=64)
     assert train_reply_problem(_reply(tiny_state), expected) is None
-    broken = faults.Fault(kind).state(tiny_state, transport_arrays(tiny_state, "float32"))
+    broken = faults.Fault(kind).state(tiny_state, tiny_state)
     arrays = ArrayRecord({k: v for k, v in broken.items()})  # float64 stays float64: what a broken client sends
     content = RecordDict({ARRAYS: arrays, METRICS: MetricRecord({PARTITION_ID: 0, NUM_EXAMPLES: 64})})
     problem = train_reply_problem(content, expected)
@@ -86,9 +86,8 @@ def test_missing_weights_and_unbelievable_example_counts(tiny_state: dict) -> No
 
 
 def test_scale_fault_multiplies_the_update(tiny_state: dict) -> None:
-    received = transport_arrays(tiny_state, "float32")
     trained = {k: v + 0.01 if v.is_floating_point() else v for k, v in tiny_state.items()}
-    scaled = faults.Fault("scale", 10.0).state(trained, received)
+    scaled = faults.Fault("scale", 10.0).state(trained, tiny_state)
     name = next(k for k, v in tiny_state.items() if v.is_floating_point())
     torch.testing.assert_close(scaled[name] - tiny_state[name], torch.full_like(tiny_state[name], 0.1))
 
