@@ -76,6 +76,8 @@ ARMS = (
     Variant("cosine-lr-3e-4", {"lr-schedule": "cosine", "learning-rate": 3e-4}),
     Variant("fedavgm-0.5", {"strategy": "fedavgm", "server-momentum": 0.5}),
     Variant("local-eval-rows-64", {"local-eval-rows": 64}),
+    Variant("no-embeddings", {"fine-tune": "no-embeddings"}),
+    Variant("lora-1e-3", {"fine-tune": "lora", "learning-rate": 1e-3}),
 )
 """The federated arms: Flower's defaults, fedimdb's, and one lever each on top of fedimdb's."""
 
@@ -157,7 +159,7 @@ def table(curves: list[Curve], size: Size, fp32_bound: float) -> list[dict[str, 
     for c in curves:
         k, tta = c.reached(size.target), c.tta(size.target)
         row = {"arm": c.name, "tta_s": tta, "rounds": k, "reviews": c.reviews[k - 1] if k else None,
-               "bytes": c.bytes_per_round * k if k else None, "final_accuracy": c.accuracy[-1],
+               "bytes": c.bytes_per_round * k if k and c.bytes_per_round else None, "final_accuracy": c.accuracy[-1],
                "bytes_per_round_vs_fp32": c.bytes_per_round / fp32_bound if c.bytes_per_round else None}  # fmt: skip
         for ref in ("centralised", STOCK_FLOWER.name):
             ref_tta = by_name[ref].tta(size.target) if ref in by_name else None
@@ -173,11 +175,11 @@ def fp32_bound(size: Size) -> float:
 
 
 def _cell(value: object, fmt: str) -> str:
-    return "not reached" if value is None else format(value, fmt)
+    return "–" if value is None else format(value, fmt)
 
 
 def print_table(rows: list[dict[str, object]], curves: list[Curve], size: Size) -> None:
-    """The table, then each arm's accuracy per round."""
+    """The table (– : target not reached, or not measured), then each arm's accuracy per round."""
     print(f"target {size.target}: {'arm':<20}{'TTA s':>12}{'÷ central':>11}{'÷ stock':>9}{'rounds':>8}"
           f"{'reviews':>9}{'MB moved':>10}{'bytes ÷ fp32':>13}{'final acc':>10}")  # fmt: skip
     for r in rows:
@@ -186,6 +188,7 @@ def print_table(rows: list[dict[str, object]], curves: list[Curve], size: Size) 
               f"{_cell(r['tta_vs_stock-flower'], '.2f'):>9}{_cell(r['rounds'], 'd'):>8}{_cell(r['reviews'], 'd'):>9}"
               f"{_cell(mb, '.0f'):>10}{_cell(r['bytes_per_round_vs_fp32'], '.3f'):>13}"
               f"{r['final_accuracy']:>10.4f}")  # fmt: skip
+    print("– : the target was not reached (or, for bytes, not measured)")
     for c in curves:
         print(f"{c.name:<20}" + " ".join(f"{a:.3f}@{s:.0f}s" for a, s in zip(c.accuracy, c.seconds, strict=True)))
 

@@ -19,6 +19,7 @@ from flwr.clientapp import ClientApp
 from fedimdb import faults
 from fedimdb.config import ConfigError, RunConfig
 from fedimdb.data import Examples, read_split
+from fedimdb.finetune import Tuned
 from fedimdb.metrics.client import ClientMetrics
 from fedimdb.model import load_model, pick_device
 from fedimdb.protocol import (
@@ -36,7 +37,7 @@ from fedimdb.protocol import (
     received_state,
     transport_arrays,
 )
-from fedimdb.training import EvalResult, load_state, scheduled_learning_rate, seed_everything, update_norm
+from fedimdb.training import EvalResult, scheduled_learning_rate, seed_everything, update_norm
 from fedimdb.training import evaluate as evaluate_model
 from fedimdb.training import train as train_model
 
@@ -51,11 +52,16 @@ class LocalTask:
     partition_id: int
     shard: Path
     seed: int
-    model: Any
+    tuned: Tuned  # the model as this run fine-tunes it
     tokenizer: Any
     data: Examples
-    global_state: dict[str, Any]  # the global weights as they arrived
+    global_state: dict[str, Any]  # the global weights as they arrived (the tensors that travel)
     metrics: ClientMetrics
+
+    @property
+    def model(self) -> Any:
+        """The model to train and evaluate."""
+        return self.tuned.model
 
     @property
     def loop_options(self) -> dict[str, Any]:
@@ -85,11 +91,12 @@ def _prepare(msg: Message, context: Context, split: str) -> LocalTask:
     server_round = int(msg.content[CONFIG][SERVER_ROUND])
     seed = cfg.seed + 1000 * server_round + partition_id
     model, tokenizer = load_model(cfg.model, cfg.seed)
-    global_state = received_state(msg.content[ARRAYS], reference=model.state_dict())  # int8: the loaded model
-    load_state(model, global_state)
+    tuned = Tuned(model, cfg.fine_tune, cfg.lora_rank)
+    global_state = received_state(msg.content[ARRAYS], reference=tuned.travelling())  # int8: the loaded model
+    tuned.load(global_state)
     seed_everything(seed, cfg.torch_threads)  # after loading: dropout and shuffling follow this seed
     data = read_split(shard, split)
-    return LocalTask(cfg, partition_id, shard, seed, model, tokenizer, data, global_state,
+    return LocalTask(cfg, partition_id, shard, seed, tuned, tokenizer, data, global_state,
                      ClientMetrics(partition_id, context.run_id))  # fmt: skip
 
 
@@ -127,7 +134,8 @@ def train(msg: Message, context: Context) -> Message:
         proximal_mu=float(msg.content[CONFIG].get(PROXIMAL_MU, 0.0)),
         **task.loop_options,
     )
-    trained = task.model.cpu().state_dict()
+    task.model.cpu()
+    trained = task.tuned.travelling()
     task.metrics.trained(int(msg.content[CONFIG][SERVER_ROUND]), result, update_norm(trained, task.global_state))
     state = fault.state(trained, task.global_state)
     metrics = TrainMetrics(

@@ -49,6 +49,8 @@ BACKENDS = (AUTO_BACKEND, DOCKER_BACKEND, LOCAL_BACKEND)
 LOCAL_EVAL_WITH_TRAIN = "with-train"
 LOCAL_EVAL_MODES = (LOCAL_EVAL_WITH_TRAIN, "separate")
 LR_SCHEDULES = ("constant", "cosine")
+FULL_MODEL, NO_EMBEDDINGS, LORA = "full", "no-embeddings", "lora"
+FINE_TUNE_MODES = (FULL_MODEL, NO_EMBEDDINGS, LORA)
 FULL_PRECISION = "float32"
 TRANSPORT_DTYPES = (FULL_PRECISION, "float16", "int8")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -222,6 +224,14 @@ class RunConfig(_Settings):
         high=4096,
     )
     learning_rate: float = setting(1e-4, "Client AdamW learning rate", low=0.0, low_open=True, high=1.0)
+    fine_tune: str = setting(
+        "full",
+        "What trains and travels: full (the whole model), no-embeddings (all but the word embeddings), or lora "
+        "(LoRA adapters on the attention projections and the classification head in full; needs peft); the frozen "
+        "rest stays as every end loaded it, and archived rounds are whole models",
+        choices=FINE_TUNE_MODES,
+    )
+    lora_rank: int = setting(8, "Rank of the LoRA adapters (fine-tune = lora)", low=1, high=256)
     lr_schedule: str = setting(
         "constant",
         "Client learning rate across rounds: constant, or cosine (learning-rate in round 1, down to a tenth of it "

@@ -36,9 +36,10 @@ from fedimdb.artifacts import (
 )
 from fedimdb.config import ConfigError, RunConfig, check_clients_fit
 from fedimdb.data import MANIFEST, Examples, read_split
+from fedimdb.finetune import Tuned
 from fedimdb.metrics.server import ServerMetrics
 from fedimdb.model import load_model, pick_device
-from fedimdb.training import EvalResult, evaluate, load_state, seed_everything
+from fedimdb.training import EvalResult, evaluate, seed_everything
 from fedimdb.weights import CLIENT_UPDATE_COLUMNS, WEIGHT_STATS_COLUMNS
 from server.grid import PollingGrid
 from server.records import CLIENT_COLUMNS, ROUND_COLUMNS, RoundLog
@@ -77,39 +78,43 @@ def main(grid: Grid, context: Context) -> None:
 
 
 class RoundEnd:
-    """Flower's ``evaluate_fn``: archive the global weights, evaluate them, record the round."""
+    """Flower's ``evaluate_fn``: archive the global weights, evaluate them, record the round.
 
-    def __init__(self, cfg: RunConfig, model: Any, tokenizer: Any, artifacts: RunArtifacts, round_log: RoundLog,
+    The strategy holds the tensors that travel (fedimdb/finetune.py); the whole model, the frozen
+    part included and LoRA merged in, is what is archived and evaluated.
+    """
+
+    def __init__(self, cfg: RunConfig, tuned: Tuned, tokenizer: Any, artifacts: RunArtifacts, round_log: RoundLog,
                  metrics: ServerMetrics, weight_log: WeightLog | None):  # fmt: skip
-        self.cfg, self.model, self.tokenizer = cfg, model, tokenizer
+        self.cfg, self.tuned, self.tokenizer = cfg, tuned, tokenizer
         self.artifacts, self.round_log, self.metrics, self.weight_log = artifacts, round_log, metrics, weight_log
         self.device = pick_device(cfg.device)
         self.held_out = read_split(Path(cfg.held_out_dir), "test")
-        self.latest: dict[str, Any] = {}
+        self.latest: dict[str, Any] = {}  # the whole global model after the last round
+        self.latest_arrays = ArrayRecord()  # ... and the tensors of it that travel
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
         """Round 0 is the initial model; round k the global model after round k."""
-        state = arrays.to_torch_state_dict()
-        self.archive(server_round, state)
+        self.tuned.load(arrays.to_torch_state_dict())
+        self.latest_arrays = arrays
+        self.archive(server_round, self.tuned.whole())
         start = time.perf_counter()
-        res = self.evaluate(state, self.held_out.head(self.cfg.eval_rows))
+        res = self.evaluate(self.held_out.head(self.cfg.eval_rows))
         self.record(server_round, res, time.perf_counter() - start)
         return MetricRecord({"loss": res.loss, "accuracy": res.accuracy})
 
     def archive(self, server_round: int, state: dict[str, Any]) -> None:
-        """Write the round's global weights (hashed in run.json), and describe them in the weight log."""
+        """Write the round's whole global model (hashed in run.json), and describe it in the weight log."""
         self.latest = state
         self.artifacts.write_weights(round_weights_name(server_round), state)
         if self.weight_log is not None:
             self.weight_log.global_model(server_round, state)
 
-    def evaluate(self, state: dict[str, Any], data: Examples) -> EvalResult:
-        """Central evaluation of ``state`` on held-out rows."""
-        load_state(self.model, state)
+    def evaluate(self, data: Examples) -> EvalResult:
+        """Central evaluation of the global model on held-out rows."""
         cfg = self.cfg
-        return evaluate(
-            self.model, self.tokenizer, data, batch_size=cfg.batch_size, max_length=cfg.max_length, device=self.device
-        )
+        return evaluate(self.tuned.model, self.tokenizer, data, batch_size=cfg.batch_size, max_length=cfg.max_length,
+                        device=self.device)  # fmt: skip
 
     def record(self, server_round: int, res: EvalResult, seconds: float) -> None:
         """The initial evaluation goes to run.json; a round's rows to rounds.csv and clients.csv; both to metrics."""
@@ -143,17 +148,18 @@ def run_federation(grid: Grid, cfg: RunConfig, artifacts: RunArtifacts, metrics:
     def archive_client(server_round: int, partition_id: int, arrays: ArrayRecord) -> None:
         artifacts.write_weights(client_weights_name(server_round, partition_id), arrays.to_torch_state_dict())
 
+    tuned = Tuned(model, cfg.fine_tune, cfg.lora_rank)
+    initial = {k: v.clone() for k, v in tuned.travelling().items()}  # as every client loads it first
     round_log = RoundLog()
     weight_log = WeightLog(cfg.outlier_z) if cfg.weight_stats else None
     archiver = archive_client if cfg.archive_client_weights else None
-    reference = {k: v.clone() for k, v in model.state_dict().items()}  # the model every client loads first
-    strategy = make_strategy(cfg, round_log, metrics, archiver, weight_log, reference)
-    round_end = RoundEnd(cfg, model, tokenizer, artifacts, round_log, metrics, weight_log)
+    strategy = make_strategy(cfg, round_log, metrics, archiver, weight_log, initial)
+    round_end = RoundEnd(cfg, tuned, tokenizer, artifacts, round_log, metrics, weight_log)
     grid = PollingGrid(grid, cfg.reply_poll_interval)
     try:
         strategy.start(
             grid=grid,
-            initial_arrays=ArrayRecord(model.state_dict()),
+            initial_arrays=ArrayRecord(initial),
             num_rounds=cfg.num_rounds,
             timeout=cfg.round_timeout,
             evaluate_fn=round_end,
@@ -161,9 +167,9 @@ def run_federation(grid: Grid, cfg: RunConfig, artifacts: RunArtifacts, metrics:
     except RoundFailed:
         round_end.write_tables()  # the failed round's rows say who failed and why
         raise
-    strategy.evaluate_last(grid, ArrayRecord(round_end.latest), cfg.num_rounds, cfg.round_timeout)
+    strategy.evaluate_last(grid, round_end.latest_arrays, cfg.num_rounds, cfg.round_timeout)
     round_end.write_tables()
     artifacts.write_weights(f"{WEIGHTS_DIR}/{FINAL_WEIGHTS}", round_end.latest)
     if cfg.final_eval_full:
-        res = round_end.evaluate(round_end.latest, round_end.held_out)
+        res = round_end.evaluate(round_end.held_out)
         artifacts.update(**{"final-evaluation": res.as_dict()})

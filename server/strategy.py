@@ -164,8 +164,8 @@ class RecordingStrategy(Strategy):
     weight_log : WeightLog, optional
         Where each round's client updates are compared with the aggregated one (None: they are not).
     reference : Mapping[str, torch.Tensor], optional
-        The model every end loads before round 1 (the initial global model): ``int8`` transport
-        sends the global model as its difference from this state.
+        The tensors that travel as every end loads them before round 1 (the initial global model):
+        ``int8`` transport sends the global model as its difference from this state.
     """
 
     def __init__(
@@ -390,7 +390,7 @@ def make_strategy(
 ) -> RecordingStrategy:
     """Flower's strategy named by ``cfg.strategy``, wrapped so that every round is recorded.
 
-    ``reference`` is the model every end loads before round 1 (needed by ``int8`` transport).
+    ``reference`` is the initial global model, as every end loads it (needed by ``int8`` transport).
     """
     inner = STRATEGY_CLASSES[cfg.strategy](**strategy_kwargs(cfg))
     evaluate_received = cfg.local_eval == LOCAL_EVAL_WITH_TRAIN and cfg.fraction_evaluate > 0
