@@ -30,7 +30,8 @@ import torch
 
 from bench.common import DEFAULT_IMDB, FedRun, Variant, pooled_train_rows, run_fedimdb, work_dir, write_result
 from fedimdb.artifacts import LOGS_DIR, read_json
-from fedimdb.data import SERVER_DIR, Examples, read_split
+from fedimdb.config import DataConfig
+from fedimdb.data import SERVER_DIR, Examples, prepare_shards, read_split
 from fedimdb.deploy.flwr_cli import FLWR_RUN_FILE
 from fedimdb.model import load_model, pick_device
 from fedimdb.training import evaluate, seed_everything, train
@@ -124,7 +125,7 @@ def federated_curve(variant: Variant, run: FedRun) -> Curve:
 
 
 def run_federated(variant: Variant, size: Size, work: Path, imdb: Path) -> Curve:
-    """The arm through real Flower processes (local backend)."""
+    """The arm through real Flower processes (local backend), on the shards the centralised arm used."""
     args = ["--model", "minilm", "--clients", str(size.clients), "--rounds", str(size.rounds), "--seed", "42",
             "--data-source", str(imdb), "--shards-dir", str(work / "shards")]  # fmt: skip
     run = run_fedimdb(work / "results", args, {**size.run_settings(), **variant.settings}, variant.env)
@@ -193,6 +194,13 @@ def print_table(rows: list[dict[str, object]], curves: list[Curve], size: Size) 
         print(f"{c.name:<20}" + " ".join(f"{a:.3f}@{s:.0f}s" for a, s in zip(c.accuracy, c.seconds, strict=True)))
 
 
+def progress(curve: Curve) -> Curve:
+    """Print an arm's curve as soon as it is measured (a long invocation shows what it has so far)."""
+    points = " ".join(f"{x:.3f}@{t:.0f}s" for x, t in zip(curve.accuracy, curve.seconds, strict=True))
+    print(f"{curve.name} ({curve.bytes_per_round / 1e6:.0f} MB a round): {points}", flush=True)
+    return curve
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the arms, print the table, write bench/results/tta-*.json."""
     p = argparse.ArgumentParser(prog="python -m bench.tta", description=__doc__.split("\n\n")[0])
@@ -202,12 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-source", type=Path, default=DEFAULT_IMDB)
     a = p.parse_args(argv)
     size = SIZES[a.size]
-    curves = []
     with work_dir("tta") as work:
+        shards = prepare_shards(DataConfig(data_source=str(a.data_source), shards_dir=str(work / "shards")))
+        curves = [progress(run_centralised(size, shards))]
         for variant in (v for v in ARMS if v.name in a.arms):
-            curves.append(run_federated(variant, size, work, a.data_source))
-            print(f"{variant.name}: " + " ".join(f"{x:.3f}" for x in curves[-1].accuracy), flush=True)
-        curves.insert(0, run_centralised(size, work / "shards"))
+            curves.append(progress(run_federated(variant, size, work, a.data_source)))
     rows = table(curves, size, fp32_bound(size))
     print_table(rows, curves, size)
     figures = {"size": a.size, **asdict(size), "table": rows, "curves": [asdict(c) for c in curves]}

@@ -46,8 +46,8 @@ def test_minilm_accuracy_rises_round_by_round(imdb_dir: Path, tmp_path: Path) ->
     assert accuracy[-1] > accuracy[1], f"no gain after round 1: {accuracy}"
 
 
-LORA_ROUNDS = 2
-LORA_SETTINGS = [*SETTINGS, "fine-tune=lora", "learning-rate=1e-3", "eval-rows=200"]
+LORA_ROUNDS = 3
+LORA_SETTINGS = [*SETTINGS, "fine-tune=lora", "learning-rate=5e-4", "eval-rows=200"]
 
 
 def test_lora_learns_sends_a_sliver_and_archives_whole_models(imdb_dir: Path, tmp_path: Path) -> None:
