@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import grpc
+import numpy as np
 import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -37,7 +38,9 @@ OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 
 # The end-to-end runs: tiny model, short sequences, small evaluations. Unequal (Dirichlet) shards,
 # each trained for a full local epoch, so the clients report different example counts and FedAvg's
-# weighting by them shows in the global weights.
+# weighting by them shows in the global weights; the shards are cut from a random sample of IMDB,
+# so that an epoch is ~10 steps rather than ~150 (the four runs took 730 s on the whole of it).
+E2E_REVIEWS = {"train": 3000, "test": 500}
 E2E_CLIENTS = 3
 E2E_ROUNDS = 2
 E2E_OPTIONS = ["--seed", "7", "--partitioner", "dirichlet", "--alpha", "0.5"]
@@ -342,24 +345,34 @@ def _is(process: psutil.Process, name: str) -> bool:
         return False
 
 
+def imdb_sample(imdb: Path, out: Path, rows: Mapping[str, int], seed: int = 0) -> Path:
+    """A folder with ``rows[split]`` real IMDB reviews of each split, drawn at random (both labels)."""
+    out.mkdir(parents=True)
+    for split, count in rows.items():
+        table = pq.read_table(imdb / f"{split}.parquet")
+        pick = np.random.default_rng(seed).choice(table.num_rows, size=count, replace=False)
+        pq.write_table(table.take(pa.array(np.sort(pick))), out / f"{split}.parquet")
+    return out
+
+
 @pytest.fixture(scope="session")
 def e2e_runs(imdb_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Real local deployments with the same seed; the first one is watched for connections.
 
     The first evaluates locally inside the train replies (the default), the second with Flower's
     separate evaluate messages: the same numbers must come out. The third sends the weights in
-    int8 (its results in a folder of their own).
+    int8, the fourth trains LoRA adapters (fine-tune = lora); each of those two in a folder of its own.
     """
     base = tmp_path_factory.mktemp("e2e")
-    args = local_run_args(
-        base / "results", base / "shards", imdb_dir, clients=E2E_CLIENTS, rounds=E2E_ROUNDS, settings=E2E_SETTINGS
-    )
+    source = imdb_sample(imdb_dir, base / "imdb", E2E_REVIEWS)
+
+    def run(results: str, *options: str, watch: Callable | None = None) -> Orchestrator:
+        args = local_run_args(base / results, base / "shards", source, clients=E2E_CLIENTS, rounds=E2E_ROUNDS,
+                              settings=E2E_SETTINGS)  # fmt: skip
+        return orchestrate(*args, *E2E_OPTIONS, *options, watch=watch)
+
     watch = ConnectionWatch()
-    first = orchestrate(*args, *E2E_OPTIONS, watch=watch)
-    second = orchestrate(*args, *E2E_OPTIONS, "--set", "local-eval=separate")
-    int8_args = local_run_args(
-        base / "results-int8", base / "shards", imdb_dir, clients=E2E_CLIENTS, rounds=E2E_ROUNDS, settings=E2E_SETTINGS
-    )
-    int8 = orchestrate(*int8_args, *E2E_OPTIONS, "--set", "weight-transport=int8")
-    return {"runs": [first, second, int8], "results": base / "results", "int8_results": base / "results-int8",
-            "watch": watch}  # fmt: skip
+    runs = [run("results", watch=watch), run("results", "--set", "local-eval=separate"),
+            run("results-int8", "--set", "weight-transport=int8"), run("results-lora", "--set", "fine-tune=lora")]  # fmt: skip
+    return {"runs": runs, "results": base / "results", "int8_results": base / "results-int8",
+            "lora_results": base / "results-lora", "watch": watch, "shards": base / "shards"}  # fmt: skip

@@ -11,11 +11,15 @@ import torch
 from safetensors.torch import load_file
 
 from fedimdb.artifacts import LOGS_DIR, read_csv, read_json, verify_run
+from fedimdb.data import SERVER_DIR, read_split
 from fedimdb.deploy.flwr_cli import FLWR_RUN_FILE
-from fedimdb.model import load_global_model
+from fedimdb.model import load_global_model, load_model
 from fedimdb.quantize import error_bound
+from fedimdb.training import evaluate
 from tests.conftest import E2E_CLIENTS, E2E_ROUNDS
 
+EMBEDDINGS = "bert.embeddings.word_embeddings.weight"
+QUERY = "bert.encoder.layer.0.attention.self.query.weight"
 TIMING_COLUMNS = {"round_seconds", "central_eval_seconds", "setup_seconds", "train_seconds", "train_samples_per_s",
                   "node_id"}  # fmt: skip
 
@@ -142,6 +146,29 @@ def test_int8_transport_stays_within_its_bound_through_real_flower(e2e_runs: dic
         assert float((int8[name] - value).abs().max()) <= bound, name
     # measured 0.46: tiny's tensors are small, so each one's map and Flower's framing weigh (minilm: bench.tta)
     assert _traffic(int8_dir) < 0.5 * _traffic(run_dir)
+
+
+def test_lora_sends_a_sliver_and_archives_whole_models(e2e_runs: dict, run_dir: Path) -> None:
+    """fine-tune=lora through real Flower: every archived round is the whole model (adapters merged), which
+    loads strictly and scores on the held-out rows what the server measured with the adapters; the word
+    embeddings stay as loaded; only the adapters and the head travel."""
+    (lora_dir,) = _run_dirs(e2e_runs["lora_results"])
+    meta = verify_run(lora_dir)
+    assert meta["config"]["fine-tune"] == "lora"
+    held_out = read_split(e2e_runs["shards"] / SERVER_DIR, "test").head(meta["config"]["eval-rows"])
+    losses = [meta["initial-evaluation"]["loss"]] + [
+        float(r["central_loss"]) for r in read_csv(lora_dir / "rounds.csv")
+    ]
+    _, tokenizer = load_model("tiny", 0)
+    models = [load_global_model(lora_dir, server_round=k) for k in range(E2E_ROUNDS + 1)]  # strict: whole models
+    for server_round, model in enumerate(models):
+        assert not any("lora" in name for name in model.state_dict())
+        got = evaluate(model, tokenizer, held_out, batch_size=32, max_length=32, device=torch.device("cpu"))
+        assert abs(got.loss - losses[server_round]) <= 1e-4, (server_round, got.loss, losses)
+    first, last = (m.state_dict() for m in (models[0], models[-1]))
+    assert torch.equal(first[EMBEDDINGS], last[EMBEDDINGS])
+    assert not torch.equal(first[QUERY], last[QUERY]), "the merged adapters moved the attention weights"
+    assert _traffic(lora_dir) < 0.5 * _traffic(run_dir)
 
 
 def test_weights_load_back_with_from_pretrained(run_dir: Path) -> None:
