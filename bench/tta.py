@@ -12,7 +12,7 @@ Arms: ``centralised``; ``stock-flower`` (the same app the way Flower's defaults 
 ``flwr-clientapp`` per message, separate evaluate messages, 3 s reply polls, float32, FedAvg);
 ``fedimdb`` (the defaults); and one arm per lever. Run from the repository root::
 
-    python -m bench.tta                      # the quick size: target 0.80
+    python -m bench.tta                      # the quick size: target 0.80 (0.70 and 0.75 on the way)
     python -m bench.tta --size main          # the main job's size: target 0.85
     python -m bench.tta --arms fedimdb int8  # some arms (centralised always runs)
 """
@@ -48,6 +48,7 @@ class Size:
     max_length: int
     eval_rows: int
     target: float
+    milestones: tuple[float, ...] = ()  # lower accuracies whose TTA is printed too
 
     @property
     def round_reviews(self) -> int:
@@ -61,8 +62,12 @@ class Size:
 
 
 SIZES = {
-    "quick": Size(clients=4, rounds=6, steps=16, batch_size=16, max_length=64, eval_rows=500, target=0.80),
-    "main": Size(clients=10, rounds=10, steps=16, batch_size=16, max_length=128, eval_rows=2000, target=0.85),
+    "quick": Size(
+        clients=4, rounds=6, steps=16, batch_size=16, max_length=64, eval_rows=500, target=0.80, milestones=(0.70, 0.75)
+    ),
+    "main": Size(
+        clients=10, rounds=10, steps=16, batch_size=16, max_length=128, eval_rows=2000, target=0.85, milestones=(0.80,)
+    ),
 }
 
 STOCK_FLOWER = Variant(
@@ -194,6 +199,26 @@ def print_table(rows: list[dict[str, object]], curves: list[Curve], size: Size) 
         print(f"{c.name:<20}" + " ".join(f"{a:.3f}@{s:.0f}s" for a, s in zip(c.accuracy, c.seconds, strict=True)))
 
 
+def milestone_seconds(curves: list[Curve], size: Size) -> dict[str, dict[str, float | None]]:
+    """Each arm's TTA at each milestone and the target (None: not reached)."""
+    return {c.name: {f"{t:.2f}": c.tta(t) for t in (*size.milestones, size.target)} for c in curves}
+
+
+def print_milestones(seconds: dict[str, dict[str, float | None]]) -> None:
+    """Seconds to each accuracy, an arm a line (– : not reached)."""
+    for arm, by_target in seconds.items():
+        print(f"{arm:<20}" + "  ".join(f"{t}: {_cell(s, '.0f'):>5} s" for t, s in by_target.items()))
+
+
+def run_arm(variant: Variant, size: Size, work: Path, imdb: Path) -> Curve | None:
+    """One federated arm, or None (and why, printed) when its run failed: the other arms still run."""
+    try:
+        return run_federated(variant, size, work, imdb)
+    except RuntimeError as exc:
+        print(f"{variant.name}: failed, left out of the table: {exc}", file=sys.stderr, flush=True)
+        return None
+
+
 def progress(curve: Curve) -> Curve:
     """Print an arm's curve as soon as it is measured (a long invocation shows what it has so far)."""
     points = " ".join(f"{x:.3f}@{t:.0f}s" for x, t in zip(curve.accuracy, curve.seconds, strict=True))
@@ -214,10 +239,14 @@ def main(argv: list[str] | None = None) -> int:
         shards = prepare_shards(DataConfig(data_source=str(a.data_source), shards_dir=str(work / "shards")))
         curves = [progress(run_centralised(size, shards))]
         for variant in (v for v in ARMS if v.name in a.arms):
-            curves.append(progress(run_federated(variant, size, work, a.data_source)))
+            if (curve := run_arm(variant, size, work, a.data_source)) is not None:
+                curves.append(progress(curve))
     rows = table(curves, size, fp32_bound(size))
     print_table(rows, curves, size)
-    figures = {"size": a.size, **asdict(size), "table": rows, "curves": [asdict(c) for c in curves]}
+    milestones = milestone_seconds(curves, size)
+    print_milestones(milestones)
+    curve_figures = [asdict(c) for c in curves]
+    figures = {"size": a.size, **asdict(size), "table": rows, "tta_s_by_accuracy": milestones, "curves": curve_figures}
     print(f"written: {write_result('tta', figures, sys.argv)}")
     return 0
 
