@@ -84,8 +84,8 @@ def run_fedimdb(
         cmd += ["--set", f"{key}={value}"]
     # Flower's binaries beside this interpreter, as in an activated venv (``.venv/bin/python -m bench.x``).
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    env = {**os.environ, "PATH": path, **(env or {})}
-    proc = subprocess.run(cmd, cwd=APP_DIR, env=env, capture_output=True, text=True)
+    run_env = {**os.environ, "PATH": path, **(env or {})}
+    proc = subprocess.run(cmd, cwd=APP_DIR, env=run_env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
     (exp_dir,) = set(out.iterdir()) - before

@@ -367,12 +367,21 @@ def e2e_runs(imdb_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     source = imdb_sample(imdb_dir, base / "imdb", E2E_REVIEWS)
 
     def run(results: str, *options: str, watch: Callable | None = None) -> Orchestrator:
-        args = local_run_args(base / results, base / "shards", source, clients=E2E_CLIENTS, rounds=E2E_ROUNDS,
-                              settings=E2E_SETTINGS)  # fmt: skip
+        args = local_run_args(
+            base / results, base / "shards", source, clients=E2E_CLIENTS, rounds=E2E_ROUNDS, settings=E2E_SETTINGS
+        )
         return orchestrate(*args, *E2E_OPTIONS, *options, watch=watch)
 
     watch = ConnectionWatch()
-    runs = [run("results", watch=watch), run("results", "--set", "local-eval=separate"),
-            run("results-int8", "--set", "weight-transport=int8"), run("results-lora", "--set", "fine-tune=lora")]  # fmt: skip
-    return {"runs": runs, "results": base / "results", "int8_results": base / "results-int8",
-            "lora_results": base / "results-lora", "watch": watch, "shards": base / "shards"}  # fmt: skip
+    runs = [
+        run("results", watch=watch),
+        run("results", "--set", "local-eval=separate"),
+        run("results-int8", "--set", "weight-transport=int8"),
+        run("results-lora", "--set", "fine-tune=lora"),
+    ]
+    results = {
+        "results": base / "results",
+        "int8_results": base / "results-int8",
+        "lora_results": base / "results-lora",
+    }
+    return {"runs": runs, **results, "watch": watch, "shards": base / "shards"}

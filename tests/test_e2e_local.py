@@ -154,16 +154,18 @@ def test_lora_sends_a_sliver_and_archives_whole_models(e2e_runs: dict, run_dir: 
     embeddings stay as loaded; only the adapters and the head travel."""
     (lora_dir,) = _run_dirs(e2e_runs["lora_results"])
     meta = verify_run(lora_dir)
-    assert meta["config"]["fine-tune"] == "lora"
-    held_out = read_split(e2e_runs["shards"] / SERVER_DIR, "test").head(meta["config"]["eval-rows"])
+    config = meta["config"]
+    assert config["fine-tune"] == "lora"
+    held_out = read_split(e2e_runs["shards"] / SERVER_DIR, "test").head(config["eval-rows"])
     losses = [meta["initial-evaluation"]["loss"]] + [
         float(r["central_loss"]) for r in read_csv(lora_dir / "rounds.csv")
     ]
     _, tokenizer = load_model("tiny", 0)
+    options = {"batch_size": config["batch-size"], "max_length": config["max-length"], "device": torch.device("cpu")}
     models = [load_global_model(lora_dir, server_round=k) for k in range(E2E_ROUNDS + 1)]  # strict: whole models
     for server_round, model in enumerate(models):
         assert not any("lora" in name for name in model.state_dict())
-        got = evaluate(model, tokenizer, held_out, batch_size=32, max_length=32, device=torch.device("cpu"))
+        got = evaluate(model, tokenizer, held_out, **options)
         assert abs(got.loss - losses[server_round]) <= 1e-4, (server_round, got.loss, losses)
     first, last = (m.state_dict() for m in (models[0], models[-1]))
     assert torch.equal(first[EMBEDDINGS], last[EMBEDDINGS])
