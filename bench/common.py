@@ -11,6 +11,7 @@ import os
 import platform
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -66,6 +67,35 @@ class FedRun:
     def final_accuracy(self) -> float:
         """Central accuracy after the last round."""
         return float(self.rounds[-1]["central_accuracy"])
+
+
+@dataclass(frozen=True)
+class RoundBreakdown:
+    """Where a run's rounds went: means over its rounds, in seconds."""
+
+    round_s: float
+    slowest_train_s: float = 0.0
+    slowest_setup_s: float = 0.0  # model, weights, data and the local evaluation, before training
+    central_eval_s: float = 0.0
+
+    @property
+    def other_s(self) -> float:
+        """What the parts leave: messages out and back, waits, aggregation, archiving (clients overlap)."""
+        return self.round_s - self.slowest_train_s - self.slowest_setup_s - self.central_eval_s
+
+
+def round_breakdown(run: FedRun) -> RoundBreakdown:
+    """A run's mean round time, slowest client training and set-up, and central evaluation."""
+    by_round: dict[str, list[dict[str, str]]] = {}
+    for row in run.clients:
+        if row["train_seconds"] != "":  # a failed client's row has no timings
+            by_round.setdefault(row["round"], []).append(row)
+    return RoundBreakdown(
+        statistics.mean(float(r["round_seconds"]) for r in run.rounds),
+        statistics.mean(max(float(r["train_seconds"]) for r in rows) for rows in by_round.values()),
+        statistics.mean(max(float(r["setup_seconds"]) for r in rows) for rows in by_round.values()),
+        statistics.mean(float(r["central_eval_seconds"]) for r in run.rounds),
+    )
 
 
 def run_fedimdb(

@@ -21,13 +21,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import DEFAULT_IMDB, FedRun, Variant, run_fedimdb, work_dir, write_result
+from bench.common import DEFAULT_IMDB, Variant, round_breakdown, run_fedimdb, work_dir, write_result
 from fedimdb.artifacts import LOGS_DIR, read_json
 from fedimdb.config import RunConfig
 from fedimdb.deploy import flwr_cli
 from fedimdb.deploy.flwr_cli import FLWR_RUN_FILE
 from fedimdb.deploy.local import LocalFederation, process_env
-from fedimdb.deploy.processes import CONNECTION
+from fedimdb.deploy.processes import LOCAL_CONNECTION
 from fedimdb.model import load_model
 
 BASELINE_APP = Path(__file__).with_name("flower_baseline")
@@ -81,9 +81,9 @@ def baseline(model: str, clients: int, rounds: int, work: Path) -> Arm:
     env = process_env(RunConfig(num_clients=clients), work / f"flwr-home-{model}")
     with LocalFederation(work, clients, out / LOGS_DIR, env, warm_clients=False):
         config = {"num-rounds": rounds, "num-clients": clients, "num-params": num_params(model), "output-dir": str(out)}
-        run_id = flwr_cli.submit_run(BASELINE_APP, CONNECTION, config, env, out / "submit")
-        entry = flwr_cli.wait_for_run(CONNECTION, run_id, env, timeout=600 * rounds, poll_seconds=1.0)
-    if entry["status"] != flwr_cli.COMPLETED:
+        run_id = flwr_cli.submit_run(BASELINE_APP, LOCAL_CONNECTION, config, env, out / "submit")
+        entry = flwr_cli.wait_for_run(LOCAL_CONNECTION, run_id, env, timeout=600 * rounds, poll_seconds=1.0)
+    if entry["status"] != flwr_cli.FLOWER_COMPLETED:
         raise RuntimeError(f"baseline {model}: {entry['status']} {entry.get('status-details')}")
     seconds = read_json(out / "rounds.json")["round-seconds"]
     return Arm("flower-default", model, statistics.mean(seconds), bytes_per_round=traffic(entry) / rounds)
@@ -95,22 +95,7 @@ def fedimdb_arm(variant: Variant, model: str, a: argparse.Namespace, work: Path)
             str(a.data_source), "--shards-dir", str(work / "shards")]  # fmt: skip
     run = run_fedimdb(work / "results", args, {**SETTINGS, **variant.settings}, variant.env, a.backend)
     traffic_per_round = traffic(read_json(run.run_dir / LOGS_DIR / FLWR_RUN_FILE)) / a.rounds
-    return Arm(f"{variant.name}@{a.backend}", model, *per_round(run), traffic_per_round)
-
-
-def per_round(run: FedRun) -> tuple[float, float, float, float]:
-    """Mean round time, slowest training, slowest setup and central evaluation, over the rounds."""
-    by_round: dict[str, list[dict[str, str]]] = {}
-    for row in run.clients:
-        by_round.setdefault(row["round"], []).append(row)
-    slowest = [max(float(r["train_seconds"]) for r in rows) for rows in by_round.values()]
-    setup = [max(float(r["setup_seconds"]) for r in rows) for rows in by_round.values()]
-    return (
-        statistics.mean(float(r["round_seconds"]) for r in run.rounds),
-        statistics.mean(slowest),
-        statistics.mean(setup),
-        statistics.mean(float(r["central_eval_seconds"]) for r in run.rounds),
-    )
+    return Arm(f"{variant.name}@{a.backend}", model, **asdict(round_breakdown(run)), bytes_per_round=traffic_per_round)
 
 
 def report(arms: list[Arm], params: Mapping[str, int], clients: int) -> list[dict[str, Any]]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -28,7 +29,17 @@ from pathlib import Path
 
 import torch
 
-from bench.common import DEFAULT_IMDB, FedRun, Variant, pooled_train_rows, run_fedimdb, work_dir, write_result
+from bench.common import (
+    DEFAULT_IMDB,
+    FedRun,
+    RoundBreakdown,
+    Variant,
+    pooled_train_rows,
+    round_breakdown,
+    run_fedimdb,
+    work_dir,
+    write_result,
+)
 from fedimdb.artifacts import LOGS_DIR, read_json
 from fedimdb.config import DataConfig
 from fedimdb.data import SERVER_DIR, Examples, prepare_shards, read_split
@@ -97,6 +108,7 @@ class Curve:
     seconds: tuple[float, ...]  # cumulative, from the start of round 1
     reviews: tuple[int, ...]  # cumulative
     bytes_per_round: float = 0.0  # both ways, the run's traffic over its rounds (0: not measured)
+    breakdown: RoundBreakdown | None = None  # where a round's time went
 
     def reached(self, target: float) -> int | None:
         """The first round (1-based) whose accuracy is at least ``target``; None if none is."""
@@ -126,6 +138,7 @@ def federated_curve(variant: Variant, run: FedRun) -> Curve:
         cumulative([float(r["round_seconds"]) for r in run.rounds]),
         tuple(int(x) for x in cumulative([float(r["train_examples"]) for r in run.rounds])),
         float(traffic) / len(run.rounds),
+        round_breakdown(run),
     )
 
 
@@ -146,16 +159,23 @@ def run_centralised(size: Size, shards: Path, seed: int = 42) -> Curve:
     device = pick_device("auto")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     options = {"batch_size": size.batch_size, "max_length": size.max_length, "device": device}
-    accuracy, seconds, reviews = [], [], []
+    accuracy, train_s, eval_s, reviews = [], [], [], []
     for k in range(size.rounds):
         chunk = Examples(*(x[k * size.round_reviews : (k + 1) * size.round_reviews] for x in (data.texts, data.labels)))
         start = time.perf_counter()
         result = train(model, tokenizer, chunk, epochs=1, max_steps=0, learning_rate=1e-4, seed=seed + k,
                        micro_batch_size=4, optimizer=optimizer, **options)  # fmt: skip
+        trained = time.perf_counter()
         accuracy.append(evaluate(model, tokenizer, held_out, **options).accuracy)
-        seconds.append(time.perf_counter() - start)
+        train_s.append(trained - start)
+        eval_s.append(time.perf_counter() - trained)
         reviews.append(result.num_examples)
-    return Curve("centralised", tuple(accuracy), cumulative(seconds), tuple(int(x) for x in cumulative(reviews)))
+    seconds = [t + e for t, e in zip(train_s, eval_s, strict=True)]
+    breakdown = RoundBreakdown(
+        statistics.mean(seconds), statistics.mean(train_s), central_eval_s=statistics.mean(eval_s)
+    )
+    return Curve("centralised", tuple(accuracy), cumulative(seconds), tuple(int(x) for x in cumulative(reviews)),
+                 breakdown=breakdown)  # fmt: skip
 
 
 def table(curves: list[Curve], size: Size, fp32_bound: float) -> list[dict[str, object]]:
@@ -210,6 +230,15 @@ def print_milestones(seconds: dict[str, dict[str, float | None]]) -> None:
         print(f"{arm:<20}" + "  ".join(f"{t}: {_cell(s, '.0f'):>5} s" for t, s in by_target.items()))
 
 
+def print_breakdowns(curves: list[Curve]) -> None:
+    """Where each arm's round went, means in seconds (set-up: before training, the local evaluation with it)."""
+    print(f"{'a round, s':<20}{'round':>8}{'train':>8}{'set-up':>8}{'central eval':>14}{'other':>8}")
+    for c in curves:
+        if (b := c.breakdown) is not None:
+            print(f"{c.name:<20}{b.round_s:>8.1f}{b.slowest_train_s:>8.1f}{b.slowest_setup_s:>8.1f}"
+                  f"{b.central_eval_s:>14.1f}{b.other_s:>8.1f}")  # fmt: skip
+
+
 def run_arm(variant: Variant, size: Size, work: Path, imdb: Path) -> Curve | None:
     """One federated arm, or None (and why, printed) when its run failed: the other arms still run."""
     try:
@@ -245,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows, curves, size)
     milestones = milestone_seconds(curves, size)
     print_milestones(milestones)
+    print_breakdowns(curves)
     curve_figures = [asdict(c) for c in curves]
     figures = {"size": a.size, **asdict(size), "table": rows, "tta_s_by_accuracy": milestones, "curves": curve_figures}
     print(f"written: {write_result('tta', figures, sys.argv)}")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from bench.common import FedRun, RoundBreakdown, round_breakdown
 from bench.tta import Curve, Size, milestone_seconds, table
 
 SIZE = Size(clients=2, rounds=3, steps=1, batch_size=4, max_length=8, eval_rows=4, target=0.8, milestones=(0.7,))
@@ -38,3 +41,17 @@ def test_milestones_come_before_the_target() -> None:
         "fedimdb": {"0.70": 15.0, "0.80": 30.0},
         "lora-1e-3": {"0.70": None, "0.80": None},
     }
+
+
+def test_a_rounds_breakdown_takes_the_slowest_client_of_each_round_and_skips_failed_ones() -> None:
+    def client(rnd: str, train: str, setup: str) -> dict[str, str]:
+        return {"round": rnd, "train_seconds": train, "setup_seconds": setup}
+
+    rounds = [
+        {"round_seconds": "20", "central_eval_seconds": "4"},
+        {"round_seconds": "30", "central_eval_seconds": "6"},
+    ]
+    clients = [client("1", "8", "3"), client("1", "10", "1"), client("2", "12", "5"), client("2", "", "")]
+    b = round_breakdown(FedRun(Path("run"), rounds, clients))
+    assert b == RoundBreakdown(round_s=25.0, slowest_train_s=11.0, slowest_setup_s=4.0, central_eval_s=5.0)
+    assert b.other_s == 25.0 - 11.0 - 4.0 - 5.0
