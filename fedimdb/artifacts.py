@@ -25,6 +25,7 @@ import os
 import tempfile
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,14 @@ STATUS = "status"
 RUN_ID = "run-id"
 SEED = "seed"
 ROUNDS_COMPLETED = "rounds-completed"
-COMPLETED, FAILED, RUNNING = "completed", "failed", "running"
+
+
+class RunStatus(StrEnum):
+    """A run's status in run.json."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
 
 
 class ArtifactError(RuntimeError):
@@ -150,7 +158,7 @@ class RunArtifacts:
             raise ArtifactError(f"{self.folder} already holds a run ({RUN_FILE}); give each run a new output-dir")
         self.folder.mkdir(parents=True, exist_ok=True)
         self.files: dict[str, str] = {}
-        self.meta: dict[str, Any] = {**header, STATUS: RUNNING, "started": utc_now(), "ended": None}
+        self.meta: dict[str, Any] = {**header, STATUS: RunStatus.RUNNING, "started": utc_now(), "ended": None}
         self._write_run_file()
 
     def write(self, name: str, data: bytes) -> None:
@@ -201,7 +209,7 @@ def verify_run(folder: Path, require_completed: bool = True) -> dict[str, Any]:
         raise ArtifactError(f"{folder}: {RUN_HASH_FILE}: missing; {RUN_FILE} cannot be checked") from None
     if sha256_bytes(raw) != recorded:
         raise ArtifactError(f"{folder}: {RUN_FILE}: sha256 mismatch (against {RUN_HASH_FILE})")
-    if require_completed and meta.get(STATUS) != COMPLETED:
+    if require_completed and meta.get(STATUS) != RunStatus.COMPLETED:
         raise ArtifactError(f"{folder}: run status is {meta.get(STATUS)!r}: {meta.get('error')}")
     problems = []
     for name, digest in meta.get("files", {}).items():

@@ -36,9 +36,9 @@ from fedimdb.deploy.processes import runs_one_of
 from fedimdb.experiment import (
     EXPERIMENT_FILE,
     ORCHESTRATOR,
-    RUNNING,
     STATUS,
     Experiment,
+    ExperimentStatus,
     console,
     load_record,
     new_experiment_dir,
@@ -139,7 +139,7 @@ def resume_settings(exp_dir: Path, args: argparse.Namespace) -> tuple[Settings, 
     record = load_record(exp_dir)
     owner = record.get(ORCHESTRATOR, {})
     alive = owner.get("host") == socket.gethostname() and runs_one_of(owner.get("pid", 0), (b"orchestrate",))
-    if record.get(STATUS) == RUNNING and alive:
+    if record.get(STATUS) == ExperimentStatus.RUNNING and alive:
         raise ConfigError(
             f"--resume: experiment {exp_dir.name} is still being run by process {owner['pid']}; wait for it, or "
             "stop it (Ctrl-C) and resume then"
@@ -192,12 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return experiment.run()
     except KeyboardInterrupt:
-        record.update(status="interrupted", ended=utc_now())
+        record.update(status=ExperimentStatus.INTERRUPTED, ended=utc_now())
         experiment.save()
         console.print(f"interrupted; what was collected is kept. {_resume_hint(exp_dir)}")
         return 130
     except Exception as exc:  # a bug or an unforeseen failure: say so, keep experiment.json true, no traceback
-        record.update(status="failed", ended=utc_now(), error=f"{type(exc).__name__}: {exc}")
+        record.update(status=ExperimentStatus.FAILED, ended=utc_now(), error=f"{type(exc).__name__}: {exc}")
         experiment.save()
         console.print(
             f"error: the orchestrator failed ({type(exc).__name__}: {exc}); experiment.json says so and what was "

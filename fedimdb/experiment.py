@@ -25,6 +25,7 @@ import subprocess
 import tempfile
 import time
 from datetime import datetime, timezone
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +56,30 @@ EXPERIMENT_FILE = "experiment.json"
 RUN_FAILURES = (FlowerRunError, ArtifactError, ComposeRunError, RuntimeError, OSError, subprocess.SubprocessError)
 # experiment.json keys and repeat statuses.
 REPEATS, ATTEMPTS, STACK, ORCHESTRATOR = "repeats", "attempts", "stack", "orchestrator"
-VERIFIED, RUNNING, FAILED, INTERRUPTED, CORRUPT = "verified", "running", "failed", "interrupted", "corrupt"
-ABANDONED = "abandoned"  # its orchestrator was killed mid-attempt; the stack it left was stopped on --resume
+
+
+class ExperimentStatus(StrEnum):
+    """The experiment's status in experiment.json."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"  # every repeat verified
+    STOPPED = "stopped"  # a repeat failed and --on-failure stop ended the experiment
+    INCOMPLETE = "incomplete"  # some repeats are not verified: --resume runs them
+    INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM
+    FAILED = "failed"  # the orchestrator itself failed
+
+
+class RepeatStatus(StrEnum):
+    """A repeat's status in experiment.json, and each of its attempts'."""
+
+    RUNNING = "running"
+    VERIFIED = "verified"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+    CORRUPT = "corrupt"  # verified once, its artifacts no longer match their hashes: set aside, run again
+    ABANDONED = "abandoned"  # its orchestrator was killed mid-attempt; the stack it left was stopped on --resume
+
+
 console = Console(stderr=True, soft_wrap=True, highlight=False)
 
 
@@ -124,13 +147,21 @@ class Experiment:
         self._stop_leftovers()
         verified = [k for k in range(n) if self._still_verified(k)]
         self._start_metrics(n, len(verified))
-        self.record.update({STATUS: RUNNING, ORCHESTRATOR: {"pid": os.getpid(), "host": socket.gethostname()}})
+        self.record.update(
+            {STATUS: ExperimentStatus.RUNNING, ORCHESTRATOR: {"pid": os.getpid(), "host": socket.gethostname()}}
+        )
         self.save()
         stopped = self._run_repeats(n, verified)
-        done = {k: repeat_dir(self.exp_dir, k) for k in range(n) if self._repeat(k).get(STATUS) == VERIFIED}
+        done = {
+            k: repeat_dir(self.exp_dir, k) for k in range(n) if self._repeat(k).get(STATUS) == RepeatStatus.VERIFIED
+        }
         if done:
             write_summary(self.exp_dir, done)
-        status = "completed" if len(done) == n else ("stopped" if stopped else "incomplete")
+        status = (
+            ExperimentStatus.COMPLETED
+            if len(done) == n
+            else (ExperimentStatus.STOPPED if stopped else ExperimentStatus.INCOMPLETE)
+        )
         self.record.update(status=status, ended=utc_now())
         self.save()
         self.metrics.flush()
@@ -187,29 +218,33 @@ class Experiment:
     def _stop_leftovers(self) -> None:
         """An attempt still marked running had its orchestrator killed: stop the stack it left, mark it abandoned."""
         for k, rep in self.record[REPEATS].items():
-            if rep.get(STATUS) != RUNNING or not rep.get(ATTEMPTS):
+            if rep.get(STATUS) != RepeatStatus.RUNNING or not rep.get(ATTEMPTS):
                 continue
             entry = rep[ATTEMPTS][-1]
             said = self.backend.stop_leftover(entry.get(STACK, {}))
             entry.update(
-                {STATUS: ABANDONED, "error": "the orchestrator was killed during this attempt", "leftovers": said}
+                {
+                    STATUS: RepeatStatus.ABANDONED,
+                    "error": "the orchestrator was killed during this attempt",
+                    "leftovers": said,
+                }
             )
-            rep[STATUS] = ABANDONED
+            rep[STATUS] = RepeatStatus.ABANDONED
             console.print(f"repeat {k} attempt {entry['attempt']}: its orchestrator was killed; {said}")
         self.save()
 
     def _still_verified(self, k: int) -> bool:
         """A repeat recorded as verified whose folder still verifies; a corrupt one is set aside."""
         rep = self._repeat(k)
-        if rep.get(STATUS) != VERIFIED:
+        if rep.get(STATUS) != RepeatStatus.VERIFIED:
             return False
         try:
             verify_run(repeat_dir(self.exp_dir, k))
             return True
         except ArtifactError as exc:
-            moved = set_aside(repeat_dir(self.exp_dir, k), CORRUPT)
+            moved = set_aside(repeat_dir(self.exp_dir, k), RepeatStatus.CORRUPT)
             console.print(f"repeat {k}: no longer verifies ({exc}); moved to {moved}, redoing it")
-            rep.update({STATUS: CORRUPT, "error": str(exc), "moved-to": moved})
+            rep.update({STATUS: RepeatStatus.CORRUPT, "error": str(exc), "moved-to": moved})
             self.save()
             return False
 
@@ -231,7 +266,7 @@ class Experiment:
         path = repeat_dir(self.exp_dir, k)
         entry = {"attempt": attempt, "started": utc_now()}
         rep[ATTEMPTS].append(entry)
-        rep[STATUS] = RUNNING
+        rep[STATUS] = RepeatStatus.RUNNING
         self.save()
         self.metrics.repeat_started(k)
         console.print(f"repeat {k} (seed {cfg.seed}), attempt {attempt}: backend {self.backend.name}")
@@ -249,16 +284,16 @@ class Experiment:
                 stack.collect()
             meta = verify_run(path)
         except RUN_FAILURES as exc:
-            entry.update({STATUS: FAILED, "error": str(exc), "seconds": round(time.monotonic() - t0, 1)})
-            entry["set-aside"] = set_aside(path, FAILED)
-            rep[STATUS] = FAILED
+            entry.update({STATUS: RepeatStatus.FAILED, "error": str(exc), "seconds": round(time.monotonic() - t0, 1)})
+            entry["set-aside"] = set_aside(path, RepeatStatus.FAILED)
+            rep[STATUS] = RepeatStatus.FAILED
             self.save()
             self.metrics.repeat_failed()
             console.print(f"repeat {k} attempt {attempt} failed: {exc}", style="red", markup=False)
             return False
         except BaseException:
-            entry.update({STATUS: INTERRUPTED, "seconds": round(time.monotonic() - t0, 1)})
-            rep[STATUS] = INTERRUPTED
+            entry.update({STATUS: RepeatStatus.INTERRUPTED, "seconds": round(time.monotonic() - t0, 1)})
+            rep[STATUS] = RepeatStatus.INTERRUPTED
             self.save()
             raise
         self._record_verified(k, rep, entry, meta, round(time.monotonic() - t0, 1))
@@ -267,8 +302,8 @@ class Experiment:
     def _record_verified(self, k: int, rep: dict, entry: dict, meta: dict, seconds: float) -> None:
         final = read_csv(repeat_dir(self.exp_dir, k) / ROUNDS_FILE)[-1]
         accuracy, loss = float(final["central_accuracy"]), float(final["central_loss"])
-        entry.update({STATUS: VERIFIED, "seconds": seconds})
-        rep.update({STATUS: VERIFIED, "seconds": seconds, "run-id": meta.get(RUN_ID)})
+        entry.update({STATUS: RepeatStatus.VERIFIED, "seconds": seconds})
+        rep.update({STATUS: RepeatStatus.VERIFIED, "seconds": seconds, "run-id": meta.get(RUN_ID)})
         rep.update({"final-accuracy": accuracy, "final-loss": loss})
         self.save()
         self.metrics.repeat_finished(k, seconds, accuracy, loss)

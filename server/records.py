@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from enum import StrEnum
 from typing import Any
 
 from flwr.app import Message
@@ -49,8 +50,14 @@ CLIENT_COLUMNS = (
     "local_eval_examples",
     "reason",
 )
-OK, FAILED, REFUSED = "ok", "failed", "refused"
-"""A client's status in a round: its update was aggregated; it sent an error; its update was refused."""
+
+
+class ClientStatus(StrEnum):
+    """A client's status in a round, in clients.csv."""
+
+    OK = "ok"  # its update was aggregated
+    FAILED = "failed"  # it sent an error reply, or none
+    REFUSED = "refused"  # its update was screened out
 
 
 def weighted_mean(rows: list[dict[str, Any]], key: str, weight: str) -> float | str:
@@ -105,12 +112,12 @@ class RoundLog:
                 return row
         row = dict.fromkeys(CLIENT_COLUMNS, "")
         row.update(round=server_round, partition_id="" if partition_id is None else partition_id, node_id=node_id,
-                   status=OK)  # fmt: skip
+                   status=ClientStatus.OK)  # fmt: skip
         self.clients.append(row)
         return row
 
     def record_failure(self, server_round: int, msg: Message, node_id: int, status: str, reason: str) -> None:
-        """A train reply that is not aggregated: an error reply (FAILED) or a refused update (REFUSED).
+        """A train reply that is not aggregated: an error reply (``FAILED``) or a refused update (``REFUSED``).
 
         ``node_id`` is the node the train message went to (an error reply from the SuperLink, e.g. for a
         dead node, comes from the SuperLink itself); its partition is taken from the reply's metrics, or
@@ -136,7 +143,7 @@ class RoundLog:
             m = TrainMetrics.from_record(record)
             row = self._row(server_round, m.partition_id, msg.metadata.src_node_id)
             row.update(
-                status=OK,
+                status=ClientStatus.OK,
                 reason="",
                 num_examples=m.num_examples,
                 train_loss=m.loss,
@@ -185,13 +192,13 @@ class RoundLog:
         return [
             f"partition {r['partition_id'] if r['partition_id'] != '' else '?'} (node {r['node_id']}): {r['reason']}"
             for r in self.clients
-            if r["round"] == server_round and r["status"] in (FAILED, REFUSED)
+            if r["round"] == server_round and r["status"] in (ClientStatus.FAILED, ClientStatus.REFUSED)
         ]
 
     def finish_round(self, server_round: int, central: EvalResult | None, eval_seconds: float) -> dict[str, Any]:
         """Close the round with the central evaluation (None: the round failed); return its rounds.csv row."""
         rows = [r for r in self.clients if r["round"] == server_round]
-        trained = [r for r in rows if r["status"] == OK and r["num_examples"] != ""]
+        trained = [r for r in rows if r["status"] == ClientStatus.OK and r["num_examples"] != ""]
         row = {
             **dict.fromkeys(ROUND_COLUMNS, ""),
             "round": server_round,
@@ -200,8 +207,8 @@ class RoundLog:
             **self._local_eval_summary(server_round),
             "clients_sampled": self._sampled.get(server_round, 0),
             "clients_participating": len(trained),
-            "clients_failed": sum(r["status"] == FAILED for r in rows),
-            "clients_refused": sum(r["status"] == REFUSED for r in rows),
+            "clients_failed": sum(r["status"] == ClientStatus.FAILED for r in rows),
+            "clients_refused": sum(r["status"] == ClientStatus.REFUSED for r in rows),
             "retries": self._retries.get(server_round, 0),
             "round_seconds": time.monotonic() - self._started.get(server_round, time.monotonic()),
         }

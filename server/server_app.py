@@ -19,8 +19,6 @@ from flwr.serverapp import Grid, ServerApp
 from fedimdb.artifacts import (
     CLIENT_UPDATES_FILE,
     CLIENTS_FILE,
-    COMPLETED,
-    FAILED,
     FINAL_WEIGHTS,
     ROUNDS_COMPLETED,
     ROUNDS_FILE,
@@ -29,6 +27,7 @@ from fedimdb.artifacts import (
     WEIGHT_STATS_FILE,
     WEIGHTS_DIR,
     RunArtifacts,
+    RunStatus,
     client_weights_name,
     read_json,
     round_weights_name,
@@ -70,11 +69,11 @@ def main(grid: Grid, context: Context) -> None:
     try:
         run_federation(grid, cfg, artifacts, metrics)
     except BaseException as exc:
-        artifacts.finish(FAILED, error=f"{type(exc).__name__}: {exc}")
-        metrics.finished(FAILED)
+        artifacts.finish(RunStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
+        metrics.finished(RunStatus.FAILED)
         raise
-    artifacts.finish(COMPLETED)
-    metrics.finished(COMPLETED)
+    artifacts.finish(RunStatus.COMPLETED)
+    metrics.finished(RunStatus.COMPLETED)
 
 
 class RoundEnd:

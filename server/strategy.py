@@ -56,7 +56,7 @@ from fedimdb.protocol import (
 )
 from fedimdb.weights import ClientUpdate
 from server.checks import Expected, train_reply_problem
-from server.records import FAILED, REFUSED, RoundLog, partition_order
+from server.records import ClientStatus, RoundLog, partition_order
 from server.scrutiny import WeightLog
 
 if TYPE_CHECKING:
@@ -280,9 +280,12 @@ class RecordingStrategy(Strategy):
         self.metrics.received(msg.content for msg in replies if not msg.has_error())
         for msg in replies:
             if msg.has_error():
-                status, reason = FAILED, f"error reply {msg.error.code}: {msg.error.reason}"
+                status, reason = ClientStatus.FAILED, f"error reply {msg.error.code}: {msg.error.reason}"
             else:
-                status, reason = REFUSED, train_reply_problem(msg.content, self._expected) or self._decoded(msg)
+                status, reason = (
+                    ClientStatus.REFUSED,
+                    train_reply_problem(msg.content, self._expected) or self._decoded(msg),
+                )
             if msg.has_error() or reason is not None:
                 node = self._addressee(msg)
                 log(WARNING, "round %s: node %s %s: %s", server_round, node, status, reason)

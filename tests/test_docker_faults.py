@@ -24,7 +24,7 @@ from fedimdb.deploy.docker_artifacts import RUNNER_SERVICE, read_run_file, servi
 from fedimdb.deploy.local import free_port
 from fedimdb.deploy.monitoring import MONITORING_PROFILE, MONITORING_PROJECT
 from monitoring.dashboard import render
-from server.records import FAILED, OK
+from server.records import ClientStatus
 from tests.conftest import ROOT, Orchestrator, compose, require_docker
 from tests.monitoring_checks import (
     DASHBOARD,
@@ -106,9 +106,11 @@ def test_crashed_client_containers_restart_and_rejoin(imdb_dir: Path, tmp_path: 
     run_dir = exp / "repeat-0"
     verify_run(run_dir)
     clients = read_csv(run_dir / "clients.csv")
-    failed = sorted((r["round"], int(r["partition_id"])) for r in clients if r["status"] == FAILED)
+    failed = sorted((r["round"], int(r["partition_id"])) for r in clients if r["status"] == ClientStatus.FAILED)
     assert failed == [("2", k) for k in KILLED], failed
     trained = {(int(r["round"]), int(r["partition_id"])): r["status"] for r in clients if r["num_examples"]}
-    assert all(trained.get((ROUNDS, k)) == OK for k in KILLED), f"the restarted clients rejoined: {trained}"
+    assert all(trained.get((ROUNDS, k)) == ClientStatus.OK for k in KILLED), (
+        f"the restarted clients rejoined: {trained}"
+    )
     rounds = {int(r["round"]): r for r in read_csv(run_dir / "rounds.csv")}
     assert sorted(rounds) == list(range(1, ROUNDS + 1)) and rounds[2]["clients_failed"] == str(len(KILLED))

@@ -23,13 +23,13 @@ from fedimdb.config import RunConfig
 from fedimdb.data import SERVER_DIR
 from fedimdb.deploy import flwr_cli
 from fedimdb.deploy.local import LocalFederation, process_env
-from fedimdb.deploy.processes import CONNECTION
+from fedimdb.deploy.processes import LOCAL_CONNECTION
 from fedimdb.inspect.evaluate import evaluate_round
 from fedimdb.inspect.report import read_run, render_text
 from fedimdb.model import load_model
 from fedimdb.protocol import ARRAYS, METRICS, NUM_EXAMPLES, PARTITION_ID, TrainMetrics, transport_arrays
 from server.checks import Expected, examples_problem, train_reply_problem
-from server.records import FAILED, OK, REFUSED, RoundLog
+from server.records import ClientStatus, RoundLog
 from server.strategy import RoundPolicy
 from tests.conftest import Orchestrator, local_run_args, marked_processes, orchestrate
 
@@ -111,11 +111,13 @@ def test_a_retried_client_keeps_one_row_per_round() -> None:
     """A failed reply (partition unknown) followed by a usable one from the same node: one row, ok."""
     log = RoundLog()
     log.start_round(1, 2)
-    log.record_failure(1, _Reply(None, node=5), 5, FAILED, "error reply 1: boom")
-    assert [(r["node_id"], r["status"]) for r in log.clients] == [(5, FAILED)]
+    log.record_failure(1, _Reply(None, node=5), 5, ClientStatus.FAILED, "error reply 1: boom")
+    assert [(r["node_id"], r["status"]) for r in log.clients] == [(5, ClientStatus.FAILED)]
     assert log.reasons(1) == ["partition ? (node 5): error reply 1: boom"]
     log.record_train(1, [_Reply(3, node=5)])
-    assert [(r["partition_id"], r["node_id"], r["status"], r["reason"]) for r in log.clients] == [(3, 5, OK, "")]
+    assert [(r["partition_id"], r["node_id"], r["status"], r["reason"]) for r in log.clients] == [
+        (3, 5, ClientStatus.OK, "")
+    ]
     row = log.finish_round(1, None, 0.0)
     assert (row["clients_failed"], row["clients_participating"], row["central_accuracy"]) == (0, 1, "")
 
@@ -128,7 +130,7 @@ def test_a_dead_nodes_failure_is_named_by_its_partition() -> None:
     log.record_train(1, [_Reply(3, node=5)])
     log.finish_round(1, None, 0.0)
     log.start_round(2, 1)
-    log.record_failure(2, _Reply(None, node=1), 5, FAILED, "error reply 2: node unavailable")
+    log.record_failure(2, _Reply(None, node=1), 5, ClientStatus.FAILED, "error reply 2: node unavailable")
     assert log.reasons(2) == ["partition 3 (node 5): error reply 2: node unavailable"]
 
 
@@ -166,9 +168,15 @@ def test_bad_updates_are_refused_and_the_rest_aggregated(shards: Path, imdb_dir:
     clients = read_csv(run_dir / "clients.csv")
     by_partition = {(r["round"], r["partition_id"]): r for r in clients}
     for rnd in ("1", "2"):
-        assert by_partition[(rnd, "0")]["status"] == OK
-        assert by_partition[(rnd, "1")]["status"] == REFUSED and "non-finite" in by_partition[(rnd, "1")]["reason"]
-        assert by_partition[(rnd, "2")]["status"] == REFUSED and "at most 64" in by_partition[(rnd, "2")]["reason"]
+        assert by_partition[(rnd, "0")]["status"] == ClientStatus.OK
+        assert (
+            by_partition[(rnd, "1")]["status"] == ClientStatus.REFUSED
+            and "non-finite" in by_partition[(rnd, "1")]["reason"]
+        )
+        assert (
+            by_partition[(rnd, "2")]["status"] == ClientStatus.REFUSED
+            and "at most 64" in by_partition[(rnd, "2")]["reason"]
+        )
     for row in read_csv(run_dir / "rounds.csv"):
         assert (row["clients_sampled"], row["clients_participating"], row["clients_refused"]) == ("3", "1", "2")
         assert int(row["train_examples"]) == int(by_partition[(row["round"], "0")]["num_examples"])
@@ -191,7 +199,7 @@ def test_too_few_usable_updates_fail_the_run_with_the_reason(shards: Path, imdb_
     assert "error reply" in meta["error"] and "lower min-reply-fraction" in meta["error"]
     (row,) = read_csv(run_dir / "rounds.csv")
     assert (row["round"], row["retries"], row["clients_failed"], row["central_accuracy"]) == ("1", "1", "1", "")
-    failed = [r for r in read_csv(run_dir / "clients.csv") if r["status"] == FAILED]
+    failed = [r for r in read_csv(run_dir / "clients.csv") if r["status"] == ClientStatus.FAILED]
     assert len(failed) == 1 and "error reply" in failed[0]["reason"]
 
 
@@ -213,7 +221,7 @@ def test_an_unanswering_control_api_is_retried_then_given_up_as_dead(superlink: 
     said: list[str] = []
     os.kill(proc.pid, signal.SIGSTOP)
     with pytest.raises(flwr_cli.FlowerRunError, match="has not answered for"):
-        flwr_cli.wait_for_run(CONNECTION, 1, env, timeout=600, poll_seconds=0.5, log=said.append, patience=15)
+        flwr_cli.wait_for_run(LOCAL_CONNECTION, 1, env, timeout=600, poll_seconds=0.5, log=said.append, patience=15)
     assert said and all("slow to answer" in line for line in said)
 
 
@@ -225,7 +233,7 @@ def test_a_slow_control_api_is_waited_for(superlink: tuple) -> None:
     os.kill(proc.pid, signal.SIGSTOP)
     threading.Timer(8.0, os.kill, (proc.pid, signal.SIGCONT)).start()
     with pytest.raises(flwr_cli.FlowerRunError, match="Run ID not found") as caught:
-        flwr_cli.wait_for_run(CONNECTION, 1, env, timeout=600, poll_seconds=0.5, log=said.append, patience=120)
+        flwr_cli.wait_for_run(LOCAL_CONNECTION, 1, env, timeout=600, poll_seconds=0.5, log=said.append, patience=120)
     assert not isinstance(caught.value, flwr_cli.ControlUnanswered) and said
 
 
@@ -266,12 +274,12 @@ def test_a_killed_supernode_is_restarted_and_rejoins(shards: Path, imdb_dir: Pat
     verify_run(run_dir)
     rows = [r for r in read_csv(run_dir / "clients.csv") if r["partition_id"] == "1" and r["num_examples"]]
     trained = {int(r["round"]): (r["status"], r["node_id"]) for r in rows}  # train rows (not local-eval rows)
-    failed = [r for r in read_csv(run_dir / "clients.csv") if r["status"] == FAILED]
+    failed = [r for r in read_csv(run_dir / "clients.csv") if r["status"] == ClientStatus.FAILED]
     assert [(r["round"], r["partition_id"]) for r in failed] == [("2", "1")], failed
     assert "Node Unavailable" in failed[0]["reason"]
-    assert trained[1][0] == OK and 2 not in trained
+    assert trained[1][0] == ClientStatus.OK and 2 not in trained
     last = ROUNDS_AFTER_KILL
-    assert trained[last] == (OK, trained[1][1]), "partition 1 rejoined, as the same node (its key)"
+    assert trained[last] == (ClientStatus.OK, trained[1][1]), "partition 1 rejoined, as the same node (its key)"
     rounds = {int(r["round"]): r for r in read_csv(run_dir / "rounds.csv")}
     assert sorted(rounds) == list(range(1, last + 1)) and rounds[2]["clients_failed"] == "1"
 
@@ -294,7 +302,7 @@ def robust_runs(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
         for strategy in ROBUST:
             run = RunConfig.from_mapping({**settings, "strategy": strategy}).as_dict()
             run.update({"held-out-dir": str(shards / SERVER_DIR), "output-dir": str(tmp / strategy)})
-            flwr_cli.run_to_completion(CONNECTION, run, fed.env, log=lambda _: None, check=fed.check_alive)
+            flwr_cli.run_to_completion(LOCAL_CONNECTION, run, fed.env, log=lambda _: None, check=fed.check_alive)
             runs[strategy] = tmp / strategy
     return runs
 

@@ -18,7 +18,7 @@ from fedimdb.artifacts import LOGS_DIR, verify_run
 from fedimdb.config import RunConfig
 from fedimdb.deploy.credentials import make_credentials
 from fedimdb.deploy.local import LocalFederation, free_port, process_env
-from fedimdb.deploy.processes import CONNECTION, supernode_argv
+from fedimdb.deploy.processes import LOCAL_CONNECTION, supernode_argv
 from tests.conftest import local_run_args, orchestrate
 
 pytestmark = pytest.mark.timeout(600)
@@ -43,7 +43,7 @@ def test_credentials_are_private_and_never_overwritten(tmp_path: Path) -> None:
 
 
 def _nodes(env: dict[str, str]) -> list[dict]:
-    out = subprocess.run(["flwr", "supernode", "list", CONNECTION, "--format", "json"], env=env, capture_output=True,
+    out = subprocess.run(["flwr", "supernode", "list", LOCAL_CONNECTION, "--format", "json"], env=env, capture_output=True,
                          text=True, timeout=120)  # fmt: skip
     return json.loads(out.stdout)["nodes"]
 

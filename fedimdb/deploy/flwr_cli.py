@@ -28,8 +28,8 @@ from fedimdb.artifacts import (
     LOGS_DIR,
     ROUNDS_COMPLETED,
     RUN_FILE,
-    RUNNING,
     STATUS,
+    RunStatus,
     read_json,
     verify_run,
     write_json_atomic,
@@ -41,7 +41,7 @@ FAB_CONFIG = "pyproject.toml"  # the Flower App's configuration, FAB contents (`
 SERVERAPP_LOG = "serverapp.log"  # in the run folder's logs/
 FLWR_RUN_FILE = "flwr-run.json"  # in logs/ too: the run's final ``flwr ls`` entry (bytes in/out, compute time)
 FINISHED_PREFIX = "finished:"
-COMPLETED = "finished:completed"
+FLOWER_COMPLETED = "finished:completed"  # a run's status in ``flwr ls`` when it ended well
 CALL_TIMEOUT = 120.0  # seconds one flwr call may take
 STATUS_SECONDS = 10.0  # between two ``flwr ls`` while a run goes on ...
 WATCH_SECONDS = 1.0  # ... and between two looks at its run.json and its processes
@@ -242,7 +242,7 @@ def run_to_completion(
             check()
         record = run_record(run_dir)
         progress.update(int(record.get(ROUNDS_COMPLETED, 0)))
-        return record.get(STATUS, RUNNING) != RUNNING
+        return record.get(STATUS, RunStatus.RUNNING) != RunStatus.RUNNING
 
     server_log = run_dir / LOGS_DIR / SERVERAPP_LOG
     try:
@@ -252,7 +252,7 @@ def run_to_completion(
         server_log.parent.mkdir(parents=True, exist_ok=True)
         server_log.write_text(run_log(connection, run_id, env))
     write_json_atomic(server_log.parent / FLWR_RUN_FILE, entry)
-    if entry["status"] != COMPLETED:
+    if entry["status"] != FLOWER_COMPLETED:
         raise FlowerRunError(f"run {run_id} ended {entry['status']}: {entry.get('status-details')}; see {server_log}")
     verify_run(run_dir)
     return entry

@@ -28,8 +28,8 @@ from fedimdb.deploy import flwr_cli, forkserver
 from fedimdb.deploy.backend import RoundCallback, Stack
 from fedimdb.deploy.credentials import Credentials, make_credentials
 from fedimdb.deploy.processes import (
-    CONNECTION,
     FLOWER_POLL_VAR,
+    LOCAL_CONNECTION,
     LOOPBACK,
     await_superlink,
     runs_one_of,
@@ -56,7 +56,7 @@ def free_port() -> int:
 class LocalFederation:
     """Context manager: SuperLink + ``num_clients`` SuperNodes, each on its own shard.
 
-    Inside the block, the ``flwr`` CLI (``env``'s FLWR_HOME) reaches the SuperLink as :data:`CONNECTION`.
+    Inside the block, the ``flwr`` CLI (``env``'s FLWR_HOME) reaches the SuperLink as :data:`LOCAL_CONNECTION`.
     With ``credentials``, every API is TLS and each SuperNode's key is registered before it starts.
     """
 
@@ -220,7 +220,7 @@ class LocalStack(Stack):
             "output-dir": str(job.run_dir.resolve()),
         }
         flwr_cli.run_to_completion(
-            CONNECTION, run_config, self.env, log=self.log, check=fed.check_alive, on_round=on_round
+            LOCAL_CONNECTION, run_config, self.env, log=self.log, check=fed.check_alive, on_round=on_round
         )
 
     def collect(self) -> None:

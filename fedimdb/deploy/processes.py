@@ -48,7 +48,7 @@ PREPARED = "done"  # PREPARE_STATUS after a preparation that worked; anything el
 CONTAINER_USER = "fedimdb"  # the images' user (docker/install.sh), owner of the mounted credentials
 READY_FILE = Path("/tmp/fedimdb-superlink-ready")  # in the server container: SuperLink up, keys registered
 LOOPBACK = "127.0.0.1"
-CONNECTION = "fedimdb-local"  # the flwr CLI's name for a SuperLink on this host or in this container
+LOCAL_CONNECTION = "fedimdb-local"  # the flwr CLI's name for a SuperLink on this host or in this container
 TLS_AUTH_VAR = env_name("tls_auth")  # read by the server, client and runner containers
 WARM_CLIENTS_VAR = env_name("warm_clients")  # read by the client containers' supernode role
 SERVER_METRICS_VAR = env_name("server_metrics_port")  # the server container's exporter
@@ -138,16 +138,16 @@ def await_superlink(
 ) -> None:
     """Once the SuperLink listens on its (control, fleet) ``ports``: the flwr CLI's connection to it.
 
-    The connection is :data:`CONNECTION` in ``env``'s FLWR_HOME; with ``credentials`` it trusts
+    The connection is :data:`LOCAL_CONNECTION` in ``env``'s FLWR_HOME; with ``credentials`` it trusts
     their CA, and every SuperNode public key in them is registered (SuperNode authentication).
     """
     control, fleet = ports
     wait_for_port(control, 60, superlink)
     wait_for_port(fleet, 60, superlink)
     ca = credentials.ca if credentials else None
-    flwr_cli.write_connection(Path(env["FLWR_HOME"]), CONNECTION, f"{LOOPBACK}:{control}", ca)
+    flwr_cli.write_connection(Path(env["FLWR_HOME"]), LOCAL_CONNECTION, f"{LOOPBACK}:{control}", ca)
     if credentials:
-        flwr_cli.register_nodes(CONNECTION, credentials.node_public_keys(), env)
+        flwr_cli.register_nodes(LOCAL_CONNECTION, credentials.node_public_keys(), env)
 
 
 def serve_superlink(credentials: ServerCredentials | None, metrics_port: int = 0) -> int:

@@ -24,7 +24,7 @@ from fedimdb.deploy import flwr_cli
 from fedimdb.deploy.credentials import CA_CERT
 from fedimdb.deploy.processes import ARTIFACTS_MOUNT, CONTROL_PORT, CREDENTIALS_MOUNT, HELD_OUT_MOUNT, SERVER_HOST
 
-CONNECTION = "fedimdb-compose"
+COMPOSE_CONNECTION = "fedimdb-compose"
 
 
 def wait_for_control_api(address: str, timeout: float = 120) -> None:
@@ -60,11 +60,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="fedimdb-flwr-") as flwr_home:
         env = {"FLWR_HOME": flwr_home}
         ca = Path(CREDENTIALS_MOUNT) / CA_CERT if tls else None  # the Control API serves TLS under this CA
-        flwr_cli.write_connection(Path(flwr_home), CONNECTION, address, ca)
+        flwr_cli.write_connection(Path(flwr_home), COMPOSE_CONNECTION, address, ca)
         try:
             wait_for_control_api(address)
             run_config = {**cfg.as_dict(), "held-out-dir": HELD_OUT_MOUNT, "output-dir": str(run_dir)}
-            entry = flwr_cli.run_to_completion(CONNECTION, run_config, env, log=log)
+            entry = flwr_cli.run_to_completion(COMPOSE_CONNECTION, run_config, env, log=log)
         except (flwr_cli.FlowerRunError, ArtifactError) as exc:
             log(f"run failed: {exc}")
             return 1

@@ -13,11 +13,10 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from fedimdb.artifacts import COMPLETED, FAILED, RUNNING
+from fedimdb.artifacts import RunStatus
 from fedimdb.config import RunConfig
 
 RUN_LABEL = "run"
-STATUSES = (RUNNING, COMPLETED, FAILED)
 ROUND_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 3600, float("inf"))
 AGGREGATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, float("inf"))
 
@@ -80,7 +79,7 @@ class ServerMetrics:
         self.rounds_completed.labels(self.run)
         self.bytes_sent.labels(self.run)
         self.bytes_received.labels(self.run)
-        self.finished(RUNNING)
+        self.finished(RunStatus.RUNNING)
 
     def round_started_now(self, server_round: int, sampled: int, online: int) -> None:
         """A round's train messages go out to ``sampled`` of the ``online`` clients."""
@@ -118,7 +117,7 @@ class ServerMetrics:
         self.replied.labels(self.run).set(int(row["clients_participating"]))
         self.failed.labels(self.run).set(int(row["clients_failed"]) + int(row["clients_refused"]))
 
-    def finished(self, status: str) -> None:
+    def finished(self, status: RunStatus) -> None:
         """The run's status: running, completed or failed."""
-        for name in STATUSES:
+        for name in RunStatus:
             self.status.labels(self.run, name).set(int(name == status))
