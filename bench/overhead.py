@@ -27,7 +27,7 @@ from fedimdb.config import RunConfig
 from fedimdb.deploy import flwr_cli
 from fedimdb.deploy.flwr_cli import FLWR_RUN_FILE
 from fedimdb.deploy.local import LocalFederation, process_env
-from fedimdb.deploy.processes import LOCAL_CONNECTION
+from fedimdb.deploy.topology import LOCAL_CONNECTION
 from fedimdb.model import load_model
 
 BASELINE_APP = Path(__file__).with_name("flower_baseline")

@@ -28,7 +28,7 @@ from bench.common import DEFAULT_IMDB, run_fedimdb, work_dir, write_result
 from fedimdb.artifacts import LOGS_DIR
 from fedimdb.deploy.docker_backend import COMPOSE_LOG
 
-PROJECT_PREFIX = "fedimdb-"  # compose projects of orchestrate.py (docker_backend.compose_project_name)
+PROJECT_PREFIX = "fedimdb-"  # compose projects of orchestrate.py (backend.attempt_name)
 CGROUP_ROOTS = (Path("/sys/fs/cgroup/memory/docker"), Path("/sys/fs/cgroup/docker"))  # cgroup v1, v2 (cgroupfs)
 LINE = re.compile(r"^(?P<service>\S+?)-\d+\s+\|\s+(?P<time>\S+)Z (?P<text>.*)$")
 ACTIVATED = "[Fleet.ActivateNode]"

@@ -30,9 +30,9 @@ from fedimdb.config import (
     check_env_file,
 )
 from fedimdb.data import ShardError, prepare_shards, verify_shards
-from fedimdb.deploy.backend import choose_backend
+from fedimdb.deploy.choice import choose_backend
 from fedimdb.deploy.compose import COMPOSE_FILE
-from fedimdb.deploy.processes import runs_one_of
+from fedimdb.deploy.proc import runs_one_of
 from fedimdb.experiment import (
     EXPERIMENT_FILE,
     ORCHESTRATOR,

@@ -45,15 +45,13 @@ from fedimdb.artifacts import (
     verify_run,
     write_json_atomic,
 )
-from fedimdb.config import LOCAL_BACKEND, RunConfig, Settings
-from fedimdb.deploy.backend import Backend, RoundCallback, StackJob
-from fedimdb.deploy.docker_backend import ComposeRunError, compose_project_name
-from fedimdb.deploy.flwr_cli import FlowerRunError
+from fedimdb.config import RunConfig, Settings
+from fedimdb.deploy.backend import Backend, RoundCallback, StackError, StackJob, attempt_name
 from fedimdb.metrics.experiment import ExperimentMetrics
 from fedimdb.summary import write_summary
 
 EXPERIMENT_FILE = "experiment.json"
-RUN_FAILURES = (FlowerRunError, ArtifactError, ComposeRunError, RuntimeError, OSError, subprocess.SubprocessError)
+RUN_FAILURES = (StackError, ArtifactError, RuntimeError, OSError, subprocess.SubprocessError)
 # experiment.json keys and repeat statuses.
 REPEATS, ATTEMPTS, STACK, ORCHESTRATOR = "repeats", "attempts", "stack", "orchestrator"
 
@@ -187,7 +185,7 @@ class Experiment:
                 f"notice: metrics not served on port {port} ({exc}); they are still written to {self.metrics.path}"
             )
             return
-        if port and self.backend.name == LOCAL_BACKEND:
+        if port and self.backend.process_metrics:
             self._flower_metrics = tempfile.TemporaryDirectory(prefix="fedimdb-metrics-")
             self.metrics.collect_from(Path(self._flower_metrics.name))
 
@@ -272,7 +270,7 @@ class Experiment:
         console.print(f"repeat {k} (seed {cfg.seed}), attempt {attempt}: backend {self.backend.name}")
         last = k == self.settings.experiment.repeats - 1
         flower_metrics = Path(self._flower_metrics.name) if self._flower_metrics else None
-        job = StackJob(cfg, self.settings.data, self.shards, path, compose_project_name(self.exp_dir.name, k, attempt),
+        job = StackJob(cfg, self.settings.data, self.shards, path, attempt_name(self.exp_dir.name, k, attempt),
                        keep_up=self.keep_up and last, nodes=self.settings.experiment,
                        metrics_dir=flower_metrics)  # fmt: skip
         t0 = time.monotonic()

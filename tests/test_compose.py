@@ -208,7 +208,7 @@ def test_client_image_holds_only_what_a_client_needs(stack) -> None:
     client, server = f"fedimdb-client:{IMAGE_TAG}", f"fedimdb-server:{IMAGE_TAG}"
     assert run(client, "python", "-c", FIND_MODULES, *NOT_IN_CLIENT) == "[]"
     # What a client imports loads without them, and the server image is CPU-only torch.
-    assert run(client, "python", "-c", "import client.client_app, fedimdb.deploy.processes; print('ok')") == "ok"
+    assert run(client, "python", "-c", "import client.client_app, fedimdb.deploy.container; print('ok')") == "ok"
     imports = (
         "import importlib, sys, torch; [importlib.import_module(m) for m in sys.argv[1:]]; print(torch.version.cuda)"
     )

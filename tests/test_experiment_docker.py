@@ -18,7 +18,7 @@ import pytest
 
 from fedimdb.artifacts import read_csv, read_json, verify_run
 from fedimdb.deploy.docker_artifacts import RUNNER_SERVICE, read_run_file, service_containers
-from fedimdb.deploy.processes import SERVER_HOST
+from fedimdb.deploy.topology import SERVER_HOST
 from tests.conftest import orchestrate, require_docker
 
 CLIENTS = 3

@@ -17,7 +17,7 @@ from fedimdb.config import ExperimentConfig
 from fedimdb.deploy.compose import COMPOSE_FILE
 from fedimdb.deploy.local import free_port
 from fedimdb.deploy.monitoring import CLIENTS_ALIAS
-from fedimdb.deploy.processes import SERVER_HOST
+from fedimdb.deploy.topology import SERVER_HOST
 from fedimdb.metrics.experiment import LAST_SCRAPE_WAIT, ExperimentMetrics, Progress
 from fedimdb.training import update_norm
 from monitoring.dashboard import panel_queries, render

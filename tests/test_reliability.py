@@ -23,7 +23,7 @@ from fedimdb.config import RunConfig
 from fedimdb.data import SERVER_DIR
 from fedimdb.deploy import flwr_cli
 from fedimdb.deploy.local import LocalFederation, process_env
-from fedimdb.deploy.processes import LOCAL_CONNECTION
+from fedimdb.deploy.topology import LOCAL_CONNECTION
 from fedimdb.inspect.evaluate import evaluate_round
 from fedimdb.inspect.report import read_run, render_text
 from fedimdb.model import load_model

@@ -18,7 +18,8 @@ from fedimdb.artifacts import LOGS_DIR, verify_run
 from fedimdb.config import RunConfig
 from fedimdb.deploy.credentials import make_credentials
 from fedimdb.deploy.local import LocalFederation, free_port, process_env
-from fedimdb.deploy.processes import LOCAL_CONNECTION, supernode_argv
+from fedimdb.deploy.processes import supernode_argv
+from fedimdb.deploy.topology import LOCAL_CONNECTION
 from tests.conftest import local_run_args, orchestrate
 
 pytestmark = pytest.mark.timeout(600)

@@ -6,13 +6,14 @@ A :class:`Stack` is one attempt at one repeat on a fresh deployment::
         stack.run(on_round)            # submit the run and follow it to its end
         stack.collect()                # its artifacts into job.run_dir
 
-:func:`choose_backend` picks the deployment: Compose (fedimdb/deploy/docker_backend.py) or local
-processes (fedimdb/deploy/local.py).
+The deployments implement it (fedimdb/deploy/docker_backend.py: a Compose stack;
+fedimdb/deploy/local.py: local processes) and fedimdb/deploy/choice.py picks one; this module
+imports neither.
 """
 
 from __future__ import annotations
 
-import functools
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -20,10 +21,19 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from fedimdb.config import DOCKER_BACKEND, LOCAL_BACKEND, ConfigError, DataConfig, ExperimentConfig, RunConfig
+from fedimdb.config import DataConfig, ExperimentConfig, RunConfig
 
 Log = Callable[[str], None]
 RoundCallback = Callable[[int], None]
+
+
+class StackError(RuntimeError):
+    """A deployment did not bring a run to its end: another attempt on a fresh stack may."""
+
+
+def attempt_name(experiment_id: str, repeat: int, attempt: int) -> str:
+    """A name unique to one attempt, valid as a Compose project name (lower-case letters, digits, - and _)."""
+    return re.sub(r"[^a-z0-9_-]", "-", f"fedimdb-{experiment_id}-r{repeat}-a{attempt}".lower())
 
 
 @dataclass(frozen=True)
@@ -87,24 +97,5 @@ class Backend:
     make: Callable[[StackJob], Stack]
     stop_leftover: Callable[[Mapping[str, Any]], str]
     """Stops what a killed orchestrator left running, given its stack's ``handle()``; says what it did."""
-
-
-def choose_backend(requested: str, compose_file: Path, log: Log) -> Backend:
-    """docker or local; ``auto`` falls back to local (with a notice) when Docker cannot run."""
-    from fedimdb.deploy import docker_backend, local
-
-    if requested == LOCAL_BACKEND:
-        missing = local.missing_commands()
-        if missing:
-            raise ConfigError(
-                f"backend local needs {', '.join(missing)} on PATH; install the project: pip install -e ."
-            )
-        return Backend(LOCAL_BACKEND, functools.partial(local.LocalStack, log=log), local.stop_leftover)
-    problem = docker_backend.docker_problem(compose_file)
-    if problem is None:
-        stack = functools.partial(docker_backend.DockerStack, log=log, compose_file=compose_file)
-        return Backend(DOCKER_BACKEND, stack, docker_backend.stop_leftover)
-    if requested == DOCKER_BACKEND:
-        raise ConfigError(f"--backend docker: {problem}")
-    log(f"notice: backend auto falls back to local processes: {problem}")
-    return choose_backend(LOCAL_BACKEND, compose_file, log)
+    process_metrics: bool = False
+    """Whether Flower's processes record metrics in ``StackJob.metrics_dir`` for the orchestrator to serve."""

@@ -24,7 +24,7 @@ from fedimdb.config import ConfigError, DataConfig, RunConfig, check_clients_fit
 from fedimdb.data import client_dir_name
 from fedimdb.deploy import APP_DIR
 from fedimdb.deploy.monitoring import CLIENTS_ALIAS, MONITORING_NETWORK
-from fedimdb.deploy.processes import CLIENT_SHARD_MOUNT, CREDENTIALS_MOUNT, SERVER_HOST
+from fedimdb.deploy.topology import CLIENT_SHARD_MOUNT, CREDENTIALS_MOUNT, SERVER_HOST
 
 COMPOSE_FILE = APP_DIR / "docker-compose.yml"
 DECLARED_CLIENTS = 10  # client-0 ... client-9 in docker-compose.yml

@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from fedimdb.data import client_dir_name
-from fedimdb.deploy.processes import SERVER_HOST
+from fedimdb.deploy.topology import SERVER_HOST
 
 CA_CERT, CA_KEY = "ca.pem", "ca.key"
 SERVER_FOLDER = "server"

@@ -18,7 +18,7 @@ from typing import Any
 import docker
 
 from fedimdb.artifacts import RUN_FILE
-from fedimdb.deploy.processes import ARTIFACTS_MOUNT
+from fedimdb.deploy.topology import ARTIFACTS_MOUNT
 
 RUNNER_SERVICE = "runner"
 

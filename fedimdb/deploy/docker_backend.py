@@ -10,7 +10,6 @@ loaded machine) is waited for, up to :data:`DOCKER_PATIENCE` seconds of silence.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import time
@@ -23,13 +22,13 @@ import requests
 import yaml
 
 from fedimdb.artifacts import LOGS_DIR, ROUNDS_COMPLETED
-from fedimdb.deploy.backend import Log, RoundCallback, Stack, StackJob
+from fedimdb.deploy.backend import Log, RoundCallback, Stack, StackError, StackJob
 from fedimdb.deploy.compose import COMPOSE_FILE, CREDENTIALS_DIR_VAR, SHARDS_DIR_VAR, build_override
 from fedimdb.deploy.docker_artifacts import RUNNER_SERVICE, pull_artifacts, read_run_file, service_containers
 from fedimdb.deploy.flwr_cli import RoundProgress
 from fedimdb.deploy.monitoring import MONITORING_PROJECT, STOP_COMMAND, ensure_up
 from fedimdb.deploy.patience import patiently
-from fedimdb.deploy.processes import (
+from fedimdb.deploy.topology import (
     CLIENT_METRICS_VAR,
     SERVER_HOST,
     SERVER_METRICS_VAR,
@@ -45,7 +44,7 @@ DOCKER_PATIENCE = 600.0  # seconds the Docker daemon may leave the run's status 
 UNANSWERED = (requests.exceptions.ConnectionError, requests.exceptions.Timeout)  # the Docker SDK's "no answer"
 
 
-class ComposeRunError(RuntimeError):
+class ComposeRunError(StackError):
     """The stack did not bring the run to a verified end."""
 
 
@@ -62,11 +61,6 @@ def docker_problem(compose_file: Path = COMPOSE_FILE) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return "`docker compose` (Compose v2) is not installed; install it or use --backend local"
     return None
-
-
-def compose_project_name(experiment_id: str, repeat: int, attempt: int) -> str:
-    """Compose project names: lower-case letters, digits, dashes and underscores."""
-    return re.sub(r"[^a-z0-9_-]", "-", f"fedimdb-{experiment_id}-r{repeat}-a{attempt}".lower())
 
 
 class DockerStack(Stack):

@@ -35,6 +35,7 @@ from fedimdb.artifacts import (
     write_json_atomic,
 )
 from fedimdb.deploy import APP_DIR
+from fedimdb.deploy.backend import StackError
 from fedimdb.deploy.patience import patiently
 
 FAB_CONFIG = "pyproject.toml"  # the Flower App's configuration, FAB contents (``fab-include``) included
@@ -49,7 +50,7 @@ CONTROL_PATIENCE = 600.0  # seconds the Control API may go unanswered before the
 UNAVAILABLE = "is unavailable"  # flwr's words when it cannot reach the SuperLink ("Connection to the SuperLink ...")
 
 
-class FlowerRunError(RuntimeError):
+class FlowerRunError(StackError):
     """A run could not be submitted, failed, or did not finish in time."""
 
 

@@ -27,15 +27,9 @@ from fedimdb.data import SERVER_DIR, client_dir_name
 from fedimdb.deploy import flwr_cli, forkserver
 from fedimdb.deploy.backend import RoundCallback, Stack
 from fedimdb.deploy.credentials import Credentials, make_credentials
-from fedimdb.deploy.processes import (
-    FLOWER_POLL_VAR,
-    LOCAL_CONNECTION,
-    LOOPBACK,
-    await_superlink,
-    runs_one_of,
-    superlink_argv,
-    supernode_argv,
-)
+from fedimdb.deploy.proc import runs_one_of
+from fedimdb.deploy.processes import await_superlink, superlink_argv, supernode_argv
+from fedimdb.deploy.topology import FLOWER_POLL_VAR, LOCAL_CONNECTION, LOOPBACK
 from fedimdb.metrics.exporter import MULTIPROC_VAR
 
 PROCESS_GROUPS = "process-groups"  # key of a stack handle

@@ -2,7 +2,7 @@
 
 ``python -m fedimdb.deploy.prepare`` runs as root in the server image, with the host folders of
 the shards and the credentials mounted read-write. It always exits 0 and writes its outcome to
-:data:`~fedimdb.deploy.processes.PREPARE_STATUS` in the ``status`` volume: ``done``, or the one line
+:data:`~fedimdb.deploy.topology.PREPARE_STATUS` in the ``status`` volume: ``done``, or the one line
 that says what failed and how to fix it. The server container, which starts once this has exited
 and whose output ``docker compose up`` shows, reads it first and on a failure prints that line and
 exits, ending ``up`` with it. (Failing here would show only ``service "prepare" didn't complete
@@ -19,7 +19,7 @@ from pathlib import Path
 from fedimdb.config import ConfigError, DataConfig, RunConfig
 from fedimdb.data import ShardError, prepare_shards
 from fedimdb.deploy.credentials import give_to, make_credentials, server_names
-from fedimdb.deploy.processes import CONTAINER_USER, CREDENTIALS_MOUNT, PREPARE_STATUS, PREPARED, SHARDS_MOUNT
+from fedimdb.deploy.topology import CONTAINER_USER, CREDENTIALS_MOUNT, PREPARE_STATUS, PREPARED, SHARDS_MOUNT
 
 PUBLIC_NAME_VAR = "SERVER_PUBLIC_NAME"  # docker-compose.server.yml: the name remote sites reach the server by
 

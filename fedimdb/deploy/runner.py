@@ -4,7 +4,7 @@
 container's environment (FEDIMDB_*, from .env and docker-compose.yml); the run's artifacts
 go to ``/artifacts/$RUN_NAME`` on the shared volume (a new name per run: an existing folder
 is never overwritten), and the ServerApp reads the held-out set at ``/held-out`` (both mounts:
-fedimdb/deploy/processes.py).
+fedimdb/deploy/topology.py).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from fedimdb.artifacts import RUN_FILE, ArtifactError
 from fedimdb.config import ConfigError, ExperimentConfig, RunConfig
 from fedimdb.deploy import flwr_cli
 from fedimdb.deploy.credentials import CA_CERT
-from fedimdb.deploy.processes import ARTIFACTS_MOUNT, CONTROL_PORT, CREDENTIALS_MOUNT, HELD_OUT_MOUNT, SERVER_HOST
+from fedimdb.deploy.topology import ARTIFACTS_MOUNT, CONTROL_PORT, CREDENTIALS_MOUNT, HELD_OUT_MOUNT, SERVER_HOST
 
 COMPOSE_CONNECTION = "fedimdb-compose"
 
