@@ -1,12 +1,15 @@
 """The import graph of the code that ships (fedimdb/, server/, client/): no cycles, layers kept.
 
 Every import counts, also those inside functions and under ``TYPE_CHECKING``: hiding a cycle there
-keeps it. Pure: reads the sources with ``ast``, imports nothing, runs in well under a second.
+keeps it. The graph is read from the sources with ``ast``: nothing is imported but by the last test,
+which runs the command line's imports in a child process.
 """
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 from fedimdb.deploy import APP_DIR
@@ -83,3 +86,9 @@ def test_the_backend_interface_and_the_experiment_loop_import_no_concrete_backen
     concrete = {"fedimdb.deploy.docker_backend", "fedimdb.deploy.local"}
     for module in ("fedimdb.deploy.backend", "fedimdb.experiment"):
         assert not graph[module] & concrete, f"{module} imports {graph[module] & concrete}"
+
+
+def test_the_command_line_loads_the_docker_sdk_only_for_docker() -> None:
+    code = "import sys, fedimdb.cli; print(sorted(m for m in ('docker', 'fedimdb.deploy.docker_backend') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=APP_DIR, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -6,7 +6,7 @@ import functools
 from pathlib import Path
 
 from fedimdb.config import DOCKER_BACKEND, LOCAL_BACKEND, ConfigError
-from fedimdb.deploy import docker_backend, local
+from fedimdb.deploy import local
 from fedimdb.deploy.backend import Backend, Log
 
 
@@ -21,6 +21,8 @@ def choose_backend(requested: str, compose_file: Path, log: Log) -> Backend:
         return Backend(
             LOCAL_BACKEND, functools.partial(local.LocalStack, log=log), local.stop_leftover, process_metrics=True
         )
+    from fedimdb.deploy import docker_backend  # the Docker SDK loads only when Docker may be used
+
     problem = docker_backend.docker_problem(compose_file)
     if problem is None:
         stack = functools.partial(docker_backend.DockerStack, log=log, compose_file=compose_file)
