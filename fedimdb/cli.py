@@ -34,8 +34,12 @@ from fedimdb.deploy.choice import choose_backend
 from fedimdb.deploy.compose import COMPOSE_FILE
 from fedimdb.deploy.proc import runs_one_of
 from fedimdb.experiment import (
+    BACKEND,
+    DATA_SETTINGS,
     EXPERIMENT_FILE,
+    EXPERIMENT_SETTINGS,
     ORCHESTRATOR,
+    RUN_SETTINGS,
     STATUS,
     Experiment,
     ExperimentStatus,
@@ -144,11 +148,11 @@ def resume_settings(exp_dir: Path, args: argparse.Namespace) -> tuple[Settings, 
             f"--resume: experiment {exp_dir.name} is still being run by process {owner['pid']}; wait for it, or "
             "stop it (Ctrl-C) and resume then"
         )
-    recorded = dict(record["experiment"])
+    recorded = dict(record[EXPERIMENT_SETTINGS])
     recorded.update({k.replace("_", "-"): v for k, v in _options(args, RESUMABLE_OPTIONS).items() if v is not None})
     settings = Settings(
-        run=RunConfig.from_mapping(record["config"]),
-        data=DataConfig.from_mapping(record["data"]),
+        run=RunConfig.from_mapping(record[RUN_SETTINGS]),
+        data=DataConfig.from_mapping(record[DATA_SETTINGS]),
         experiment=ExperimentConfig.from_mapping(recorded),
     )
     return settings, record
@@ -173,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     exp_dir = args.out / args.resume if args.resume else None
     try:
         settings, record = resume_settings(exp_dir, args) if exp_dir else (load_settings(args), None)
-        backend = choose_backend(record["backend"] if record else settings.experiment.backend, args.compose_file,
+        backend = choose_backend(record[BACKEND] if record else settings.experiment.backend, args.compose_file,
                                  log=console.print)  # fmt: skip
         if args.keep_up and backend.name != DOCKER_BACKEND:
             raise ConfigError("--keep-up keeps a Compose stack up; the local backend has none: drop --keep-up")

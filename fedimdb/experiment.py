@@ -45,7 +45,7 @@ from fedimdb.artifacts import (
     verify_run,
     write_json_atomic,
 )
-from fedimdb.config import RunConfig, Settings
+from fedimdb.config import ConfigError, RunConfig, Settings
 from fedimdb.deploy.backend import Backend, RoundCallback, StackError, StackJob, attempt_name
 from fedimdb.metrics.experiment import ExperimentMetrics
 from fedimdb.summary import write_summary
@@ -54,6 +54,16 @@ EXPERIMENT_FILE = "experiment.json"
 RUN_FAILURES = (StackError, ArtifactError, RuntimeError, OSError, subprocess.SubprocessError)
 # experiment.json keys and repeat statuses.
 REPEATS, ATTEMPTS, STACK, ORCHESTRATOR = "repeats", "attempts", "stack", "orchestrator"
+BACKEND, EXPERIMENT_SETTINGS, RUN_SETTINGS, DATA_SETTINGS = "backend", "experiment", "config", "data"
+RECORD_SCHEMA: dict[str, type] = {
+    "experiment-id": str,
+    BACKEND: str,
+    EXPERIMENT_SETTINGS: dict,
+    RUN_SETTINGS: dict,
+    DATA_SETTINGS: dict,
+    REPEATS: dict,
+}
+"""What every experiment.json holds, and of which JSON type: what --resume reads before anything else."""
 
 
 class ExperimentStatus(StrEnum):
@@ -99,11 +109,11 @@ def new_record(exp_dir: Path, settings: Settings, backend: str) -> dict[str, Any
     run = settings.run
     return {
         "experiment-id": exp_dir.name,
-        "backend": backend,
+        BACKEND: backend,
         "created": utc_now(),
-        "experiment": settings.experiment.as_dict(),
-        "config": run.as_dict(),
-        "data": settings.data.as_dict(),
+        EXPERIMENT_SETTINGS: settings.experiment.as_dict(),
+        RUN_SETTINGS: run.as_dict(),
+        DATA_SETTINGS: settings.data.as_dict(),
         "seeds": [run.seed + k for k in range(settings.experiment.repeats)],
         "versions": software_versions(),
         REPEATS: {},
@@ -326,5 +336,32 @@ class Experiment:
 
 
 def load_record(exp_dir: Path) -> dict[str, Any]:
-    """An existing experiment's experiment.json."""
-    return read_json(exp_dir / EXPERIMENT_FILE)
+    """An existing experiment's experiment.json, checked against :data:`RECORD_SCHEMA` (ConfigError if not)."""
+    path = exp_dir / EXPERIMENT_FILE
+    try:
+        record = read_json(path)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        problem = f"it cannot be read as JSON ({exc})"
+    else:
+        problem = record_problem(record)
+    if problem:
+        raise ConfigError(
+            f"--resume: {path} is damaged: {problem}. Restore it from a backup, or start a new experiment with "
+            f"the same settings; the repeats' folders in {exp_dir} are kept either way"
+        )
+    return record
+
+
+def record_problem(record: Any) -> str | None:
+    """What is wrong with an experiment.json's contents, or None."""
+    if not isinstance(record, dict):
+        return f"it holds a JSON {type(record).__name__}, not an object"
+    for key, kind in RECORD_SCHEMA.items():
+        if not isinstance(record.get(key), kind):
+            return f"{key!r} is {'missing' if key not in record else type(record[key]).__name__}, not a JSON {kind.__name__}"
+    bad = [
+        k
+        for k, rep in record[REPEATS].items()
+        if not isinstance(rep, dict) or not isinstance(rep.get(ATTEMPTS, []), list)
+    ]
+    return f"repeats {', '.join(bad)} are not objects with a list of attempts" if bad else None

@@ -301,3 +301,32 @@ def test_the_docs_list_every_case() -> None:
     table = re.findall(r"^\| (.+?) \| `(.+?)` \|$", section, flags=re.MULTILINE)
     assert [name for name, _ in table] == list(CASES)
     assert [message for _, message in table] == [case.message for case in CASES.values()]
+
+
+DAMAGED_RECORDS = {
+    "truncated": ('{"experiment-id": "exp", "backend": "lo', "it cannot be read as JSON"),
+    "not an object": ("[1, 2]", "it holds a JSON list, not an object"),
+    "no run settings": (
+        '{"experiment-id": "exp", "backend": "local", "experiment": {}, "data": {}, "repeats": {}}',
+        "'config' is missing, not a JSON dict",
+    ),
+    "a repeat without attempts": (
+        '{"experiment-id": "exp", "backend": "local", "experiment": {}, "config": {}, "data": {}, "repeats": {"0": 3}}',
+        "repeats 0 are not objects with a list of attempts",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(DAMAGED_RECORDS))
+def test_resume_of_a_damaged_experiment_record_says_how_without_a_traceback(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    text, problem = DAMAGED_RECORDS[name]
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / "experiment.json").write_text(text)
+    monkeypatch.setattr(cli.Experiment, "run", _no_experiment)
+    assert cli.main(["--out", str(tmp_path), "--resume", "exp"]) == 2
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"experiment.json is damaged: {problem}" in said and "start a new experiment" in said, said
+    assert "Traceback" not in said
+    assert (tmp_path / "exp" / "experiment.json").read_text() == text  # left as it was
