@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-import subprocess
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -51,7 +50,8 @@ from fedimdb.metrics.experiment import ExperimentMetrics
 from fedimdb.summary import write_summary
 
 EXPERIMENT_FILE = "experiment.json"
-RUN_FAILURES = (StackError, ArtifactError, RuntimeError, OSError, subprocess.SubprocessError)
+RUN_FAILURES = (StackError, ArtifactError)
+"""What another attempt on a fresh stack may fix; anything else (a bug, a full disk) ends the experiment."""
 # experiment.json keys and repeat statuses.
 REPEATS, ATTEMPTS, STACK, ORCHESTRATOR = "repeats", "attempts", "stack", "orchestrator"
 BACKEND, EXPERIMENT_SETTINGS, RUN_SETTINGS, DATA_SETTINGS = "backend", "experiment", "config", "data"

@@ -9,11 +9,12 @@ loaded machine) is waited for, up to :data:`DOCKER_PATIENCE` seconds of silence.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,24 @@ UNANSWERED = (requests.exceptions.ConnectionError, requests.exceptions.Timeout) 
 
 class ComposeRunError(StackError):
     """The stack did not bring the run to a verified end."""
+
+
+DOCKER_FAILURES = (
+    docker.errors.DockerException,
+    requests.exceptions.RequestException,
+    subprocess.SubprocessError,
+    LookupError,  # a container the stack should have is not there
+)
+"""What the Docker SDK, its daemon and ``docker compose`` raise when a stack misbehaves."""
+
+
+@contextlib.contextmanager
+def stack_failures(what: str) -> Iterator[None]:
+    """Turn :data:`DOCKER_FAILURES` into ComposeRunError (another attempt on a fresh stack may do better)."""
+    try:
+        yield
+    except DOCKER_FAILURES as exc:
+        raise ComposeRunError(f"{what}: {type(exc).__name__}: {exc}") from exc
 
 
 def docker_problem(compose_file: Path = COMPOSE_FILE) -> str | None:
@@ -81,7 +100,8 @@ class DockerStack(Stack):
             WARM_CLIENTS_VAR: str(job.nodes.warm_clients).lower(),
             SUPEREXEC_POLL_VAR: str(job.nodes.superexec_poll_interval),
         }
-        self.client = docker.from_env()
+        with stack_failures("connecting to the Docker daemon"):
+            self.client = docker.from_env()
         self._is_up = False
 
     def _compose(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -101,14 +121,16 @@ class DockerStack(Stack):
         override = build_override(job.run.num_clients, run_settings, data_settings, job.run_dir.name,
                                   monitoring=monitoring)  # fmt: skip
         if monitoring:
-            ensure_up(self.compose_file, self.env)
+            with stack_failures("starting Prometheus and Grafana"):
+                ensure_up(self.compose_file, self.env)
             self.log(f"monitoring: Prometheus and Grafana up as Compose project {MONITORING_PROJECT}, left up after "
                      f"the experiment (ports PROMETHEUS_PORT, GRAFANA_PORT in .env); stop with: {STOP_COMMAND}")  # fmt: skip
         self.work.mkdir(parents=True, exist_ok=True)
         self.files[1].write_text(yaml.safe_dump(override))
         self.log(f"docker compose project {job.name}: {job.run.num_clients} client containers")
         self._is_up = True
-        up = self._compose("up", "--detach", "--build", timeout=3600)
+        with stack_failures("docker compose up"):
+            up = self._compose("up", "--detach", "--build", timeout=3600)
         (self.work / "compose-up.log").write_text(up.stdout + up.stderr)
         if up.returncode != 0:
             raise ComposeRunError(
@@ -137,6 +159,10 @@ class DockerStack(Stack):
 
     def run(self, on_round: RoundCallback) -> None:
         """Follow the runner (it submits the run and verifies it) until it exits; progress from run.json."""
+        with stack_failures("following the run"):
+            self._follow(on_round)
+
+    def _follow(self, on_round: RoundCallback) -> None:
         runner, progress = self._runner(), RoundProgress(on_round)
         while True:
             meta = patiently(lambda: self._status(runner), retry_on=UNANSWERED, what="the Docker daemon",
@@ -152,7 +178,8 @@ class DockerStack(Stack):
 
     def collect(self) -> None:
         """Pull the run folder out of the artifacts volume into ``job.run_dir``."""
-        pulled = pull_artifacts(self.job.name, self.job.run_dir.name, self.work / "pulled", self.client)
+        with stack_failures("pulling the artifacts out of the volume"):
+            pulled = pull_artifacts(self.job.name, self.job.run_dir.name, self.work / "pulled", self.client)
         shutil.move(str(pulled), self.job.run_dir)
 
     def handle(self) -> dict[str, Any]:
@@ -164,6 +191,10 @@ class DockerStack(Stack):
         if not self._is_up:
             return
         self._is_up = False
+        with stack_failures("docker compose down"):
+            self._take_down()
+
+    def _take_down(self) -> None:
         logs = self._compose("logs", "--no-color", "--timestamps")
         log_dir = self.job.run_dir / LOGS_DIR
         log_dir.mkdir(parents=True, exist_ok=True)

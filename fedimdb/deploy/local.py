@@ -25,7 +25,7 @@ from fedimdb.artifacts import LOGS_DIR
 from fedimdb.config import RunConfig
 from fedimdb.data import SERVER_DIR, client_dir_name
 from fedimdb.deploy import flwr_cli, forkserver
-from fedimdb.deploy.backend import RoundCallback, Stack
+from fedimdb.deploy.backend import RoundCallback, Stack, StackError
 from fedimdb.deploy.credentials import Credentials, make_credentials
 from fedimdb.deploy.proc import runs_one_of
 from fedimdb.deploy.processes import await_superlink, superlink_argv, supernode_argv
@@ -126,12 +126,12 @@ class LocalFederation:
         """
         link = self.superlink
         if link is not None and link.poll() is not None:
-            raise RuntimeError(f"the SuperLink (pid {link.pid}) exited with code {link.returncode}; see {self.workdir}")
+            raise StackError(f"the SuperLink (pid {link.pid}) exited with code {link.returncode}; see {self.workdir}")
         for k, proc in enumerate(self.supernodes):
             if proc.poll() is None:
                 continue
             if self.restarts[k] >= MAX_NODE_RESTARTS:
-                raise RuntimeError(f"SuperNode {k} exited {self.restarts[k] + 1} times (last code {proc.returncode}); "
+                raise StackError(f"SuperNode {k} exited {self.restarts[k] + 1} times (last code {proc.returncode}); "
                                    f"see {self.workdir / f'supernode-{k}.log'}")  # fmt: skip
             if self._restart_at[k] is None:
                 backoff = min(RESTART_BACKOFF * 2 ** self.restarts[k], RESTART_BACKOFF_MAX)

@@ -14,6 +14,8 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
+from fedimdb.deploy.backend import StackError
+
 MONITORING_PROJECT = "fedimdb-monitoring"
 MONITORING_NETWORK = f"{MONITORING_PROJECT}_federation"  # Compose names it <project>_<network>
 MONITORING_PROFILE = "monitoring"
@@ -28,7 +30,7 @@ def ensure_up(compose_file: Path, env: Mapping[str, str]) -> None:
            "up", "--detach", *MONITORING_SERVICES]  # fmt: skip
     done = subprocess.run(cmd, cwd=compose_file.parent, env=dict(env), capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
-        raise RuntimeError(
+        raise StackError(
             f"--monitoring: starting Prometheus and Grafana failed ({(done.stdout + done.stderr).strip()[-1500:]}); "
             "check PROMETHEUS_IMAGE and GRAFANA_IMAGE in .env (the images must be pullable or built here), "
             "or leave --monitoring out"

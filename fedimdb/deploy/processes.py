@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from fedimdb.deploy import flwr_cli
+from fedimdb.deploy.backend import StackError
 from fedimdb.deploy.credentials import NodeCredentials, ServerCredentials
 from fedimdb.deploy.topology import LOCAL_CONNECTION, LOOPBACK, NODE_PORT
 from fedimdb.protocol import NODE_PARTITION_ID, NODE_SHARD_DIR
@@ -76,12 +77,12 @@ def wait_for_port(port: int, timeout: float, proc: subprocess.Popen | None = Non
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with code {proc.returncode} before listening on {port}")
+            raise StackError(f"{proc.args[0]} exited with code {proc.returncode} before listening on {port}")
         with socket.socket() as sock:
             if sock.connect_ex((LOOPBACK, port)) == 0:
                 return
         time.sleep(0.2)
-    raise RuntimeError(f"nothing listened on {LOOPBACK}:{port} within {timeout:.0f} s")
+    raise StackError(f"nothing listened on {LOOPBACK}:{port} within {timeout:.0f} s")
 
 
 def await_superlink(
