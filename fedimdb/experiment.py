@@ -286,8 +286,13 @@ class Experiment:
         t0 = time.monotonic()
         try:
             with self.backend.make(job) as stack:
-                entry[STACK] = stack.handle()  # for a --resume after this orchestrator is killed
-                self.save()
+
+                def keep(handle: dict[str, Any]) -> None:  # for a --resume after this orchestrator is killed
+                    entry[STACK] = handle
+                    self.save()
+
+                keep(stack.handle())
+                stack.on_handle = keep
                 stack.run(on_round)
                 stack.collect()
             meta = verify_run(path)

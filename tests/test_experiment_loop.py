@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
+from fedimdb.artifacts import read_json
 from fedimdb.config import DataConfig, ExperimentConfig, RunConfig, Settings
 from fedimdb.deploy.backend import Backend, RoundCallback, Stack, StackError, StackJob
-from fedimdb.experiment import ATTEMPTS, REPEATS, Experiment, RepeatStatus, new_record
+from fedimdb.experiment import ATTEMPTS, EXPERIMENT_FILE, REPEATS, STACK, Experiment, RepeatStatus, new_record
 
 
 class FailingStack(Stack):
@@ -31,6 +32,7 @@ class FailingStack(Stack):
         (self.job.run_dir / "partial.txt").write_text("half a run")
 
     def run(self, on_round: RoundCallback) -> None:
+        self.on_handle({"restarted": self.job.name})  # as a stack whose process was started again
         raise self.errors.pop(0)
 
     def collect(self) -> None:
@@ -70,3 +72,10 @@ def test_anything_else_ends_the_experiment_without_another_attempt(tmp_path: Pat
         exp.run()
     assert len(jobs) == 1
     assert exp.record[REPEATS]["0"][ATTEMPTS][0]["status"] == RepeatStatus.INTERRUPTED
+
+
+def test_a_stack_handle_that_changes_mid_run_is_saved_at_once(tmp_path: Path) -> None:
+    exp, jobs = experiment(tmp_path, [StackError("the SuperLink exited")], retries=0)
+    exp.run()
+    (attempt,) = read_json(tmp_path / "exp" / EXPERIMENT_FILE)[REPEATS]["0"][ATTEMPTS]
+    assert attempt[STACK] == {"restarted": jobs[0].name}

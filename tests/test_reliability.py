@@ -19,10 +19,11 @@ from safetensors.torch import load_file
 
 from fedimdb import faults
 from fedimdb.artifacts import CLIENT_UPDATES_FILE, ROUNDS_COMPLETED, WEIGHT_STATS_FILE, read_csv, read_json, verify_run
-from fedimdb.config import RunConfig
+from fedimdb.config import DataConfig, ExperimentConfig, RunConfig
 from fedimdb.data import SERVER_DIR
 from fedimdb.deploy import flwr_cli
-from fedimdb.deploy.local import LocalFederation, process_env
+from fedimdb.deploy.backend import StackJob
+from fedimdb.deploy.local import PROCESS_GROUPS, LocalFederation, LocalStack, process_env, stop_leftover
 from fedimdb.deploy.topology import LOCAL_CONNECTION
 from fedimdb.inspect.evaluate import evaluate_round
 from fedimdb.inspect.report import read_run, render_text
@@ -235,6 +236,32 @@ def test_a_slow_control_api_is_waited_for(superlink: tuple) -> None:
     with pytest.raises(flwr_cli.FlowerRunError, match="Run ID not found") as caught:
         flwr_cli.wait_for_run(LOCAL_CONNECTION, 1, env, timeout=600, poll_seconds=0.5, log=said.append, patience=120)
     assert not isinstance(caught.value, flwr_cli.ControlUnanswered) and said
+
+
+def test_a_restarted_supernode_is_recorded_so_a_resume_can_stop_it(tmp_path: Path) -> None:
+    """Real processes, no run: a SuperNode SIGKILLed and restarted by the stack's liveness check leads a new
+    process group; the stack hands the experiment its new handle at once, and stopping what that handle
+    names (what --resume does after a hard kill) leaves nothing of the restarted node running."""
+    handles: list[dict] = []
+    job = StackJob(RunConfig(num_clients=2), DataConfig(), tmp_path, tmp_path / "run", "restart",
+                   nodes=ExperimentConfig(warm_clients=False))  # fmt: skip
+    stack = LocalStack(job, log=lambda _: None)
+    stack.on_handle = handles.append
+    with stack:
+        fed = stack.federation
+        assert fed is not None
+        first = fed.supernodes[1].pid
+        os.killpg(first, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while fed.supernodes[1].pid == first and time.monotonic() < deadline:
+            fed.check_alive()
+            time.sleep(0.2)
+        restarted = fed.supernodes[1].pid
+        assert restarted != first and fed.supernodes[1].poll() is None, "the liveness check restarted the node"
+        assert handles and restarted in handles[-1][PROCESS_GROUPS], "the new process group was handed on"
+        said = stop_leftover(handles[-1], grace=5)
+        assert "stopped the 3 process groups" in said, said
+        assert fed.supernodes[1].wait(timeout=10) is not None
 
 
 # Round 2 ends when the killed node's session lapses (40-60 s after the kill). The restarted node is

@@ -25,6 +25,7 @@ from fedimdb.config import DataConfig, ExperimentConfig, RunConfig
 
 Log = Callable[[str], None]
 RoundCallback = Callable[[int], None]
+HandleCallback = Callable[[dict[str, Any]], None]
 
 
 class StackError(RuntimeError):
@@ -56,6 +57,8 @@ class Stack(ABC):
     def __init__(self, job: StackJob, log: Log) -> None:
         self.job = job
         self.log = log
+        self.on_handle: HandleCallback = lambda handle: None
+        """Called with the new :meth:`handle` whenever it changes while up (a restarted process)."""
 
     @abstractmethod
     def up(self) -> None:

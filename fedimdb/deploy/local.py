@@ -63,9 +63,11 @@ class LocalFederation:
         warm_clients: bool = True,
         credentials: Credentials | None = None,
         log: Callable[[str], None] = lambda _: None,
+        on_restart: Callable[[], None] = lambda: None,
     ) -> None:
         self.shards_dir = Path(shards_dir).resolve()
         self.log = log
+        self.on_restart = on_restart  # called once a SuperNode was started again (a new process group)
         self.num_clients = num_clients
         self.warm_clients = warm_clients
         self.credentials = credentials
@@ -143,6 +145,7 @@ class LocalFederation:
         self.restarts[k] += 1
         self._restart_at[k] = None
         self.supernodes[k] = self._spawn(list(exited.args), f"supernode-{k}.log", mode="ab")
+        self.on_restart()
         self.log(f"SuperNode {k} exited with code {exited.returncode}; restarted it "
                  f"({self.restarts[k]} of {MAX_NODE_RESTARTS} restarts)")  # fmt: skip
 
@@ -197,8 +200,9 @@ class LocalStack(Stack):
         home = Path(self._flwr_home.name)
         creds = make_credentials(home / "credentials", job.run.num_clients) if job.nodes.tls_auth else None
         self.federation = LocalFederation(
-            job.shards, job.run.num_clients, job.run_dir / LOGS_DIR, self.env, job.nodes.warm_clients, creds, self.log
-        )
+            job.shards, job.run.num_clients, job.run_dir / LOGS_DIR, self.env, job.nodes.warm_clients, creds, self.log,
+            on_restart=lambda: self.on_handle(self.handle()),
+        )  # fmt: skip
         self.federation.__enter__()
         how = "TLS, registered keys" if creds else "plaintext"
         self.log(f"{job.run.num_clients} SuperNodes connect over gRPC ({how}) to the SuperLink at "
