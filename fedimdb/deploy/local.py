@@ -9,10 +9,8 @@ runs one repeat on a fresh federation (the :class:`~fedimdb.deploy.backend.Stack
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -27,7 +25,7 @@ from fedimdb.data import SERVER_DIR, client_dir_name
 from fedimdb.deploy import flwr_cli, forkserver
 from fedimdb.deploy.backend import RoundCallback, Stack, StackError
 from fedimdb.deploy.credentials import Credentials, make_credentials
-from fedimdb.deploy.proc import runs_one_of
+from fedimdb.deploy.proc import runs_one_of, stop_groups
 from fedimdb.deploy.processes import await_superlink, superlink_argv, supernode_argv
 from fedimdb.deploy.topology import FLOWER_POLL_VAR, LOCAL_CONNECTION, LOOPBACK
 from fedimdb.metrics.exporter import MULTIPROC_VAR
@@ -151,15 +149,8 @@ class LocalFederation:
 
     def stop(self, grace: float = 10.0) -> None:
         """SIGTERM every process group, then SIGKILL whatever is left of them after ``grace`` s."""
-        procs = [p for p in [*self.supernodes, self.superlink] if p is not None]
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for proc in procs:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, sig)
-            deadline = time.monotonic() + grace
-            for proc in procs:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        procs = {p.pid: p for p in [*self.supernodes, self.superlink] if p is not None}
+        stop_groups(list(procs), lambda pid: procs[pid].poll() is None, grace)  # poll() reaps them too
         for log in self._logs:
             log.close()
         self._logs.clear()
@@ -244,11 +235,5 @@ def _runs_flower(pid: int) -> bool:
 def stop_leftover(handle: Mapping[str, Any], grace: float = 10.0) -> str:
     """SIGTERM, then SIGKILL, the process groups a killed orchestrator left running."""
     groups = [g for g in handle.get(PROCESS_GROUPS, []) if _runs_flower(g)]
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for group in groups:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(group, sig)
-        deadline = time.monotonic() + grace
-        while any(_runs_flower(g) for g in groups) and time.monotonic() < deadline:
-            time.sleep(0.2)
+    stop_groups(groups, _runs_flower, grace)
     return f"stopped the {len(groups)} process groups it left running" if groups else "nothing of it was still running"

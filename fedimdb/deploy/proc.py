@@ -1,7 +1,12 @@
-"""What Linux's /proc says about a process: whether a pid still runs the program it was recorded as."""
+"""Processes by pid: whether one still runs the program it was recorded as, and stopping process groups."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 
@@ -12,3 +17,17 @@ def runs_one_of(pid: int, words: tuple[bytes, ...]) -> bool:
     except OSError:
         return False
     return any(word in cmdline for word in words)
+
+
+def stop_groups(groups: Sequence[int], running: Callable[[int], bool], grace: float = 10.0) -> None:
+    """SIGTERM every process group, wait up to ``grace`` s while a leader is ``running``; then SIGKILL alike.
+
+    The SIGKILL goes to every group, also those whose leader has exited: its children may not have.
+    """
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for group in groups:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, sig)
+        deadline = time.monotonic() + grace
+        while any(running(g) for g in groups) and time.monotonic() < deadline:
+            time.sleep(0.1)

@@ -72,17 +72,20 @@ def supernode_argv(
     ]
 
 
-def wait_for_port(port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
-    """Block until something accepts connections on ``port``; fail early if ``proc`` died."""
+def wait_for_port(address: str, timeout: float, proc: subprocess.Popen | None = None, step: float = 0.2) -> None:
+    """Block until something accepts connections at ``address`` (host:port); fail early if ``proc`` died."""
+    host, port = address.rsplit(":", 1)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
         if proc is not None and proc.poll() is not None:
-            raise StackError(f"{proc.args[0]} exited with code {proc.returncode} before listening on {port}")
-        with socket.socket() as sock:
-            if sock.connect_ex((LOOPBACK, port)) == 0:
-                return
-        time.sleep(0.2)
-    raise StackError(f"nothing listened on {LOOPBACK}:{port} within {timeout:.0f} s")
+            raise StackError(f"{proc.args[0]} exited with code {proc.returncode} before listening on {address}")
+        try:
+            socket.create_connection((host, int(port)), timeout=5).close()
+            return
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                raise StackError(f"nothing listened on {address} within {timeout:.0f} s ({exc})") from None
+        time.sleep(step)
 
 
 def await_superlink(
@@ -97,8 +100,8 @@ def await_superlink(
     their CA, and every SuperNode public key in them is registered (SuperNode authentication).
     """
     control, fleet = ports
-    wait_for_port(control, 60, superlink)
-    wait_for_port(fleet, 60, superlink)
+    wait_for_port(f"{LOOPBACK}:{control}", 60, superlink)
+    wait_for_port(f"{LOOPBACK}:{fleet}", 60, superlink)
     ca = credentials.ca if credentials else None
     flwr_cli.write_connection(Path(env["FLWR_HOME"]), LOCAL_CONNECTION, f"{LOOPBACK}:{control}", ca)
     if credentials:

@@ -11,34 +11,20 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sys
 import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 from fedimdb.artifacts import RUN_FILE, ArtifactError
 from fedimdb.config import ConfigError, ExperimentConfig, RunConfig
 from fedimdb.deploy import flwr_cli
+from fedimdb.deploy.backend import StackError
 from fedimdb.deploy.credentials import CA_CERT
+from fedimdb.deploy.processes import wait_for_port
 from fedimdb.deploy.topology import ARTIFACTS_MOUNT, CONTROL_PORT, CREDENTIALS_MOUNT, HELD_OUT_MOUNT, SERVER_HOST
 
 COMPOSE_CONNECTION = "fedimdb-compose"
-
-
-def wait_for_control_api(address: str, timeout: float = 120) -> None:
-    """The SuperLink's healthcheck passed, but be patient with a slow DNS or restart."""
-    host, port = address.rsplit(":", 1)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection((host, int(port)), timeout=5).close()
-            return
-        except OSError as exc:
-            if time.monotonic() > deadline:
-                raise flwr_cli.FlowerRunError(f"SuperLink Control API {address} unreachable: {exc}") from None
-            time.sleep(1)
 
 
 def main() -> int:
@@ -62,10 +48,10 @@ def main() -> int:
         ca = Path(CREDENTIALS_MOUNT) / CA_CERT if tls else None  # the Control API serves TLS under this CA
         flwr_cli.write_connection(Path(flwr_home), COMPOSE_CONNECTION, address, ca)
         try:
-            wait_for_control_api(address)
+            wait_for_port(address, 120, step=1.0)  # healthy, but a slow DNS or restart gets patience
             run_config = {**cfg.as_dict(), "held-out-dir": HELD_OUT_MOUNT, "output-dir": str(run_dir)}
             entry = flwr_cli.run_to_completion(COMPOSE_CONNECTION, run_config, env, log=log)
-        except (flwr_cli.FlowerRunError, ArtifactError) as exc:
+        except (StackError, ArtifactError) as exc:
             log(f"run failed: {exc}")
             return 1
     log(f"run completed ({entry['status']}); artifacts verified in the artifacts volume at {run_dir}")
