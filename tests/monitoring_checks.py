@@ -13,6 +13,7 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,18 @@ ORCHESTRATOR_METRICS = {
 }
 ALL_METRICS = {**SERVER_METRICS, **CLIENT_METRICS, **ORCHESTRATOR_METRICS}
 SCRAPE_LABELS = {"job", "instance", "__name__"}  # added by Prometheus (last_over_time keeps the name)
+
+
+def eventually(check: Callable[[], None], timeout: float, step: float = 0.5) -> None:
+    """Run ``check`` until it stops raising AssertionError; its last failure after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return check()
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(step)
 
 
 def require_prometheus() -> None:

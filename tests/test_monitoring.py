@@ -10,8 +10,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from matplotlib.image import imread
 
 from fedimdb.config import ExperimentConfig
 from fedimdb.deploy.compose import COMPOSE_FILE
@@ -29,22 +31,24 @@ from tests.monitoring_checks import (
     Prometheus,
     check_dashboard,
     check_federation_metrics,
+    eventually,
     local_config,
     require_prometheus,
 )
 
-require_prometheus()
 CLIENTS, ROUNDS = 10, 2
 SETTINGS = ["max-steps=2", "batch-size=8", "eval-rows=64", "local-eval-rows=32"]
 
 
 @pytest.mark.parametrize("config", ["prometheus.yml", "local.yml"])
 def test_promtool_accepts_the_configurations(config: str) -> None:
+    require_prometheus()
     done = subprocess.run(["promtool", "check", "config", config], cwd=PROMETHEUS_DIR, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_promtool_checks_and_unit_tests_the_alerts() -> None:
+    require_prometheus()
     for cmd in (["check", "rules", "alerts.yml"], ["test", "rules", "alerts.test.yml"]):
         done = subprocess.run(["promtool", *cmd], cwd=PROMETHEUS_DIR, capture_output=True, text=True)
         assert done.returncode == 0, done.stdout + done.stderr
@@ -76,6 +80,7 @@ def test_dashboard_shows_every_metric() -> None:
 @pytest.mark.timeout(900)
 def test_local_federation_in_a_real_prometheus(shards: Path, imdb_dir: Path, tmp_path: Path) -> None:
     """10 local clients, 2 rounds: every metric with its labels, all 10 partitions, every panel has data."""
+    require_prometheus()
     port = free_port()
     args = local_run_args(tmp_path / "results", shards, imdb_dir, clients=CLIENTS, rounds=ROUNDS, settings=SETTINGS)
     with Prometheus(local_config(port, tmp_path), free_port(), tmp_path) as prom:
@@ -83,12 +88,13 @@ def test_local_federation_in_a_real_prometheus(shards: Path, imdb_dir: Path, tmp
         plaintext = {"FEDIMDB_TLS_AUTH": "false"}  # saves registering 10 keys; TLS runs: tests/test_security.py
         run = orchestrate(*args, "--metrics-port", str(port), env=plaintext, timeout=800)
         assert run.returncode == 0, run.stderr[-4000:]
-        time.sleep(2)  # the last scrape's samples are queryable
-        check_federation_metrics(prom.url, CLIENTS, ROUNDS)
+        eventually(lambda: check_federation_metrics(prom.url, CLIENTS, ROUNDS), timeout=60)  # the last scrape
         end = time.time()
         check_dashboard(prom.url, {"run": ".*", "experiment": ".*"}, start, end)
         picture = render(prom.url, DASHBOARD, tmp_path / "dashboard.png", start, end)
-    assert picture.stat().st_size > 10_000
+    image = imread(picture)  # a PNG that decodes, of a dashboard's size, not one flat colour
+    assert image.shape[0] > 400 and image.shape[1] > 400, image.shape
+    assert len(np.unique(image.reshape(-1, image.shape[-1]), axis=0)) > 50, "the panels drew something"
 
 
 def test_eta_follows_the_pace_of_the_rounds_and_puts_back_a_failed_attempt() -> None:
@@ -110,7 +116,8 @@ def test_the_orchestrator_stays_up_for_the_next_scrape_only_when_scraped(tmp_pat
     metrics.flush()  # writing metrics.prom is no scrape
     start = time.monotonic()
     metrics.wait_for_last_scrape()
-    assert time.monotonic() - start < 1.0, "nothing scraped /metrics: no wait"
+    assert metrics.served is not None and metrics.served.last is None, "nothing scraped /metrics ..."
+    assert time.monotonic() - start < LAST_SCRAPE_WAIT / 2, "... so nothing is waited for"
 
     def scrape() -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
@@ -120,7 +127,8 @@ def test_the_orchestrator_stays_up_for_the_next_scrape_only_when_scraped(tmp_pat
     threading.Timer(1.0, scrape).start()
     start = time.monotonic()
     metrics.wait_for_last_scrape()
-    assert 0.9 < time.monotonic() - start < LAST_SCRAPE_WAIT / 2, "up until the next scrape, not longer"
+    assert metrics.served.last is not None and metrics.served.last >= start, "up until the next scrape ..."
+    assert time.monotonic() - start < LAST_SCRAPE_WAIT, "... and not until the longest wait"
 
 
 def test_update_norm_is_the_l2_norm_of_the_float_difference() -> None:
