@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fedimdb.artifacts import CLIENTS_FILE, ROUNDS_FILE, csv_bytes, read_csv, write_bytes_atomic
+from fedimdb.figures import new_figure, write_png
 
 SUMMARY_METRICS = (
     "central_accuracy",
@@ -158,21 +159,20 @@ def _band(ax: Any, summary: list[dict[str, Any]], metric: str, label: str) -> No
     ax.legend()
 
 
-def write_plots(exp_dir: Path, summary: list[dict[str, Any]], clients: dict[int, list[dict[str, str]]]) -> list[Path]:
+def write_summary_plots(
+    exp_dir: Path, summary: list[dict[str, Any]], clients: dict[int, list[dict[str, str]]]
+) -> list[Path]:
     """PNG plots: global accuracy and loss (mean with CI band), per-client train loss, round duration."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
     written = []
     for name, metric, label in BAND_PLOTS:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        _band(ax, summary, metric, label)
+        fig = new_figure(6, 4)
+        _band(fig.subplots(), summary, metric, label)
         fig.tight_layout()
-        written.append(_save(fig, exp_dir / name))
-    fig, ax = plt.subplots(figsize=(6, 4))
+        written.append(write_png(fig, exp_dir / name))
+    fig = new_figure(6, 4)
+    ax = fig.subplots()
     for repeat, rows in sorted(clients.items()):
         per_client: dict[int, list[tuple[int, float]]] = defaultdict(list)
         for row in rows:
@@ -192,18 +192,8 @@ def write_plots(exp_dir: Path, summary: list[dict[str, Any]], clients: dict[int,
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", ncol=2)
     fig.tight_layout()
-    written.append(_save(fig, exp_dir / CLIENT_LOSS_PLOT))
-    plt.close("all")
+    written.append(write_png(fig, exp_dir / CLIENT_LOSS_PLOT))
     return written
-
-
-def _save(fig: Any, path: Path) -> Path:
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    write_bytes_atomic(path, buf.getvalue())
-    return path
 
 
 def write_summary(exp_dir: Path, repeat_dirs: dict[int, Path]) -> list[dict[str, Any]]:
@@ -213,5 +203,5 @@ def write_summary(exp_dir: Path, repeat_dirs: dict[int, Path]) -> list[dict[str,
     summary = summarize(rounds.values())
     write_bytes_atomic(exp_dir / SUMMARY_CSV, csv_bytes(SUMMARY_COLUMNS, summary))
     write_bytes_atomic(exp_dir / SUMMARY_MD, markdown_table(summary, exp_dir.name, len(rounds)).encode())
-    write_plots(exp_dir, summary, clients)
+    write_summary_plots(exp_dir, summary, clients)
     return summary

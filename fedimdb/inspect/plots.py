@@ -7,13 +7,13 @@ overwritten: when a name is taken, the set is written as ``update-norms-2.png``,
 
 from __future__ import annotations
 
-import io
+import importlib.util
 import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fedimdb.artifacts import write_bytes_atomic
+from fedimdb.figures import new_figure, write_png
 from fedimdb.inspect.report import ExperimentReport, InspectError, RunReport
 
 NORMS_PLOT = "update-norms.png"
@@ -31,14 +31,13 @@ def report_runs(report: RunReport | ExperimentReport) -> dict[str, RunReport]:
 
 def _figure(panels: int) -> tuple[Any, list[Any]]:
     """A figure with ``panels`` axes on a grid of PANEL_COLUMNS columns (unused cells removed)."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise InspectError("plots need matplotlib: pip install matplotlib (or the orchestrator extra), "
-                           "or pass --no-plots") from None  # fmt: skip
+    if importlib.util.find_spec("matplotlib") is None:
+        raise InspectError(
+            "plots need matplotlib: pip install matplotlib (or the orchestrator extra), or pass --no-plots"
+        )
     cols = min(panels, PANEL_COLUMNS)
     rows = math.ceil(panels / cols)
-    fig = Figure(figsize=(PANEL_SIZE[0] * cols, PANEL_SIZE[1] * rows))
+    fig = new_figure(PANEL_SIZE[0] * cols, PANEL_SIZE[1] * rows)
     grid = fig.subplots(rows, cols, squeeze=False).flatten().tolist()
     for ax in grid[panels:]:
         ax.remove()
@@ -106,18 +105,11 @@ def free_paths(out: Path, names: tuple[str, ...] = PLOT_FILES) -> list[Path]:
         n += 1
 
 
-def png_bytes(fig: Any) -> bytes:
-    """A figure as PNG."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    return buf.getvalue()
-
-
 def write_plots(report: RunReport | ExperimentReport, out: Path) -> list[Path]:
     """Both plots of ``report`` into folder ``out`` (never over an earlier plot); the paths written."""
     runs = report_runs(report)
     figures = [norms_figure(runs), cosines_figure(runs)]
     paths = free_paths(out)
     for path, fig in zip(paths, figures, strict=True):
-        write_bytes_atomic(path, png_bytes(fig))
+        write_png(fig, path)
     return paths
