@@ -32,6 +32,16 @@ def test_every_setting_is_in_dotenv_and_every_dotenv_key_is_known_and_valid() ->
     ExperimentConfig.from_env(ROOT / ".env", environ={})
 
 
+def test_dotenv_repeats_the_declared_defaults() -> None:
+    """.env is the defaults written out (the one schema is fedimdb/config.py): a changed default fails here."""
+    for cls in (RunConfig, DataConfig, ExperimentConfig):
+        declared, written = cls(), cls.from_env(ROOT / ".env", environ={})
+        for f in dataclasses.fields(cls):
+            a, b = getattr(declared, f.name), getattr(written, f.name)
+            same = Path(a) == Path(b) if f.name.endswith("_dir") else a == b  # Compose wants ./ before a path
+            assert same, f"{env_name(f.name)}: .env says {b!r}, fedimdb/config.py {a!r}"
+
+
 def test_precedence_defaults_file_environment_overrides(tmp_path: Path) -> None:
     env_file = tmp_path / ".env"
     env_file.write_text("FEDIMDB_NUM_ROUNDS=4\nFEDIMDB_BATCH_SIZE=8\nFEDIMDB_SEED=3\n")
