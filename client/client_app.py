@@ -11,7 +11,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -24,17 +24,18 @@ from fedimdb.metrics.client import ClientMetrics
 from fedimdb.model import load_model, pick_device
 from fedimdb.protocol import (
     ARRAYS,
-    CONFIG,
     EVALUATE_RECEIVED,
     METRICS,
     NODE_PARTITION_ID,
     NODE_SHARD_DIR,
     PROXIMAL_MU,
-    SERVER_ROUND,
     EvalMetrics,
     ReceivedEvalMetrics,
     TrainMetrics,
+    arrays_of,
+    config_of,
     received_state,
+    server_round_of,
     transport_arrays,
 )
 from fedimdb.training import EvalResult, scheduled_learning_rate, seed_everything, update_norm
@@ -88,11 +89,11 @@ def _prepare(msg: Message, context: Context, split: str) -> LocalTask:
     """Seeded model holding the global weights, and the split's examples."""
     cfg = RunConfig.from_mapping(context.run_config)
     partition_id, shard = _partition(context)
-    server_round = int(msg.content[CONFIG][SERVER_ROUND])
+    server_round = server_round_of(msg.content)
     seed = cfg.seed + 1000 * server_round + partition_id
     model, tokenizer = load_model(cfg.model, cfg.seed)
     tuned = Tuned(model, cfg.fine_tune, cfg.lora_rank)
-    global_state = received_state(msg.content[ARRAYS], reference=tuned.travelling())  # int8: the loaded model
+    global_state = received_state(arrays_of(msg.content), reference=tuned.travelling())  # int8: the loaded model
     tuned.load(global_state)
     seed_everything(seed, cfg.torch_threads)  # after loading: dropout and shuffling follow this seed
     data = read_split(shard, split)
@@ -116,7 +117,7 @@ def train(msg: Message, context: Context) -> Message:
     fault = faults.for_partition(os.environ, task.partition_id)  # tests only; faults.NONE otherwise
     fault.before_training()
     received_eval: dict[str, int | float] = {}
-    if msg.content[CONFIG].get(EVALUATE_RECEIVED, False):  # before training: the global model as received
+    if config_of(msg.content).get(EVALUATE_RECEIVED, False):  # before training: the global model as received
         res = _validate(task, read_split(task.shard, "val"))
         received_eval = ReceivedEvalMetrics(res.num_examples, res.loss, res.accuracy).as_metrics()
     setup_seconds = time.perf_counter() - start
@@ -128,15 +129,15 @@ def train(msg: Message, context: Context) -> Message:
         max_steps=cfg.max_steps,
         micro_batch_size=cfg.micro_batch_size,
         learning_rate=scheduled_learning_rate(
-            cfg.learning_rate, cfg.lr_schedule, int(msg.content[CONFIG][SERVER_ROUND]), cfg.num_rounds
+            cfg.learning_rate, cfg.lr_schedule, server_round_of(msg.content), cfg.num_rounds
         ),
         seed=task.seed,
-        proximal_mu=float(msg.content[CONFIG].get(PROXIMAL_MU, 0.0)),
+        proximal_mu=float(cast("float", config_of(msg.content).get(PROXIMAL_MU, 0.0))),
         **task.loop_options,
     )
     task.model.cpu()
     trained = task.tuned.travelling()
-    task.metrics.trained(int(msg.content[CONFIG][SERVER_ROUND]), result, update_norm(trained, task.global_state))
+    task.metrics.trained(server_round_of(msg.content), result, update_norm(trained, task.global_state))
     state = fault.state(trained, task.global_state)
     metrics = TrainMetrics(
         partition_id=task.partition_id,

@@ -13,7 +13,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from fedimdb.artifacts import utc_now
+from fedimdb.artifacts import STATUS, utc_now
 from fedimdb.config import (
     BACKENDS,
     DOCKER_BACKEND,
@@ -40,7 +40,6 @@ from fedimdb.experiment import (
     EXPERIMENT_SETTINGS,
     ORCHESTRATOR,
     RUN_SETTINGS,
-    STATUS,
     Experiment,
     ExperimentStatus,
     console,
@@ -190,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     if exp_dir is None:
         exp_dir = new_experiment_dir(args.out, settings.run)
         record = new_record(exp_dir, settings, backend.name)
+    assert record is not None, "resume_settings returns the resumed experiment's record"
     console.print(f"experiment {exp_dir} ({settings.experiment.repeats} repeats, backend {backend.name})")
     experiment = Experiment(exp_dir, record, settings, backend, shards, args.keep_up)
     _interrupt_on_sigterm()

@@ -86,7 +86,7 @@ def config_key(name: str) -> str:
 
 def _coerce(f: dataclasses.Field, raw: Any, origin: str) -> Any:
     """Convert a raw value (str from .env/CLI, TOML scalar from Flower) to the field type."""
-    kind = type(f.default)
+    kind: type = type(f.default)
     where = f"{config_key(f.name)} (from {origin})"
     try:
         if kind is bool:

@@ -29,7 +29,15 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from fedimdb.artifacts import (
@@ -204,7 +212,12 @@ class Experiment:
         for k in verified:
             console.print(f"repeat {k}: verified earlier, kept as it is")
         rounds_total = self.settings.run.num_rounds
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        columns: tuple[ProgressColumn, ...] = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+        )
         columns += (TextColumn("ETA"), TimeRemainingColumn())
         with Progress(*columns, console=console, transient=False) as progress:
             all_repeats = progress.add_task("repeats", total=n, completed=len(verified))
@@ -346,7 +359,7 @@ def load_record(exp_dir: Path) -> dict[str, Any]:
     try:
         record = read_json(path)
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        problem = f"it cannot be read as JSON ({exc})"
+        problem: str | None = f"it cannot be read as JSON ({exc})"
     else:
         problem = record_problem(record)
     if problem:

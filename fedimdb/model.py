@@ -197,7 +197,7 @@ def build_tiny_model(vocab_size: int) -> Any:
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=512,
-        num_labels=NUM_LABELS,
+        num_labels=NUM_LABELS,  # type: ignore[call-arg]  # transformers 5 takes it through PreTrainedConfig's **kwargs
         id2label=LABEL_NAMES,
         label2id={v: k for k, v in LABEL_NAMES.items()},
     )

@@ -11,11 +11,11 @@ import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, ClassVar, TypeVar
+from typing import TYPE_CHECKING, ClassVar, TypeVar, cast
 
 if TYPE_CHECKING:  # flwr and torch are imported where records are built: the node-config keys stay import-light
     import torch
-    from flwr.app import ArrayRecord, MetricRecord
+    from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 # RecordDict entries of a message.
 ARRAYS = "arrays"
@@ -53,6 +53,34 @@ RECEIVED_EVAL_ACCURACY = "received-eval-accuracy"
 RECEIVED_EVAL_EXAMPLES = "received-eval-examples"
 
 
+# A message's records and entries, typed (a RecordDict's values may be any of the three record kinds).
+# Casts only, as Flower's strategies do: nothing is checked beyond what ``content[KEY]`` does (KeyError);
+# a train reply's content is checked in server/checks.py before the server reads it.
+def arrays_of(content: RecordDict) -> ArrayRecord:
+    """The weights of a message (:data:`ARRAYS`)."""
+    return cast("ArrayRecord", content[ARRAYS])
+
+
+def metrics_of(content: RecordDict) -> MetricRecord:
+    """The metrics of a reply (:data:`METRICS`)."""
+    return cast("MetricRecord", content[METRICS])
+
+
+def config_of(content: RecordDict) -> ConfigRecord:
+    """The configuration of a train or evaluate message (:data:`CONFIG`)."""
+    return cast("ConfigRecord", content[CONFIG])
+
+
+def server_round_of(content: RecordDict) -> int:
+    """The round a train or evaluate message belongs to (:data:`SERVER_ROUND`)."""
+    return int(cast("int", config_of(content)[SERVER_ROUND]))
+
+
+def partition_of(content: RecordDict) -> int:
+    """The partition id a reply carries (:data:`PARTITION_ID`)."""
+    return int(cast("int", metrics_of(content)[PARTITION_ID]))
+
+
 class _ReplyMetrics:
     """A reply's metrics as a typed dataclass; ``KEYS`` maps each field to its MetricRecord key."""
 
@@ -62,7 +90,7 @@ class _ReplyMetrics:
         """The reply's MetricRecord."""
         from flwr.app import MetricRecord
 
-        return MetricRecord(self.as_metrics())
+        return MetricRecord({**self.as_metrics()})
 
     def as_metrics(self) -> dict[str, int | float]:
         """The entries of the reply's MetricRecord."""
@@ -151,7 +179,7 @@ def state_digest(state: Mapping[str, torch.Tensor]) -> bytes:
     for name in sorted(state):
         tensor = state[name].detach().cpu().contiguous()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.view(-1).view(torch.uint8).numpy() if tensor.numel() else b"")
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().data if tensor.numel() else b"")
     return digest.digest()
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,7 +47,9 @@ def seed_everything(seed: int, threads: int = 0) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def _batches(tokenizer: Any, data: Examples, order: list[int], batch_size: int, max_length: int, device: torch.device):
+def _batches(
+    tokenizer: Any, data: Examples, order: list[int], batch_size: int, max_length: int, device: torch.device
+) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
     split = tokenised(tokenizer, data, max_length)  # once per split, cached on disk
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]

@@ -89,12 +89,14 @@ class Moments:
         finite = max(self.numel - self.nonfinite, 1)
         mean = self.total / finite
         norm = math.sqrt(self.squares)
-        update = math.sqrt(self.update_squares) if has_previous else ""
+        change: dict[str, float | str] = {"update_l2_norm": "", "relative_update": ""}
+        if has_previous:
+            update = math.sqrt(self.update_squares)
+            change = {"update_l2_norm": update, "relative_update": update / norm if norm > 0 else ""}
         return {"numel": self.numel, "l2_norm": norm, "mean": mean,
                 "std": math.sqrt(max(self.squares / finite - mean * mean, 0.0)),
                 "min": self.low, "max": self.high, "zero_fraction": self.zeros / max(self.numel, 1),
-                "nonfinite": self.nonfinite, "update_l2_norm": update,
-                "relative_update": (update / norm if norm > 0 else "") if has_previous else ""}  # fmt: skip
+                "nonfinite": self.nonfinite, **change}  # fmt: skip
 
 
 def weight_rows(server_round: int, state: State, previous: State | None) -> list[dict]:
@@ -102,7 +104,9 @@ def weight_rows(server_round: int, state: State, previous: State | None) -> list
 
     ``previous``: the global model of the round before (None for round 0: no update columns).
     """
-    rows, groups, whole = [], {}, Moments()
+    rows: list[dict] = []
+    groups: dict[str, Moments] = {}
+    whole = Moments()
     for name, tensor in state.items():
         if not tensor.is_floating_point():
             continue

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install (if needed) and run the formatter and the linter (ruff, configured in pyproject.toml).
-# ./scripts/lint.sh checks; ./scripts/lint.sh --fix rewrites the files.
+# Install (if needed) and run the formatter, the linter (ruff) and the type checker (mypy over fedimdb/,
+# server/ and client/), all three configured in pyproject.toml.
+# ./scripts/lint.sh checks; ./scripts/lint.sh --fix rewrites the files (ruff), then type-checks them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/bootstrap.sh >/dev/null
@@ -11,3 +12,4 @@ else
   .venv/bin/ruff format --check .
   .venv/bin/ruff check .
 fi
+.venv/bin/mypy

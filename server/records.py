@@ -9,11 +9,19 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 from flwr.app import Message
 
-from fedimdb.protocol import METRICS, PARTITION_ID, EvalMetrics, ReceivedEvalMetrics, TrainMetrics
+from fedimdb.protocol import (
+    METRICS,
+    PARTITION_ID,
+    EvalMetrics,
+    ReceivedEvalMetrics,
+    TrainMetrics,
+    metrics_of,
+    partition_of,
+)
 from fedimdb.training import EvalResult
 
 ROUND_COLUMNS = (
@@ -73,7 +81,7 @@ def partition_order(replies: Iterable[Message]) -> list[Message]:
     def key(msg: Message) -> tuple[int, int]:
         if msg.has_error():
             return (1, msg.metadata.src_node_id)
-        return (0, int(msg.content[METRICS][PARTITION_ID]))
+        return (0, partition_of(msg.content))
 
     return sorted(replies, key=key)
 
@@ -123,9 +131,9 @@ class RoundLog:
         dead node, comes from the SuperLink itself); its partition is taken from the reply's metrics, or
         from an earlier reply of the same node.
         """
-        partition_id = None
+        partition_id: int | float | None = None
         if not msg.has_error() and METRICS in msg.content.metric_records:
-            partition_id = msg.content.metric_records[METRICS].get(PARTITION_ID)
+            partition_id = cast("int | float | None", msg.content.metric_records[METRICS].get(PARTITION_ID))
         if partition_id is None:
             partition_id = next((r["partition_id"] for r in self.clients if r["node_id"] == node_id
                                  and r["partition_id"] != ""), None)  # fmt: skip
@@ -139,7 +147,7 @@ class RoundLog:
         the local evaluation of the previous round, whose global model that was.
         """
         for msg in replies:
-            record = msg.content[METRICS]
+            record = metrics_of(msg.content)
             m = TrainMetrics.from_record(record)
             row = self._row(server_round, m.partition_id, msg.metadata.src_node_id)
             row.update(
@@ -161,7 +169,7 @@ class RoundLog:
         for msg in replies:
             if msg.has_error():
                 continue
-            m = EvalMetrics.from_record(msg.content[METRICS])
+            m = EvalMetrics.from_record(metrics_of(msg.content))
             self._local_eval(server_round, m.partition_id, msg, m)
         self._refresh_local_eval(server_round)
 

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from logging import INFO, WARNING
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.logger import log
@@ -46,10 +46,11 @@ from fedimdb.protocol import (
     ARRAYS,
     EVALUATE_RECEIVED,
     INT8,
-    METRICS,
     NUM_EXAMPLES,
-    PARTITION_ID,
     TransportError,
+    arrays_of,
+    metrics_of,
+    partition_of,
     received_state,
     state_view,
     transport_arrays,
@@ -207,7 +208,7 @@ class RecordingStrategy(Strategy):
         if self.transport == FULL_PRECISION:
             return None
         try:
-            msg.content[ARRAYS] = ArrayRecord(received_state(msg.content[ARRAYS], self._received))
+            msg.content[ARRAYS] = ArrayRecord(received_state(arrays_of(msg.content), self._received))
         except TransportError as exc:
             return str(exc)
         return None
@@ -251,16 +252,21 @@ class RecordingStrategy(Strategy):
             )
         ordered = partition_order(usable)
         self.round_log.record_train(server_round, ordered)
-        partitions = [int(msg.content[METRICS][PARTITION_ID]) for msg in ordered]
+        partitions = [partition_of(msg.content) for msg in ordered]
         if self.archive_client is not None:
             for partition, msg in zip(partitions, ordered, strict=True):
-                self.archive_client(server_round, partition, msg.content[ARRAYS])
+                self.archive_client(server_round, partition, arrays_of(msg.content))
         self.metrics.updates_used(server_round, partitions)
         updates = self._client_updates(ordered)  # before aggregating: FedMedian and others empty the replies
         start = time.perf_counter()
         aggregate = self.inner.aggregate_train(server_round, ordered)
         self.metrics.aggregated(time.perf_counter() - start)
-        if updates is not None and aggregate[0] is not None and self._global is not None:
+        if (
+            updates is not None
+            and self.weight_log is not None
+            and aggregate[0] is not None
+            and self._global is not None
+        ):
             sent, new = state_view(self._global), state_view(aggregate[0])
             self.weight_log.client_updates(server_round, sent, new, updates)
         return aggregate
@@ -269,15 +275,22 @@ class RecordingStrategy(Strategy):
         """The aggregated replies' weights and example counts, for the weight log (None: no weight log)."""
         if self.weight_log is None:
             return None
-        return [ClientUpdate(int(msg.content[METRICS][PARTITION_ID]), int(msg.content[METRICS][NUM_EXAMPLES]),
-                             state_view(msg.content[ARRAYS])) for msg in ordered]  # fmt: skip
+        return [
+            ClientUpdate(
+                partition_of(msg.content),
+                int(cast("int | float", metrics_of(msg.content)[NUM_EXAMPLES])),
+                state_view(arrays_of(msg.content)),
+            )
+            for msg in ordered
+        ]
 
     def _screen(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
         """The usable train replies; the others are recorded (and logged) with their reason."""
         assert self._expected is not None, "configure_train comes first"
-        usable = []
+        usable: list[Message] = []
         replies = list(replies)
         self.metrics.received(msg.content for msg in replies if not msg.has_error())
+        reason: str | None
         for msg in replies:
             if msg.has_error():
                 status, reason = ClientStatus.FAILED, f"error reply {msg.error.code}: {msg.error.reason}"

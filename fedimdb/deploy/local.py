@@ -26,7 +26,7 @@ from fedimdb.deploy import flwr_cli, forkserver
 from fedimdb.deploy.backend import RoundCallback, Stack, StackError
 from fedimdb.deploy.credentials import Credentials, make_credentials
 from fedimdb.deploy.proc import runs_one_of, stop_groups
-from fedimdb.deploy.processes import await_superlink, superlink_argv, supernode_argv
+from fedimdb.deploy.processes import await_superlink, command_line, superlink_argv, supernode_argv
 from fedimdb.deploy.topology import FLOWER_POLL_VAR, LOCAL_CONNECTION, LOOPBACK
 from fedimdb.metrics.exporter import MULTIPROC_VAR
 
@@ -133,16 +133,17 @@ class LocalFederation:
             if self.restarts[k] >= MAX_NODE_RESTARTS:
                 raise StackError(f"SuperNode {k} exited {self.restarts[k] + 1} times (last code {proc.returncode}); "
                                    f"see {self.workdir / f'supernode-{k}.log'}")  # fmt: skip
-            if self._restart_at[k] is None:
+            restart_at = self._restart_at[k]
+            if restart_at is None:
                 backoff = min(RESTART_BACKOFF * 2 ** self.restarts[k], RESTART_BACKOFF_MAX)
-                self._restart_at[k] = time.monotonic() + backoff
-            if time.monotonic() >= self._restart_at[k]:
+                restart_at = self._restart_at[k] = time.monotonic() + backoff
+            if time.monotonic() >= restart_at:
                 self._restart(k, proc)
 
     def _restart(self, k: int, exited: subprocess.Popen) -> None:
         self.restarts[k] += 1
         self._restart_at[k] = None
-        self.supernodes[k] = self._spawn(list(exited.args), f"supernode-{k}.log", mode="ab")
+        self.supernodes[k] = self._spawn(list(command_line(exited)), f"supernode-{k}.log", mode="ab")
         self.on_restart()
         self.log(f"SuperNode {k} exited with code {exited.returncode}; restarted it "
                  f"({self.restarts[k]} of {MAX_NODE_RESTARTS} restarts)")  # fmt: skip

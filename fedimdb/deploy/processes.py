@@ -13,6 +13,7 @@ import subprocess
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import cast
 
 from fedimdb.deploy import flwr_cli
 from fedimdb.deploy.backend import StackError
@@ -72,13 +73,20 @@ def supernode_argv(
     ]
 
 
+def command_line(proc: subprocess.Popen) -> list[str]:
+    """The argument list ``proc`` was started with (fedimdb starts every process from a list of strings)."""
+    return cast("list[str]", proc.args)
+
+
 def wait_for_port(address: str, timeout: float, proc: subprocess.Popen | None = None, step: float = 0.2) -> None:
     """Block until something accepts connections at ``address`` (host:port); fail early if ``proc`` died."""
     host, port = address.rsplit(":", 1)
     deadline = time.monotonic() + timeout
     while True:
         if proc is not None and proc.poll() is not None:
-            raise StackError(f"{proc.args[0]} exited with code {proc.returncode} before listening on {address}")
+            raise StackError(
+                f"{command_line(proc)[0]} exited with code {proc.returncode} before listening on {address}"
+            )
         try:
             socket.create_connection((host, int(port)), timeout=5).close()
             return

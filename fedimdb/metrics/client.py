@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import resource
+from functools import partial
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -32,22 +33,20 @@ class ClientMetrics:
     def __init__(self, partition_id: int, run_id: int) -> None:
         self.labels = (str(partition_id), str(run_id))
         reg = CollectorRegistry(auto_describe=True)
-        total = {"labelnames": LABELS, "registry": reg}
-        latest = {**total, "multiprocess_mode": "mostrecent"}
-        self.samples = Counter("fedimdb_client_samples_trained", "Reviews trained on", **total)
-        self.train_seconds = Counter("fedimdb_client_train_seconds", "Seconds spent in local training", **total)
-        self.samples_per_second = Gauge("fedimdb_client_samples_per_second", "Training speed in the last round",
-                                        **latest)  # fmt: skip
-        self.train_loss = Gauge("fedimdb_client_train_loss", "Mean local training loss in the last round", **latest)
-        self.eval_loss = Gauge("fedimdb_client_eval_loss", "Validation loss of the latest global model", **latest)
-        self.eval_accuracy = Gauge("fedimdb_client_eval_accuracy", "Validation accuracy of the latest global model",
-                                   **latest)  # fmt: skip
-        self.update_norm = Gauge("fedimdb_client_update_norm", "L2 norm of the last update (returned - received)",
-                                 **latest)  # fmt: skip
-        self.last_round = Gauge("fedimdb_client_last_round", "Last round whose train message this client answered",
-                                **latest)  # fmt: skip
-        self.rss = Gauge("fedimdb_client_process_resident_memory_bytes", "Resident memory of the latest ClientApp "
-                         "process, after its work", **latest)  # fmt: skip
+        counter = partial(Counter, labelnames=LABELS, registry=reg)
+        gauge = partial(Gauge, labelnames=LABELS, registry=reg, multiprocess_mode="mostrecent")
+        self.samples = counter("fedimdb_client_samples_trained", "Reviews trained on")
+        self.train_seconds = counter("fedimdb_client_train_seconds", "Seconds spent in local training")
+        self.samples_per_second = gauge("fedimdb_client_samples_per_second", "Training speed in the last round")
+        self.train_loss = gauge("fedimdb_client_train_loss", "Mean local training loss in the last round")
+        self.eval_loss = gauge("fedimdb_client_eval_loss", "Validation loss of the latest global model")
+        self.eval_accuracy = gauge("fedimdb_client_eval_accuracy", "Validation accuracy of the latest global model")
+        self.update_norm = gauge("fedimdb_client_update_norm", "L2 norm of the last update (returned - received)")
+        self.last_round = gauge("fedimdb_client_last_round", "Last round whose train message this client answered")
+        self.rss = gauge(
+            "fedimdb_client_process_resident_memory_bytes",
+            "Resident memory of the latest ClientApp process, after its work",
+        )
 
     def trained(self, server_round: int, result: TrainResult, update_norm: float) -> None:
         """A train message answered."""

@@ -6,8 +6,9 @@ A registry of its own per experiment, so nothing else in the process leaks into 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Metric, start_http_server, write_to_textfile
@@ -60,7 +61,7 @@ class ScrapedRegistry:
         self.registry = registry
         self.last: float | None = None
 
-    def collect(self) -> Iterator[Metric]:
+    def collect(self) -> Iterable[Metric]:
         self.last = time.monotonic()
         return self.registry.collect()
 
@@ -75,21 +76,22 @@ class ExperimentMetrics:
     def __init__(self, experiment_id: str, exp_dir: Path, rounds: int = 1) -> None:
         self.registry = CollectorRegistry()
         self.path = exp_dir / METRICS_FILE
-        labels = {"labelnames": ("experiment",), "registry": self.registry}
+        gauge = partial(Gauge, labelnames=("experiment",), registry=self.registry)
+        counter = partial(Counter, labelnames=("experiment",), registry=self.registry)
         self.experiment_id = experiment_id
         self.rounds = rounds
         self.served: ScrapedRegistry | None = None
         self._clock = Progress()
-        self.repeats_total = Gauge("fedimdb_repeats_total", "Repeats planned in the experiment", **labels)
-        self.repeats_done = Counter("fedimdb_repeats_completed", "Repeats completed and verified", **labels)
-        self.repeats_failed = Counter("fedimdb_repeats_failed", "Repeat attempts that failed", **labels)
-        self.current_repeat = Gauge("fedimdb_current_repeat", "Repeat in progress (-1: none)", **labels)
-        self.current_round = Gauge("fedimdb_current_round", "Last round completed in the repeat in progress", **labels)
-        self.eta = Gauge("fedimdb_eta_seconds", "Estimated seconds until the experiment ends", **labels)
-        per_repeat = {"labelnames": ("experiment", "repeat"), "registry": self.registry}
-        self.repeat_seconds = Gauge("fedimdb_repeat_duration_seconds", "Wall time of a completed repeat", **per_repeat)
-        self.final_accuracy = Gauge("fedimdb_final_accuracy", "Central accuracy after the last round", **per_repeat)
-        self.final_loss = Gauge("fedimdb_final_loss", "Central loss after the last round", **per_repeat)
+        self.repeats_total = gauge("fedimdb_repeats_total", "Repeats planned in the experiment")
+        self.repeats_done = counter("fedimdb_repeats_completed", "Repeats completed and verified")
+        self.repeats_failed = counter("fedimdb_repeats_failed", "Repeat attempts that failed")
+        self.current_repeat = gauge("fedimdb_current_repeat", "Repeat in progress (-1: none)")
+        self.current_round = gauge("fedimdb_current_round", "Last round completed in the repeat in progress")
+        self.eta = gauge("fedimdb_eta_seconds", "Estimated seconds until the experiment ends")
+        per_repeat = partial(Gauge, labelnames=("experiment", "repeat"), registry=self.registry)
+        self.repeat_seconds = per_repeat("fedimdb_repeat_duration_seconds", "Wall time of a completed repeat")
+        self.final_accuracy = per_repeat("fedimdb_final_accuracy", "Central accuracy after the last round")
+        self.final_loss = per_repeat("fedimdb_final_loss", "Central loss after the last round")
 
     def serve(self, port: int) -> None:
         """Expose /metrics on ``port`` (0: do not serve)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
+from functools import partial
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -41,38 +42,44 @@ class ServerMetrics:
     def __init__(self, run_id: int, cfg: RunConfig) -> None:
         self.run = str(run_id)
         reg = CollectorRegistry(auto_describe=True)
-        run = {"labelnames": (RUN_LABEL,), "registry": reg}
-        latest = {**run, "multiprocess_mode": "mostrecent"}
-        self.info = Gauge("fedimdb_server_run_info", "The run's settings (value 1)",
-                          (RUN_LABEL, "strategy", "model", "clients", "rounds"), registry=reg,
-                          multiprocess_mode="mostrecent")  # fmt: skip
-        self.status = Gauge("fedimdb_server_run_status", "1 for the run's status, 0 for the others",
-                            (RUN_LABEL, "status"), registry=reg, multiprocess_mode="mostrecent")  # fmt: skip
-        self.round = Gauge("fedimdb_server_round", "Round in progress (0: before round 1)", **latest)
-        self.round_started = Gauge("fedimdb_server_round_started_timestamp_seconds",
-                                   "Unix time the round in progress began", **latest)  # fmt: skip
-        self.round_timeout = Gauge("fedimdb_server_round_timeout_seconds", "Seconds a round may wait for replies",
-                                   **latest)  # fmt: skip
-        self.rounds_completed = Counter("fedimdb_server_rounds_completed", "Rounds completed", **run)
-        self.round_seconds = Histogram("fedimdb_server_round_duration_seconds", "Wall time of a completed round",
-                                       buckets=ROUND_BUCKETS, **run)  # fmt: skip
-        self.aggregation_seconds = Histogram("fedimdb_server_aggregation_seconds", "Time the strategy took to "
-                                             "aggregate a round's updates", buckets=AGGREGATION_BUCKETS, **run)  # fmt: skip
-        self.nodes_online = Gauge("fedimdb_server_nodes_online", "SuperNodes online before the round", **latest)
-        self.sampled = Gauge("fedimdb_server_clients_sampled", "Clients sampled in the last round", **latest)
-        self.replied = Gauge("fedimdb_server_clients_replied", "Clients whose update the last round aggregated",
-                             **latest)  # fmt: skip
-        self.failed = Gauge("fedimdb_server_clients_failed", "Clients that failed or were refused in the last round",
-                            **latest)  # fmt: skip
-        self.client_last_round = Gauge("fedimdb_server_client_last_round", "Last round that aggregated an update "
-                                       "of this client", (RUN_LABEL, "partition"), registry=reg,
-                                       multiprocess_mode="mostrecent")  # fmt: skip
-        self.bytes_sent = Counter("fedimdb_server_sent_bytes", "Bytes of weights sent to clients", **run)
-        self.bytes_received = Counter("fedimdb_server_received_bytes", "Bytes of weights received from clients",
-                                      **run)  # fmt: skip
-        self.central_loss = Gauge("fedimdb_server_central_loss", "Held-out loss of the latest global model", **latest)
-        self.central_accuracy = Gauge("fedimdb_server_central_accuracy", "Held-out accuracy of the latest global "
-                                      "model", **latest)  # fmt: skip
+        gauge = partial(Gauge, labelnames=(RUN_LABEL,), registry=reg, multiprocess_mode="mostrecent")
+        counter = partial(Counter, labelnames=(RUN_LABEL,), registry=reg)
+        histogram = partial(Histogram, labelnames=(RUN_LABEL,), registry=reg)
+        self.info = gauge(
+            "fedimdb_server_run_info",
+            "The run's settings (value 1)",
+            labelnames=(RUN_LABEL, "strategy", "model", "clients", "rounds"),
+        )
+        self.status = gauge(
+            "fedimdb_server_run_status", "1 for the run's status, 0 for the others", labelnames=(RUN_LABEL, "status")
+        )
+        self.round = gauge("fedimdb_server_round", "Round in progress (0: before round 1)")
+        self.round_started = gauge(
+            "fedimdb_server_round_started_timestamp_seconds", "Unix time the round in progress began"
+        )
+        self.round_timeout = gauge("fedimdb_server_round_timeout_seconds", "Seconds a round may wait for replies")
+        self.rounds_completed = counter("fedimdb_server_rounds_completed", "Rounds completed")
+        self.round_seconds = histogram(
+            "fedimdb_server_round_duration_seconds", "Wall time of a completed round", buckets=ROUND_BUCKETS
+        )
+        self.aggregation_seconds = histogram(
+            "fedimdb_server_aggregation_seconds",
+            "Time the strategy took to aggregate a round's updates",
+            buckets=AGGREGATION_BUCKETS,
+        )
+        self.nodes_online = gauge("fedimdb_server_nodes_online", "SuperNodes online before the round")
+        self.sampled = gauge("fedimdb_server_clients_sampled", "Clients sampled in the last round")
+        self.replied = gauge("fedimdb_server_clients_replied", "Clients whose update the last round aggregated")
+        self.failed = gauge("fedimdb_server_clients_failed", "Clients that failed or were refused in the last round")
+        self.client_last_round = gauge(
+            "fedimdb_server_client_last_round",
+            "Last round that aggregated an update of this client",
+            labelnames=(RUN_LABEL, "partition"),
+        )
+        self.bytes_sent = counter("fedimdb_server_sent_bytes", "Bytes of weights sent to clients")
+        self.bytes_received = counter("fedimdb_server_received_bytes", "Bytes of weights received from clients")
+        self.central_loss = gauge("fedimdb_server_central_loss", "Held-out loss of the latest global model")
+        self.central_accuracy = gauge("fedimdb_server_central_accuracy", "Held-out accuracy of the latest global model")
         self.info.labels(self.run, cfg.strategy, cfg.model, str(cfg.num_clients), str(cfg.num_rounds)).set(1)
         self.round_timeout.labels(self.run).set(cfg.round_timeout)
         self.round.labels(self.run).set(0)
