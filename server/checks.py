@@ -5,18 +5,21 @@ shapes or dtypes, or non-finite values, or when it claims an absurd number of tr
 (FedAvg weights each update by that number, so one lie would outweigh every honest client).
 These checks catch broken clients; they cannot tell a poisoned but finite update from an honest
 one. The robust strategies (``fedmedian``, ``fedtrimmedavg``, ``krum``) are the defence there.
+:func:`screen` sorts a round's train replies into the usable ones and the refused (:class:`Refusal`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import ArrayRecord, RecordDict
+from flwr.app import ArrayRecord, Message, RecordDict
 
 from fedimdb.protocol import ARRAYS, METRICS, NUM_EXAMPLES, PARTITION_ID
+from server.records import ClientStatus
+from server.wire import Decoder
 
 
 @dataclass(frozen=True)
@@ -90,3 +93,87 @@ def train_reply_problem(content: RecordDict, expected: Expected) -> str | None:
         return f"no {PARTITION_ID} in the reply's MetricRecord {METRICS!r}"
     claimed = content.metric_records[METRICS].get(NUM_EXAMPLES)
     return examples_problem(claimed, expected.max_examples) or arrays_problem(content.array_records[ARRAYS], expected)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A train reply that is not aggregated, and why.
+
+    Parameters
+    ----------
+    node : int
+        The node the train message went to (the SuperLink itself answers for a node that died).
+    partition : int | None
+        The node's partition, when this reply or an earlier one named it.
+    status : ClientStatus
+        ``failed``: an error reply; ``refused``: an update that cannot be aggregated.
+    reason : str
+        What was wrong, for the logs, clients.csv and the error of a failed round.
+    """
+
+    node: int
+    partition: int | None
+    status: ClientStatus
+    reason: str
+
+    def __str__(self) -> str:
+        partition = "?" if self.partition is None else self.partition
+        return f"partition {partition} (node {self.node}): {self.reason}"
+
+
+@dataclass(frozen=True)
+class Screened:
+    """A batch of train replies, sorted: the usable ones (decoded to float32) and the refusals."""
+
+    usable: list[Message]
+    refused: list[Refusal]
+
+
+def _named_partition(msg: Message) -> int | None:
+    """The partition a reply names in its metrics, if it does."""
+    if msg.has_error() or METRICS not in msg.content.metric_records:
+        return None
+    value = msg.content.metric_records[METRICS].get(PARTITION_ID)
+    return None if value is None or isinstance(value, list) else int(value)
+
+
+def screen(
+    replies: Iterable[Message],
+    expected: Expected,
+    decode: Decoder,
+    addressees: Mapping[str, int],
+    partitions: Mapping[int, int],
+) -> Screened:
+    """Sort train replies into usable updates and refusals.
+
+    Parameters
+    ----------
+    replies : Iterable[Message]
+        Replies to the round's train messages.
+    expected : Expected
+        What a usable reply carries.
+    decode : Decoder
+        Turns a usable reply's arrays back into float32 in place (server/wire.py).
+    addressees : Mapping[str, int]
+        Message id to the node the train message went to.
+    partitions : Mapping[int, int]
+        Node id to partition, as earlier replies named it.
+
+    Returns
+    -------
+    Screened
+        The usable replies, in the order given, and a refusal for each of the others.
+    """
+    screened = Screened([], [])
+    for msg in replies:
+        if msg.has_error():
+            status, reason = ClientStatus.FAILED, f"error reply {msg.error.code}: {msg.error.reason}"
+        elif (problem := train_reply_problem(msg.content, expected) or decode(msg)) is not None:
+            status, reason = ClientStatus.REFUSED, problem
+        else:
+            screened.usable.append(msg)
+            continue
+        node = addressees.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
+        partition = _named_partition(msg)
+        screened.refused.append(Refusal(node, partitions.get(node) if partition is None else partition, status, reason))
+    return screened

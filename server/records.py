@@ -9,13 +9,11 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from enum import StrEnum
-from typing import Any, cast
+from typing import Any
 
 from flwr.app import Message
 
 from fedimdb.protocol import (
-    METRICS,
-    PARTITION_ID,
     EvalMetrics,
     ReceivedEvalMetrics,
     TrainMetrics,
@@ -124,21 +122,15 @@ class RoundLog:
         self.clients.append(row)
         return row
 
-    def record_failure(self, server_round: int, msg: Message, node_id: int, status: str, reason: str) -> None:
+    def record_failure(
+        self, server_round: int, node_id: int, partition_id: int | None, status: str, reason: str
+    ) -> None:
         """A train reply that is not aggregated: an error reply (``FAILED``) or a refused update (``REFUSED``).
 
-        ``node_id`` is the node the train message went to (an error reply from the SuperLink, e.g. for a
-        dead node, comes from the SuperLink itself); its partition is taken from the reply's metrics, or
-        from an earlier reply of the same node.
+        ``node_id`` is the node the train message went to; ``partition_id`` is None while no reply of
+        that node has named it.
         """
-        partition_id: int | float | None = None
-        if not msg.has_error() and METRICS in msg.content.metric_records:
-            partition_id = cast("int | float | None", msg.content.metric_records[METRICS].get(PARTITION_ID))
-        if partition_id is None:
-            partition_id = next((r["partition_id"] for r in self.clients if r["node_id"] == node_id
-                                 and r["partition_id"] != ""), None)  # fmt: skip
-        row = self._row(server_round, None if partition_id is None else int(partition_id), node_id)
-        row.update(status=status, reason=reason)
+        self._row(server_round, partition_id, node_id).update(status=status, reason=reason)
 
     def record_train(self, server_round: int, replies: list[Message]) -> None:
         """One row per aggregated training reply (failures: :meth:`record_failure`).
@@ -194,14 +186,6 @@ class RoundLog:
         for row in self.rounds:
             if row["round"] == server_round:
                 row.update(self._local_eval_summary(server_round))
-
-    def reasons(self, server_round: int) -> list[str]:
-        """Who failed or was refused in the round, and why."""
-        return [
-            f"partition {r['partition_id'] if r['partition_id'] != '' else '?'} (node {r['node_id']}): {r['reason']}"
-            for r in self.clients
-            if r["round"] == server_round and r["status"] in (ClientStatus.FAILED, ClientStatus.REFUSED)
-        ]
 
     def finish_round(self, server_round: int, central: EvalResult | None, eval_seconds: float) -> dict[str, Any]:
         """Close the round with the central evaluation (None: the round failed); return its rounds.csv row."""

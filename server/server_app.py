@@ -1,8 +1,10 @@
-"""ServerApp: runs the chosen Flower strategy; after every round it archives, evaluates and records.
+"""ServerApp: runs the rounds of the chosen Flower strategy; after every round it archives, evaluates and records.
 
-The end of each round (Flower's ``evaluate_fn`` hook, called before round 1 and after every
-round) is three visible steps, in :meth:`RoundEnd.__call__`: archive the global weights,
-evaluate them on the held-out set, write the round's rows.
+The rounds are server/loop.py's :class:`~server.loop.Federation`, recorded by a
+:class:`~server.recorder.Recorder`. The end of each round (Flower's ``evaluate_fn`` hook, called
+before round 1 and after every round) is three visible steps, in :meth:`RoundEnd.__call__`:
+archive the global weights, evaluate them on the held-out set, write the round's rows. The final
+model is the one the loop's result holds.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from fedimdb.artifacts import (
     round_weights_name,
     software_versions,
 )
-from fedimdb.config import ConfigError, RunConfig, check_clients_fit
+from fedimdb.config import LOCAL_EVAL_WITH_TRAIN, ConfigError, RunConfig, check_clients_fit
 from fedimdb.data import MANIFEST, Examples, read_split
 from fedimdb.finetune import Tuned
 from fedimdb.metrics.server import ServerMetrics
@@ -41,9 +43,12 @@ from fedimdb.model import load_model, pick_device
 from fedimdb.training import EvalResult, evaluate, seed_everything
 from fedimdb.weights import CLIENT_UPDATE_COLUMNS, WEIGHT_STATS_COLUMNS
 from server.grid import PollingGrid
+from server.loop import Federation, RoundFailed, RoundPolicy
+from server.recorder import ClientArchiver, Recorder
 from server.records import CLIENT_COLUMNS, ROUND_COLUMNS, RoundLog
 from server.scrutiny import WeightLog
-from server.strategy import RoundFailed, make_strategy
+from server.strategy import make_strategy
+from server.wire import Wire
 
 app = ServerApp()
 
@@ -89,13 +94,10 @@ class RoundEnd:
         self.artifacts, self.round_log, self.metrics, self.weight_log = artifacts, round_log, metrics, weight_log
         self.device = pick_device(cfg.device)
         self.held_out = read_split(Path(cfg.held_out_dir), "test")
-        self.latest: dict[str, Any] = {}  # the whole global model after the last round
-        self.latest_arrays = ArrayRecord()  # ... and the tensors of it that travel
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
         """Round 0 is the initial model; round k the global model after round k."""
         self.tuned.load(arrays.to_torch_state_dict())
-        self.latest_arrays = arrays
         self.archive(server_round, self.tuned.whole())
         start = time.perf_counter()
         res = self.evaluate(self.held_out.head(self.cfg.eval_rows))
@@ -104,7 +106,6 @@ class RoundEnd:
 
     def archive(self, server_round: int, state: dict[str, Any]) -> None:
         """Write the round's whole global model (hashed in run.json), and describe it in the weight log."""
-        self.latest = state
         self.artifacts.write_weights(round_weights_name(server_round), state)
         if self.weight_log is not None:
             self.weight_log.global_model(server_round, state)
@@ -134,8 +135,17 @@ class RoundEnd:
             self.artifacts.write_csv(CLIENT_UPDATES_FILE, CLIENT_UPDATE_COLUMNS, self.weight_log.clients)
 
 
+def client_archiver(artifacts: RunArtifacts) -> ClientArchiver:
+    """Writes a client's returned weights of a round into the run's weights/ folder."""
+
+    def archive_client(server_round: int, partition_id: int, arrays: ArrayRecord) -> None:
+        artifacts.write_weights(client_weights_name(server_round, partition_id), arrays.to_torch_state_dict())
+
+    return archive_client
+
+
 def run_federation(grid: Grid, cfg: RunConfig, artifacts: RunArtifacts, metrics: ServerMetrics) -> None:
-    """All rounds of the strategy, then the final model (and, if asked, its full evaluation)."""
+    """All rounds, then the final model (and, if asked, its full evaluation)."""
     random.seed(cfg.seed)
     model, tokenizer = load_model(cfg.model, cfg.seed)
     seed_everything(cfg.seed, cfg.torch_threads)
@@ -143,32 +153,28 @@ def run_federation(grid: Grid, cfg: RunConfig, artifacts: RunArtifacts, metrics:
         model.config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         artifacts.add_folder(Path(tmp), WEIGHTS_DIR)
-
-    def archive_client(server_round: int, partition_id: int, arrays: ArrayRecord) -> None:
-        artifacts.write_weights(client_weights_name(server_round, partition_id), arrays.to_torch_state_dict())
-
     tuned = Tuned(model, cfg.fine_tune, cfg.lora_rank)
     initial = {k: v.clone() for k, v in tuned.travelling().items()}  # as every client loads it first
     round_log = RoundLog()
     weight_log = WeightLog(cfg.outlier_z) if cfg.weight_stats else None
-    archiver = archive_client if cfg.archive_client_weights else None
-    strategy = make_strategy(cfg, round_log, metrics, archiver, weight_log, initial)
+    archiver = client_archiver(artifacts) if cfg.archive_client_weights else None
+    federation = Federation(
+        make_strategy(cfg),
+        PollingGrid(grid, cfg.reply_poll_interval),
+        Recorder(round_log, metrics, archiver, weight_log),
+        RoundPolicy.of(cfg),
+        Wire(cfg.weight_transport, initial),
+        evaluate_received=cfg.local_eval == LOCAL_EVAL_WITH_TRAIN and cfg.fraction_evaluate > 0,
+    )
     round_end = RoundEnd(cfg, tuned, tokenizer, artifacts, round_log, metrics, weight_log)
-    grid = PollingGrid(grid, cfg.reply_poll_interval)
     try:
-        strategy.start(
-            grid=grid,
-            initial_arrays=ArrayRecord(initial),
-            num_rounds=cfg.num_rounds,
-            timeout=cfg.round_timeout,
-            evaluate_fn=round_end,
-        )
+        result = federation.run(ArrayRecord(initial), cfg.num_rounds, round_end)
     except RoundFailed:
         round_end.write_tables()  # the failed round's rows say who failed and why
         raise
-    strategy.evaluate_last(grid, round_end.latest_arrays, cfg.num_rounds, cfg.round_timeout)
     round_end.write_tables()
-    artifacts.write_weights(f"{WEIGHTS_DIR}/{FINAL_WEIGHTS}", round_end.latest)
+    tuned.load(result.arrays.to_torch_state_dict())
+    artifacts.write_weights(f"{WEIGHTS_DIR}/{FINAL_WEIGHTS}", tuned.whole())
     if cfg.final_eval_full:
         res = round_end.evaluate(round_end.held_out)
         artifacts.update(**{"final-evaluation": res.as_dict()})

@@ -92,3 +92,11 @@ def test_the_command_line_loads_the_docker_sdk_only_for_docker() -> None:
     code = "import sys, fedimdb.cli; print(sorted(m for m in ('docker', 'fedimdb.deploy.docker_backend') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], cwd=APP_DIR, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_round_loop_records_nothing_itself() -> None:
+    """server/loop.py tells an observer; what records (rows, metrics, artifacts, weight statistics) is apart."""
+    graph = import_graph()
+    recording = {"server.recorder", "server.scrutiny", "fedimdb.metrics.server", "fedimdb.artifacts"}
+    assert not graph["server.loop"] & recording, f"server.loop imports {graph['server.loop'] & recording}"
+    assert "server.loop" not in graph["server.recorder"] | graph["server.checks"]

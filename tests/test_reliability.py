@@ -30,8 +30,8 @@ from fedimdb.inspect.report import read_run, render_text
 from fedimdb.model import load_model
 from fedimdb.protocol import ARRAYS, METRICS, NUM_EXAMPLES, PARTITION_ID, TrainMetrics, transport_arrays
 from server.checks import Expected, examples_problem, train_reply_problem
+from server.loop import RoundPolicy
 from server.records import ClientStatus, RoundLog
-from server.strategy import RoundPolicy
 from tests.conftest import Orchestrator, local_run_args, marked_processes, orchestrate
 
 # Run settings of the faulty runs: a capped budget (2 steps of 32) bounds the believable example count.
@@ -112,9 +112,8 @@ def test_a_retried_client_keeps_one_row_per_round() -> None:
     """A failed reply (partition unknown) followed by a usable one from the same node: one row, ok."""
     log = RoundLog()
     log.start_round(1, 2)
-    log.record_failure(1, _Reply(None, node=5), 5, ClientStatus.FAILED, "error reply 1: boom")
-    assert [(r["node_id"], r["status"]) for r in log.clients] == [(5, ClientStatus.FAILED)]
-    assert log.reasons(1) == ["partition ? (node 5): error reply 1: boom"]
+    log.record_failure(1, 5, None, ClientStatus.FAILED, "error reply 1: boom")
+    assert [(r["partition_id"], r["node_id"], r["status"]) for r in log.clients] == [("", 5, ClientStatus.FAILED)]
     log.record_train(1, [_Reply(3, node=5)])
     assert [(r["partition_id"], r["node_id"], r["status"], r["reason"]) for r in log.clients] == [
         (3, 5, ClientStatus.OK, "")
@@ -124,31 +123,24 @@ def test_a_retried_client_keeps_one_row_per_round() -> None:
 
 
 def test_a_dead_nodes_failure_is_named_by_its_partition() -> None:
-    """The SuperLink itself sends a dead node's error reply (source node 1): the row names the node the
-    message went to, and the partition that node trained in an earlier round."""
+    """A dead node's error reply names no partition: the row has the one that node trained in an earlier round."""
     log = RoundLog()
     log.start_round(1, 1)
     log.record_train(1, [_Reply(3, node=5)])
     log.finish_round(1, None, 0.0)
     log.start_round(2, 1)
-    log.record_failure(2, _Reply(None, node=1), 5, ClientStatus.FAILED, "error reply 2: node unavailable")
-    assert log.reasons(2) == ["partition 3 (node 5): error reply 2: node unavailable"]
+    log.record_failure(2, 5, None, ClientStatus.FAILED, "error reply 2: node unavailable")
+    assert [(r["partition_id"], r["node_id"], r["status"]) for r in log.clients if r["round"] == 2] == [
+        (3, 5, ClientStatus.FAILED)
+    ]
 
 
 class _Reply:
-    """What RoundLog reads of a reply (a real Message needs a running Flower task to be built)."""
+    """What RoundLog reads of a train reply (a real Message: tests/test_round_loop.py)."""
 
-    def __init__(self, partition_id: int | None, node: int) -> None:
+    def __init__(self, partition_id: int, node: int) -> None:
         self.metadata = SimpleNamespace(src_node_id=node)
-        metrics = (
-            {}
-            if partition_id is None
-            else {METRICS: TrainMetrics(partition_id, 64, 0.5, 2, 1.0, 64.0, 0.1).to_record()}
-        )
-        self.content = RecordDict(metrics)
-
-    def has_error(self) -> bool:
-        return METRICS not in self.content.metric_records
+        self.content = RecordDict({METRICS: TrainMetrics(partition_id, 64, 0.5, 2, 1.0, 64.0, 0.1).to_record()})
 
 
 def _faulty_run(tmp: Path, shards: Path, imdb: Path, fault: str, *settings: str) -> tuple[int, Path]:

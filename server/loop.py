@@ -1,0 +1,314 @@
+"""The round loop, in one place: wait, send, screen, resend, aggregate, evaluate, end the round.
+
+Flower's ``Strategy.start`` runs each round as configure, send and receive, aggregate. This loop
+runs the same steps with Flower's strategies (sampling and aggregation stay theirs) and adds what a
+real deployment needs between them, each step visible in :meth:`Federation.train`:
+
+1. wait a bounded time for enough clients to be online (:func:`wait_for_nodes`);
+2. send the strategy's train messages, the global model encoded for the wire (server/wire.py);
+3. screen the replies (server/checks.py): error replies and unusable updates are refused;
+4. with too few usable updates, send the train message again to the clients that failed and are
+   still online, up to ``round-retries`` times; then fail the run with :class:`RoundFailed`, which
+   names every client and its reason;
+5. aggregate the usable updates in partition order, so the floating-point sums (and the run) are
+   the same for the same seed whatever order the replies arrived in.
+
+Then the clients' evaluate exchange (with ``local-eval = with-train`` the train messages carry it,
+and one evaluate exchange follows the last round) and ``end_round`` (Flower's ``evaluate_fn``:
+archive and evaluate the global model, server/server_app.py). What happens is told to a
+:class:`RoundObserver` (server/recorder.py); the loop keeps no record of its own.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from logging import INFO, WARNING
+from typing import Protocol
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Result, Strategy
+
+from fedimdb.config import RunConfig
+from fedimdb.protocol import EVALUATE_RECEIVED, partition_of
+from server.checks import Expected, Refusal, screen
+from server.records import partition_order
+from server.wire import Decoder, Wire
+
+NODE_WAIT_STEP = 1.0  # seconds between checks for online clients
+EndRound = Callable[[int, ArrayRecord], MetricRecord | None]
+"""Flower's ``evaluate_fn``: called with round 0 and the initial model, then after every round."""
+
+
+class RoundFailed(RuntimeError):
+    """A round ended without enough usable updates, or without enough clients online."""
+
+
+@dataclass(frozen=True)
+class RoundPolicy:
+    """How a round may fail, and what is done about it.
+
+    Parameters
+    ----------
+    num_clients : int
+        Clients of the run: all of them must be online before round 1.
+    min_reply_fraction : float
+        Share of the sampled clients (rounded up, at least 1) whose updates must be usable; also
+        the share of ``num_clients`` that must be online before a later round.
+    retries : int
+        Times a failed round's train messages are sent again to the clients that failed.
+    timeout : float
+        Seconds to wait for the replies of one exchange.
+    node_wait_timeout : float
+        Seconds to wait for enough clients to be online before a round.
+    max_examples : int | None
+        The most training examples a reply may claim (None: only positive whole numbers).
+    """
+
+    num_clients: int = 1
+    min_reply_fraction: float = 0.5
+    retries: int = 1
+    timeout: float = 3600.0
+    node_wait_timeout: float = 600.0
+    max_examples: int | None = None
+
+    @classmethod
+    def of(cls, cfg: RunConfig) -> RoundPolicy:
+        """The policy a run config asks for; a capped local budget bounds the example count."""
+        max_examples = cfg.max_steps * cfg.batch_size if cfg.max_steps else None
+        return cls(
+            cfg.num_clients,
+            cfg.min_reply_fraction,
+            cfg.round_retries,
+            cfg.round_timeout,
+            cfg.node_wait_timeout,
+            max_examples,
+        )
+
+    def needed(self, sampled: int) -> int:
+        """Usable updates a round with ``sampled`` clients needs."""
+        return max(1, math.ceil(self.min_reply_fraction * sampled - 1e-9))
+
+    def online_before(self, server_round: int) -> int:
+        """Clients that must be online before a round: all before the first, then enough to succeed."""
+        return self.num_clients if server_round == 1 else self.needed(self.num_clients)
+
+
+def wait_for_nodes(grid: Grid, needed: int, timeout: float) -> list[int]:
+    """The online node ids once at least ``needed`` are online; RoundFailed after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while len(nodes := list(grid.get_node_ids())) < needed:
+        if time.monotonic() >= deadline:
+            raise RoundFailed(
+                f"only {len(nodes)} clients online after {timeout:.0f} s, {needed} needed: start the missing "
+                "SuperNodes, check they reach the SuperLink, or lower num-clients / min-reply-fraction"
+            )
+        time.sleep(NODE_WAIT_STEP)
+    return nodes
+
+
+class RoundObserver(Protocol):
+    """What the round loop tells as it goes (server/recorder.py records it)."""
+
+    def round_started(self, server_round: int, messages: Sequence[Message], online: int) -> None:
+        """The round's train messages go out; ``online`` clients were online."""
+
+    def sent(self, messages: Sequence[Message]) -> None:
+        """Messages go out (train, resent train, or evaluate)."""
+
+    def received(self, replies: Sequence[Message]) -> None:
+        """Replies came in (error replies too)."""
+
+    def refused(self, server_round: int, refusal: Refusal) -> None:
+        """A train reply is not aggregated."""
+
+    def retried(self, server_round: int) -> None:
+        """The round's train message is sent again to the clients that failed."""
+
+    def accepted(self, server_round: int, ordered: Sequence[Message]) -> None:
+        """These usable train replies, in partition order, are about to be aggregated."""
+
+    def aggregated(self, server_round: int, sent: ArrayRecord, aggregate: ArrayRecord | None, seconds: float) -> None:
+        """The strategy turned the global model ``sent`` into ``aggregate`` in ``seconds``."""
+
+    def evaluated(self, server_round: int, replies: Sequence[Message]) -> None:
+        """The clients' evaluations of the round's global model, in partition order."""
+
+    def round_failed(self, server_round: int) -> None:
+        """The round ends without enough usable updates; the run fails."""
+
+
+@dataclass
+class TrainExchange:
+    """One round's train messages and what is known of their replies so far.
+
+    Parameters
+    ----------
+    messages : list[Message]
+        The strategy's train messages, one per sampled node.
+    expected : Expected
+        What a usable reply to them carries.
+    decode : Decoder
+        Turns a usable reply back into float32.
+    """
+
+    messages: list[Message]
+    expected: Expected
+    decode: Decoder
+    pushed: list[Message] = field(default_factory=list)  # every message sent, resent ones too (ids set on push)
+    usable: list[Message] = field(default_factory=list)
+    refused: list[Refusal] = field(default_factory=list)
+
+    def addressees(self) -> dict[str, int]:
+        """Message id to the node it went to, for every message pushed so far."""
+        return {msg.metadata.message_id: msg.metadata.dst_node_id for msg in self.pushed}
+
+    def again(self, online: set[int]) -> list[Message]:
+        """New copies of the train messages to the sampled nodes still online without a usable update."""
+        waiting = online - {msg.metadata.src_node_id for msg in self.usable}
+        return [_copy(msg) for msg in self.messages if msg.metadata.dst_node_id in waiting]
+
+
+class Federation:
+    """Runs the rounds of a Flower strategy over a Grid, guarded by a :class:`RoundPolicy`.
+
+    Parameters
+    ----------
+    strategy : Strategy
+        The Flower strategy that samples clients and aggregates their replies.
+    grid : Grid
+        Where messages go and replies come from.
+    observer : RoundObserver
+        Told what happens (rows, metrics, archives: server/recorder.py).
+    policy : RoundPolicy
+        When a round fails, and what is done about it.
+    wire : Wire
+        How the weights travel.
+    evaluate_received : bool, default False
+        Clients evaluate the global model they receive in train messages (from round 2 on, as the
+        model of round 1 arrives then); no evaluate messages during the rounds, one exchange after
+        the last.
+    """
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        grid: Grid,
+        observer: RoundObserver,
+        policy: RoundPolicy,
+        wire: Wire,
+        evaluate_received: bool = False,
+    ) -> None:
+        self.strategy, self.grid, self.observer = strategy, grid, observer
+        self.policy, self.wire, self.evaluate_received = policy, wire, evaluate_received
+        self.partitions: dict[int, int] = {}  # node id -> partition id, as replies named them
+
+    def run(self, initial: ArrayRecord, num_rounds: int, end_round: EndRound) -> Result:
+        """All rounds; the result holds the final global model and every round's aggregated metrics."""
+        log(INFO, "Starting %s strategy: %s rounds", type(self.strategy).__name__, num_rounds)
+        self.strategy.summary()
+        result = Result(arrays=initial)
+        self._end(result, 0, end_round)
+        for server_round in range(1, num_rounds + 1):
+            log(INFO, "[ROUND %s/%s]", server_round, num_rounds)
+            aggregate, metrics = self.train(server_round, result.arrays)
+            result.arrays = aggregate if aggregate is not None else result.arrays
+            if metrics is not None:
+                result.train_metrics_clientapp[server_round] = metrics
+            if not self.evaluate_received:
+                self._evaluate(result, server_round)
+            self._end(result, server_round, end_round)
+        if self.evaluate_received:
+            self._evaluate(result, num_rounds)
+        return result
+
+    def train(self, server_round: int, arrays: ArrayRecord) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """One round's training: wait, send, screen, resend while too few are usable, aggregate."""
+        online = wait_for_nodes(self.grid, self.policy.online_before(server_round), self.policy.node_wait_timeout)
+        outgoing = self.wire.outgoing(arrays)
+        config = ConfigRecord({EVALUATE_RECEIVED: True} if self.evaluate_received and server_round > 1 else {})
+        messages = list(self.strategy.configure_train(server_round, outgoing, config, self.grid))
+        self.observer.round_started(server_round, messages, len(online))
+        exchange = TrainExchange(messages, Expected.of(outgoing, self.policy.max_examples), self.wire.decoder(outgoing))
+        self._exchange(server_round, exchange, messages)
+        needed = self.policy.needed(len(messages))
+        for _ in range(self.policy.retries):
+            if len(exchange.usable) >= needed:
+                break
+            self._resend(server_round, exchange)
+        if len(exchange.usable) < needed:
+            self.observer.round_failed(server_round)
+            raise RoundFailed(
+                f"round {server_round}: {len(exchange.usable)} usable updates from {len(messages)} sampled clients, "
+                f"{needed} needed (min-reply-fraction {self.policy.min_reply_fraction}, after "
+                f"{self.policy.retries} retries): {'; '.join(map(str, exchange.refused))}. See the clients' logs; "
+                "lower min-reply-fraction to go on with fewer"
+            )
+        return self._aggregate(server_round, arrays, partition_order(exchange.usable))
+
+    def _exchange(self, server_round: int, exchange: TrainExchange, messages: list[Message]) -> None:
+        """Send train messages, wait for their replies, screen them into ``exchange``."""
+        self.observer.sent(messages)
+        exchange.pushed += messages
+        replies = list(self.grid.send_and_receive(messages, timeout=self.policy.timeout)) if messages else []
+        self.observer.received(replies)
+        screened = screen(replies, exchange.expected, exchange.decode, exchange.addressees(), self.partitions)
+        self.partitions.update((msg.metadata.src_node_id, partition_of(msg.content)) for msg in screened.usable)
+        for refusal in screened.refused:
+            log(WARNING, "round %s: node %s %s: %s", server_round, refusal.node, refusal.status, refusal.reason)
+            self.observer.refused(server_round, refusal)
+        exchange.usable += screened.usable
+        exchange.refused += screened.refused
+
+    def _resend(self, server_round: int, exchange: TrainExchange) -> None:
+        """The round's train messages again, to the sampled clients still online without a usable update."""
+        again = exchange.again(set(self.grid.get_node_ids()))
+        nodes = [msg.metadata.dst_node_id for msg in again]
+        log(INFO, "round %s: too few usable updates; sending the train message again to %s", server_round, nodes)
+        self.observer.retried(server_round)
+        self._exchange(server_round, exchange, again)
+
+    def _aggregate(
+        self, server_round: int, arrays: ArrayRecord, ordered: list[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """The strategy's aggregate of the usable replies, in partition order."""
+        self.observer.accepted(server_round, ordered)
+        start = time.perf_counter()
+        aggregate = self.strategy.aggregate_train(server_round, ordered)
+        self.observer.aggregated(server_round, arrays, aggregate[0], time.perf_counter() - start)
+        return aggregate
+
+    def _evaluate(self, result: Result, server_round: int) -> None:
+        """The clients' evaluate exchange of the global model; the aggregate joins ``result``."""
+        outgoing = self.wire.outgoing(result.arrays)
+        messages = list(self.strategy.configure_evaluate(server_round, outgoing, ConfigRecord(), self.grid))
+        if not messages:
+            return
+        self.observer.sent(messages)
+        replies = partition_order(self.grid.send_and_receive(messages, timeout=self.policy.timeout))
+        self.observer.received(replies)
+        if not replies:
+            return
+        self.observer.evaluated(server_round, replies)
+        metrics = self.strategy.aggregate_evaluate(server_round, replies)
+        if metrics is not None:
+            result.evaluate_metrics_clientapp[server_round] = metrics
+
+    @staticmethod
+    def _end(result: Result, server_round: int, end_round: EndRound) -> None:
+        """End a round (0: before the first) with the central evaluation of the global model."""
+        metrics = end_round(server_round, result.arrays)
+        if metrics is not None:
+            result.evaluate_metrics_serverapp[server_round] = metrics
+
+
+def _copy(sent: Message) -> Message:
+    """A new message with the content, addressee and type of ``sent`` (a message is pushed once)."""
+    meta = sent.metadata
+    return Message(
+        content=sent.content, dst_node_id=meta.dst_node_id, message_type=meta.message_type, group_id=meta.group_id
+    )

@@ -1,0 +1,249 @@
+"""The round loop (server/loop.py) on Flower Messages, without a network: milliseconds a test.
+
+A Grid whose nodes are functions answering each message at once stands in for the SuperLink; a
+real Flower FedAvg samples and aggregates, and a real Recorder fills the rows of clients.csv and
+rounds.csv. The same loop over real processes: tests/test_reliability.py.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, Error, Message, MetricRecord, RecordDict
+from flwr.proto.node_pb2 import NodeInfo
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+from flwr.supercore.run import Run
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedimdb.config import RunConfig
+from fedimdb.metrics.server import ServerMetrics
+from fedimdb.protocol import ARRAYS, CONFIG, EVALUATE_RECEIVED, METRICS, EvalMetrics, TrainMetrics, arrays_of
+from fedimdb.training import EvalResult
+from server.loop import Federation, RoundFailed, RoundPolicy, wait_for_nodes
+from server.recorder import Recorder
+from server.records import ClientStatus, RoundLog
+from server.wire import Wire
+
+SUPERLINK = 1  # the node id the SuperLink answers with for a node that is gone
+PARTITIONS = {11: 0, 12: 1, 13: 2}  # node id -> partition id
+Node = Callable[[Message], Message | None]
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(autouse=True)
+def task_identity() -> Iterator[None]:
+    """Flower's Message constructor reads the run and node ids of the task that builds it."""
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 7, SUPERLINK, 1
+    yield
+    TaskIdentity._run_id = TaskIdentity._node_id = TaskIdentity._task_id = None
+
+
+class InstantGrid(Grid):
+    """A Grid whose nodes answer at once, last first; ``online`` are the node ids it lists.
+
+    A node the SuperLink answers for (an error reply from it) is offline from then on.
+    """
+
+    def __init__(self, nodes: Mapping[int, Node]) -> None:
+        self.nodes = dict(nodes)
+        self.online = set(nodes)
+        self.pushed: list[Message] = []
+
+    def set_run(self, run: Run) -> None:
+        raise NotImplementedError
+
+    @property
+    def run(self) -> Run:
+        raise NotImplementedError
+
+    def create_message(
+        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
+    ) -> Message:
+        return Message(content, dst_node_id, message_type, group_id=group_id, ttl=ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return sorted(self.online)
+
+    def get_nodes(self) -> Iterable[NodeInfo]:
+        raise NotImplementedError
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        for msg in messages:
+            msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex
+            self.pushed.append(msg)
+        return [msg.metadata.message_id for msg in messages]
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        raise NotImplementedError
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        messages = list(messages)
+        self.push_messages(messages)
+        answered = [(msg, self.nodes[msg.metadata.dst_node_id](msg)) for msg in reversed(messages)]  # last first
+        self.online -= {m.metadata.dst_node_id for m, r in answered if r and r.metadata.src_node_id == SUPERLINK}
+        return [reply for _, reply in answered if reply is not None]
+
+    def sent(self, message_type: str) -> list[int]:
+        """The nodes that were sent messages of this type, once per message, sorted (Flower samples at random)."""
+        return sorted(msg.metadata.dst_node_id for msg in self.pushed if msg.metadata.message_type == message_type)
+
+
+def weights(value: float) -> ArrayRecord:
+    """A global model of one tensor, ``w``, of three equal values."""
+    return ArrayRecord({"w": torch.full((3,), value)})
+
+
+def honest(examples: int = 64, step: float = 1.0) -> Node:
+    """A client that adds ``step`` to every weight it gets, and evaluates when asked."""
+
+    def answer(msg: Message) -> Message:
+        partition = PARTITIONS[msg.metadata.dst_node_id]
+        if msg.metadata.message_type.startswith("evaluate"):
+            metrics = EvalMetrics(partition, 32, 0.5, 0.75).to_record()
+            return Message(RecordDict({METRICS: metrics}), reply_to=msg)
+        arrays = {k: torch.from_numpy(v.numpy() + step) for k, v in arrays_of(msg.content).items()}
+        metrics = TrainMetrics(partition, examples, 0.5, 2, 1.0, 64.0, 0.1).to_record()
+        return Message(RecordDict({ARRAYS: ArrayRecord(arrays), METRICS: metrics}), reply_to=msg)
+
+    return answer
+
+
+def poisoned(msg: Message) -> Message:
+    """A client whose update is NaN."""
+    arrays = {k: torch.full(v.shape, float("nan")) for k, v in arrays_of(msg.content).items()}
+    metrics = TrainMetrics(PARTITIONS[msg.metadata.dst_node_id], 64, 0.5, 2, 1.0, 64.0, 0.1).to_record()
+    return Message(RecordDict({ARRAYS: ArrayRecord(arrays), METRICS: metrics}), reply_to=msg)
+
+
+def gone(msg: Message) -> Message:
+    """What the SuperLink answers for a node that stopped: an error reply from itself."""
+    reply = Message(Error(2, "node gone"), reply_to=msg)
+    reply.metadata.__dict__["_src_node_id"] = SUPERLINK
+    return reply
+
+
+def then(first: Node, later: Node) -> Node:
+    """A client that answers its first message as ``first`` does, the rest as ``later``."""
+    calls: list[Message] = []
+
+    def answer(msg: Message) -> Message | None:
+        calls.append(msg)
+        return (first if len(calls) == 1 else later)(msg)
+
+    return answer
+
+
+class Federated:
+    """A federation over an InstantGrid, recorded by a real Recorder into a RoundLog."""
+
+    def __init__(self, nodes: Mapping[int, Node], evaluate_received: bool = False, **policy: Any) -> None:
+        self.grid = InstantGrid(nodes)
+        self.log = RoundLog()
+        self.strategy = OrderedFedAvg(fraction_evaluate=1.0, min_available_nodes=1)
+        recorder = Recorder(self.log, ServerMetrics(7, RunConfig()))
+        policy = {"num_clients": len(nodes), "min_reply_fraction": 1.0, "retries": 1, "node_wait_timeout": 0, **policy}
+        self.federation = Federation(
+            self.strategy, self.grid, recorder, RoundPolicy(**policy), Wire(), evaluate_received
+        )
+        self.ends: list[tuple[int, float]] = []
+
+    def end_round(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        """What server_app's RoundEnd does, in short: the round's row, with a central evaluation."""
+        self.ends.append((server_round, float(arrays["w"].numpy()[0])))
+        if server_round > 0:
+            self.log.finish_round(server_round, EvalResult(0.7, 0.5, 100), 0.0)
+        return MetricRecord({"accuracy": 0.5})
+
+    def __call__(self, num_rounds: int = 1) -> Any:
+        return self.federation.run(weights(0.0), num_rounds, self.end_round)
+
+    def clients(self, server_round: int = 1) -> dict[int, tuple[str, str]]:
+        """Partition -> (status, reason) in the round's clients.csv rows."""
+        return {r["partition_id"]: (r["status"], r["reason"]) for r in self.log.clients if r["round"] == server_round}
+
+
+class OrderedFedAvg(FedAvg):
+    """Flower's FedAvg, noting the partitions of the replies it aggregates, in the order it gets them."""
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> Any:
+        replies = list(replies)
+        self.order = [int(msg.content[METRICS]["partition-id"]) for msg in replies]  # type: ignore[index]
+        return super().aggregate_train(server_round, replies)
+
+
+def test_a_round_aggregates_the_usable_updates_in_partition_order() -> None:
+    run = Federated({11: honest(examples=64, step=1.0), 12: honest(examples=192, step=2.0), 13: honest()})
+    result = run(num_rounds=2)
+    assert run.strategy.order == [0, 1, 2]  # the grid answers in reverse
+    np.testing.assert_allclose(result.arrays["w"].numpy(), [2 * (64 + 2 * 192 + 64) / 320] * 3, rtol=1e-6)
+    assert [r for r, _ in run.ends] == [0, 1, 2]
+    assert [w for _, w in run.ends] == pytest.approx([0.0, (64 + 2 * 192 + 64) / 320, 2 * (64 + 2 * 192 + 64) / 320])
+    assert sorted(result.evaluate_metrics_serverapp) == [0, 1, 2]
+    assert run.clients(2) == {p: (ClientStatus.OK, "") for p in (0, 1, 2)}
+    assert run.grid.sent("train") == [11, 11, 12, 12, 13, 13]
+
+
+def test_a_refused_update_is_asked_for_again_from_that_client_only() -> None:
+    run = Federated({11: honest(), 12: then(poisoned, honest()), 13: honest()})
+    run()
+    assert run.grid.sent("train") == [11, 12, 12, 13]
+    assert run.clients() == {p: (ClientStatus.OK, "") for p in (0, 1, 2)}  # its row shows the update used
+    assert run.log.rounds[0]["retries"] == 1 and run.log.rounds[0]["clients_participating"] == 3
+
+
+def test_a_round_short_after_its_retries_fails_naming_each_client_and_reason() -> None:
+    run = Federated({11: honest(), 12: poisoned, 13: gone})
+    with pytest.raises(RoundFailed) as failed:
+        run()
+    message = str(failed.value)
+    assert message.startswith("round 1: 1 usable updates from 3 sampled clients, 3 needed")
+    assert "partition 1 (node 12): tensor w has 3 non-finite values" in message
+    assert "partition ? (node 13): error reply 2: node gone" in message  # never named its partition
+    assert run.grid.sent("train") == [11, 12, 12, 13]  # not to the node that is gone
+    assert run.clients() == {  # the usable update of the failed round is not aggregated: no row
+        1: (ClientStatus.REFUSED, "tensor w has 3 non-finite values (NaN or Inf)"),
+        "": (ClientStatus.FAILED, "error reply 2: node gone"),
+    }
+    assert run.log.rounds[0]["clients_failed"] == 1 and run.log.rounds[0]["central_accuracy"] == ""
+
+
+def test_a_client_that_is_gone_is_not_asked_again_and_is_named_by_its_partition() -> None:
+    run = Federated({11: honest(), 12: honest(), 13: then(honest(), gone)}, evaluate_received=True)
+    with pytest.raises(RoundFailed, match=r"round 2: .*: partition 2 \(node 13\): error reply 2: node gone"):
+        run(num_rounds=2)
+    assert run.grid.sent("train") == [11, 11, 12, 12, 13, 13]
+    assert run.log.rounds[-1]["retries"] == 1
+
+
+def test_with_train_evaluation_rides_on_train_messages_and_one_exchange_ends_the_run() -> None:
+    run = Federated({node: honest() for node in PARTITIONS}, evaluate_received=True)
+    result = run(num_rounds=3)
+    configs = [msg.content[CONFIG] for msg in run.grid.pushed if msg.metadata.message_type == "train"]
+    assert [EVALUATE_RECEIVED in c for c in configs] == [False] * 3 + [True] * 6
+    assert run.grid.sent("evaluate") == [11, 12, 13]  # only after the last round
+    assert sorted(result.evaluate_metrics_clientapp) == [3]
+    assert run.clients(3)[0][0] == ClientStatus.OK and run.log.clients[-1]["local_eval_accuracy"] == 0.75
+
+
+def test_separate_local_evaluation_is_an_exchange_every_round() -> None:
+    run = Federated({node: honest() for node in PARTITIONS})
+    result = run(num_rounds=2)
+    assert not any(
+        EVALUATE_RECEIVED in msg.content[CONFIG] for msg in run.grid.pushed if msg.metadata.message_type == "train"
+    )
+    assert run.grid.sent("evaluate") == [11, 11, 12, 12, 13, 13]
+    assert sorted(result.evaluate_metrics_clientapp) == [1, 2]
+    assert isinstance(result.evaluate_metrics_clientapp[1], MetricRecord)
+
+
+def test_too_few_clients_online_fails_the_round_after_the_node_wait() -> None:
+    grid = InstantGrid({11: honest()})
+    assert wait_for_nodes(grid, 1, timeout=0) == [11]
+    with pytest.raises(RoundFailed, match="only 1 clients online after 0 s, 2 needed: start the missing SuperNodes"):
+        wait_for_nodes(grid, 2, timeout=0)
