@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,9 @@ import yaml
 if sys.version_info < (3, 11):  # the SDK's floor: pyproject.toml's test extra leaves it out there
     pytest.skip("grafana-foundation-sdk needs Python 3.11", allow_module_level=True)
 
-from monitoring.dashboard import DASHBOARD, panel_queries
+from monitoring.dashboard import DASHBOARD, panel_queries, substitute
 from monitoring.grafana_dashboard import DATASOURCES, main, render
+from tests.monitoring_checks import require_prometheus
 
 GRID_COLUMNS = 24
 
@@ -75,3 +77,15 @@ def test_every_query_asks_the_provisioned_prometheus_for_the_chosen_runs_or_expe
     for q in panel_queries(dashboard):
         chosen = set(re.findall(r'(\w+)=~"\$(\w+)"', q.expr))
         assert chosen and all(label == name and name in variables for label, name in chosen), f"{q.title}: {q.expr}"
+
+
+def test_prometheus_parses_every_query(dashboard: dict[str, Any], tmp_path: Path) -> None:
+    """promtool parses each query (the selectors at "all") as a recording rule: a PromQL slip fails here, fast."""
+    require_prometheus()
+    everything = {"run": ".*", "experiment": ".*"}
+    rules = [{"record": f"dashboard_query_{i}", "expr": substitute(q.expr, everything)}
+             for i, q in enumerate(panel_queries(dashboard))]  # fmt: skip
+    path = tmp_path / "queries.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    done = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
