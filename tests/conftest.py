@@ -13,6 +13,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 import contextlib
+import importlib.util
 import secrets
 import signal
 import subprocess
@@ -21,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from types import ModuleType
 
 import grpc
 import numpy as np
@@ -101,6 +103,27 @@ def compose(
     return subprocess.run(
         [*cmd, *args], cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout
     )
+
+
+def build_script(name: str) -> ModuleType:
+    """A Python script of docker/ (``lockfile``, ``requirements``) as a module.
+
+    Parameters
+    ----------
+    name
+        The script's name without ``.py``.
+
+    Returns
+    -------
+    ModuleType
+        The script, imported under a name of its own: docker/ is no package, and ``docker`` is the Docker SDK.
+    """
+    spec = importlib.util.spec_from_file_location(f"fedimdb_build_{name}", ROOT / "docker" / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 def require_docker() -> None:

@@ -20,7 +20,7 @@ import yaml
 from fedimdb.artifacts import read_csv, verify_run
 from fedimdb.deploy.compose import build_override
 from fedimdb.deploy.docker_artifacts import pull_artifacts, service_containers
-from tests.conftest import ROOT, compose, require_docker
+from tests.conftest import ROOT, build_script, compose, require_docker
 
 RUN_NAME = "compose-e2e"
 ROUNDS = 2
@@ -63,6 +63,9 @@ FIND_MODULES = "import importlib.util as u, sys; print([m for m in sys.argv[1:] 
 # The runner, the prepare service and the SuperLink/ServerApp, all in the server image.
 SERVER_NEEDS = ("fedimdb.deploy.runner", "fedimdb.data", "server.server_app", "flwr_datasets", "tomli_w")
 IMAGE_TAG = os.environ.get("IMAGE_TAG", "latest")
+# Every installed distribution of an image, as {name: version}: compared with its locks (requirements/).
+DISTRIBUTIONS = "import importlib.metadata as m, json; print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))"
+lockfile = build_script("lockfile")
 
 pytestmark = pytest.mark.docker
 require_docker()
@@ -215,6 +218,14 @@ def test_client_image_holds_only_what_a_client_needs(stack) -> None:
     assert run(server, "python", "-c", imports, *SERVER_NEEDS) == "None"
     commands = "for c in flwr flower-superlink flwr-serverapp; do command -v $c; done | wc -l"
     assert run(server, "sh", "-c", commands) == "3"
+    # Each image holds exactly its locks (Dockerfile.client: client.txt; Dockerfile.server: server.txt), and pip.
+    for image, lock in ((client, "client.txt"), (server, "server.txt")):
+        found = {lockfile.normalize(n): v for n, v in json.loads(run(image, "python", "-c", DISTRIBUTIONS)).items()}
+        locked = {
+            n: p.version for f in (lock, "minilm.txt") for n, p in lockfile.read(ROOT / "requirements" / f).items()
+        }
+        assert {n: found.get(n) for n in locked} == locked, f"{image} differs from requirements/{lock}"
+        assert sorted(set(found) - set(locked)) == ["pip"], f"{image} holds more than requirements/{lock}"
 
 
 def test_the_main_command_says_why_preparation_failed(stack, tmp_path: Path) -> None:
@@ -274,4 +285,6 @@ def test_gpu_override_reserves_nvidia_devices_for_every_client() -> None:
         assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
         assert client["image"].endswith("-cuda")
     assert "TORCH_INDEX_URL" in config["services"]["client-0"]["build"]["args"]
+    assert config["services"]["client-0"]["build"]["args"]["CLIENT_LOCK"] == "client-cuda.txt"
+    assert (ROOT / "requirements" / "client-cuda.txt").is_file()
     assert "deploy" not in config["services"]["server"]
