@@ -50,7 +50,7 @@ compile() {
   local in=$1 out=$2; shift 2
   log "$in -> $out"
   "$uv" pip compile --quiet --generate-hashes --custom-compile-command ./scripts/lock.sh \
-    "$in" -o "$out" "$@" "${args[@]}"
+    "$in" -o "$out" "$@" ${args[@]+"${args[@]}"}
 }
 args=("$@")
 torch_links=()
