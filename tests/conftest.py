@@ -73,8 +73,11 @@ def _unit(nodeid: str) -> str:
 
 
 def pytest_itemcollected(item: pytest.Item) -> None:
-    if item.get_closest_marker("docker") and _unit(item.nodeid) != DOCKER_UNIT:
-        raise pytest.UsageError(f"{item.nodeid} needs Docker: add its module to DOCKER_MODULES (tests/conftest.py)")
+    """A Docker test is a slow one, and runs in the Docker unit of work."""
+    if item.get_closest_marker("docker"):
+        item.add_marker(pytest.mark.slow)
+        if _unit(item.nodeid) != DOCKER_UNIT:
+            raise pytest.UsageError(f"{item.nodeid} needs Docker: add its module to DOCKER_MODULES (tests/conftest.py)")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

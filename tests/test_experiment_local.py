@@ -19,7 +19,7 @@ from fedimdb.artifacts import read_csv, read_json, verify_run
 from fedimdb.deploy.local import free_port
 from tests.conftest import Orchestrator, local_run_args, marked_processes, orchestrate
 
-pytestmark = pytest.mark.timeout(1200)  # a test's share includes the module fixture it triggers
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]  # a test's share includes the module fixture it triggers
 SETTINGS = ["max-steps=2", "batch-size=8", "eval-rows=32", "local-eval-rows=16"]
 
 

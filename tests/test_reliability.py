@@ -151,6 +151,7 @@ def _faulty_run(tmp: Path, shards: Path, imdb: Path, fault: str, *settings: str)
     return run.returncode, exp
 
 
+@pytest.mark.slow
 def test_bad_updates_are_refused_and_the_rest_aggregated(shards: Path, imdb_dir: Path, tmp_path: Path) -> None:
     """Client 1 sends NaN, client 2 claims 10⁹ examples: both refused, named with their reason; the
     global model is client 0's update alone; the run completes (1 of 3 usable is enough at 0.3)."""
@@ -180,6 +181,7 @@ def test_bad_updates_are_refused_and_the_rest_aggregated(shards: Path, imdb_dir:
     assert not (run_dir / "weights/clients/round-001-client-1.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_too_few_usable_updates_fail_the_run_with_the_reason(shards: Path, imdb_dir: Path, tmp_path: Path) -> None:
     """Client 2 raises in every train message; every update is needed: round 1 is retried once with
     client 2, then the run fails, naming the node, Flower's error and the fix."""
@@ -207,6 +209,7 @@ def superlink(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[dict[str
         os.kill(fed.superlink.pid, signal.SIGCONT)
 
 
+@pytest.mark.slow
 def test_an_unanswering_control_api_is_retried_then_given_up_as_dead(superlink: tuple) -> None:
     """SuperLink stopped (SIGSTOP): every status call times out; after `patience` s of silence the
     wait ends with a FlowerRunError that says so (never a subprocess.TimeoutExpired traceback)."""
@@ -218,6 +221,7 @@ def test_an_unanswering_control_api_is_retried_then_given_up_as_dead(superlink: 
     assert said and all("slow to answer" in line for line in said)
 
 
+@pytest.mark.slow
 def test_a_slow_control_api_is_waited_for(superlink: tuple) -> None:
     """Stopped for 8 s (longer than a call may take), then resumed: the wait goes on through the silence and gets the SuperLink's
     real answer (here: "Run ID not found"), which is not mistaken for a dead SuperLink."""
@@ -230,6 +234,7 @@ def test_a_slow_control_api_is_waited_for(superlink: tuple) -> None:
     assert not isinstance(caught.value, flwr_cli.ControlUnanswered) and said
 
 
+@pytest.mark.slow
 def test_a_restarted_supernode_is_recorded_so_a_resume_can_stop_it(tmp_path: Path) -> None:
     """Real processes, no run: a SuperNode SIGKILLed and restarted by the stack's liveness check leads a new
     process group; the stack hands the experiment its new handle at once, and stopping what that handle
@@ -265,6 +270,7 @@ ROUNDS_AFTER_KILL = 9
 PACE = "0:slow=10"
 
 
+@pytest.mark.slow
 def test_a_killed_supernode_is_restarted_and_rejoins(shards: Path, imdb_dir: Path, tmp_path: Path) -> None:
     """Client 1 (slowed by 15 s a message) has its SuperNode killed in round 2: the round goes on with the
     other two, the node is restarted (with TLS and authentication, the default: the same key, refused
@@ -330,6 +336,7 @@ def _update_norm(weights: dict[str, torch.Tensor], start: dict[str, torch.Tensor
     return float(torch.sqrt(sum(((weights[k].double() - start[k].double()) ** 2).sum() for k in start)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ROBUST)
 def test_robust_strategies_resist_a_poisoned_finite_update(strategy: str, robust_runs: dict[str, Path]) -> None:
     """Partition 0 scales its update by 50 (it passes every check: finite, right shapes, honest count).
@@ -355,6 +362,7 @@ def test_robust_strategies_resist_a_poisoned_finite_update(strategy: str, robust
         assert len(chosen) == 1, "Krum's global model is one honest client's"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ROBUST)
 def test_weight_scrutiny_flags_the_poisoned_client_and_no_other(strategy: str, robust_runs: dict[str, Path]) -> None:
     """client_updates.csv flags partition 0 (update scaled by 50) as the one outlier; both statistics
@@ -372,6 +380,7 @@ def test_weight_scrutiny_flags_the_poisoned_client_and_no_other(strategy: str, r
     assert "round 1: client 0 (norm z" in render_text([report])
 
 
+@pytest.mark.slow
 def test_inspect_evaluate_gives_the_accuracy_the_run_recorded(robust_runs: dict[str, Path]) -> None:
     """Round 1's archived global model, evaluated again on the rows the server evaluated."""
     run_dir = robust_runs["fedmedian"]

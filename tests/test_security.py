@@ -61,6 +61,7 @@ def _knocks(log: Path, proc: subprocess.Popen, times: int, timeout: float) -> in
     return n
 
 
+@pytest.mark.slow
 def test_unregistered_keys_and_plaintext_are_refused(tmp_path: Path) -> None:
     creds = make_credentials(tmp_path / "creds", 1)
     stranger = make_credentials(tmp_path / "stranger", 1).node(0)  # a key pair of its own, never registered ...
@@ -88,6 +89,7 @@ def test_unregistered_keys_and_plaintext_are_refused(tmp_path: Path) -> None:
     assert [n["status"] for n in nodes] == ["online"], "only the registered SuperNode is in the federation"
 
 
+@pytest.mark.slow
 def test_a_run_with_tls_and_registered_keys_completes(imdb_dir: Path, tmp_path: Path) -> None:
     args = local_run_args(tmp_path / "results", tmp_path / "shards", imdb_dir, clients=2, rounds=1,
                           settings=["max-steps=1", "batch-size=8", "eval-rows=16", "local-eval-rows=8"])  # fmt: skip
