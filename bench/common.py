@@ -144,8 +144,9 @@ def write_result(name: str, figures: Mapping[str, Any], command: Sequence[str]) 
     """``bench/results/NAME-<UTC time>.json`` with the figures, the machine and the command."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     path = RESULTS_DIR / f"{name}-{stamp}.json"
-    write_json_atomic(path, {"benchmark": name, "utc": stamp, "command": list(command),
-                             "machine": machine(), **figures})  # fmt: skip
+    write_json_atomic(
+        path, {"benchmark": name, "utc": stamp, "command": list(command), "machine": machine(), **figures}
+    )
     return path
 
 

@@ -28,8 +28,18 @@ def centralised_rate(shards: Path, samples: int, batch_size: int, max_length: in
     data = read_split(shards / client_dir_name(0), "train").head(samples)
     model, tokenizer = load_model("minilm", 0)
     seed_everything(0, os.cpu_count() or 1)
-    result = train(model, tokenizer, data, epochs=1, max_steps=0, learning_rate=1e-4, seed=0,
-                   batch_size=batch_size, max_length=max_length, device=pick_device("auto"))  # fmt: skip
+    result = train(
+        model,
+        tokenizer,
+        data,
+        epochs=1,
+        max_steps=0,
+        learning_rate=1e-4,
+        seed=0,
+        batch_size=batch_size,
+        max_length=max_length,
+        device=pick_device("auto"),
+    )
     return result.samples_per_second
 
 
@@ -42,21 +52,45 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--data-source", type=Path, default=DEFAULT_IMDB)
     a = p.parse_args(argv)
-    settings = {"max-steps": a.steps, "batch-size": 16, "max-length": a.max_length, "eval-rows": 200,
-                "local-eval-rows": 32}  # fmt: skip
+    settings = {
+        "max-steps": a.steps,
+        "batch-size": 16,
+        "max-length": a.max_length,
+        "eval-rows": 200,
+        "local-eval-rows": 32,
+    }
     with work_dir("efficiency") as work:
-        args = ["--model", "minilm", "--clients", str(a.clients), "--rounds", str(a.rounds),
-                "--data-source", str(a.data_source), "--shards-dir", str(work / "shards")]  # fmt: skip
+        args = [
+            "--model",
+            "minilm",
+            "--clients",
+            str(a.clients),
+            "--rounds",
+            str(a.rounds),
+            "--data-source",
+            str(a.data_source),
+            "--shards-dir",
+            str(work / "shards"),
+        ]
         run = run_fedimdb(work / "results", args, settings)
         rate = centralised_rate(work / "shards", 16 * a.steps, 16, a.max_length)
     rounds = []
     for row in run.rounds:
         busy = float(row["round_seconds"]) - float(row["central_eval_seconds"])
         fed_rate = int(row["train_examples"]) / busy
-        rounds.append({"round": int(row["round"]), "samples": int(row["train_examples"]), "seconds": busy,
-                       "samples_per_s": fed_rate, "efficiency": fed_rate / rate})  # fmt: skip
-        print(f"round {row['round']}: {row['train_examples']} samples in {busy:.1f} s = {fed_rate:.2f} samples/s; "
-              f"centralised {rate:.2f} samples/s; efficiency {fed_rate / rate:.3f}")  # fmt: skip
+        rounds.append(
+            {
+                "round": int(row["round"]),
+                "samples": int(row["train_examples"]),
+                "seconds": busy,
+                "samples_per_s": fed_rate,
+                "efficiency": fed_rate / rate,
+            }
+        )
+        print(
+            f"round {row['round']}: {row['train_examples']} samples in {busy:.1f} s = {fed_rate:.2f} samples/s; "
+            f"centralised {rate:.2f} samples/s; efficiency {fed_rate / rate:.3f}"
+        )
     mean = statistics.mean(r["efficiency"] for r in rounds)
     print(f"mean efficiency {mean:.3f} (target ≥ {TARGET})")
     figures = {"settings": settings, "centralised_samples_per_s": rate, "rounds": rounds, "efficiency": mean}

@@ -32,16 +32,31 @@ def main(argv: list[str] | None = None) -> int:
         run = run_fedimdb(work / "results", args, {}, backend=a.backend)
         settings = run.meta["config"]
     total = time.monotonic() - started
-    rounds = [{"round": int(r["round"]), "seconds": float(r["round_seconds"]),
-               "central_eval_seconds": float(r["central_eval_seconds"]),
-               "central_accuracy": float(r["central_accuracy"])} for r in run.rounds]  # fmt: skip
+    rounds = [
+        {
+            "round": int(r["round"]),
+            "seconds": float(r["round_seconds"]),
+            "central_eval_seconds": float(r["central_eval_seconds"]),
+            "central_accuracy": float(r["central_accuracy"]),
+        }
+        for r in run.rounds
+    ]
     for r in rounds:
-        print(f"round {r['round']:>2}: {r['seconds']:7.1f} s (central evaluation {r['central_eval_seconds']:.1f} s), "
-              f"accuracy {r['central_accuracy']:.4f}")  # fmt: skip
-    print(f"{a.backend}: {total / 60:.1f} min from start to verified artifacts; final accuracy "
-          f"{run.final_accuracy:.4f} (target ≥ {TARGET_ACCURACY})")  # fmt: skip
-    figures = {"backend": a.backend, "run_config": settings, "rounds": rounds, "total_seconds": total,
-               "final_accuracy": run.final_accuracy}  # fmt: skip
+        print(
+            f"round {r['round']:>2}: {r['seconds']:7.1f} s (central evaluation {r['central_eval_seconds']:.1f} s), "
+            f"accuracy {r['central_accuracy']:.4f}"
+        )
+    print(
+        f"{a.backend}: {total / 60:.1f} min from start to verified artifacts; final accuracy "
+        f"{run.final_accuracy:.4f} (target ≥ {TARGET_ACCURACY})"
+    )
+    figures = {
+        "backend": a.backend,
+        "run_config": settings,
+        "rounds": rounds,
+        "total_seconds": total,
+        "final_accuracy": run.final_accuracy,
+    }
     print(f"written: {write_result('main_job', figures, sys.argv)}")
     return 0
 

@@ -91,8 +91,18 @@ def baseline(model: str, clients: int, rounds: int, work: Path) -> Arm:
 
 def fedimdb_arm(variant: Variant, model: str, a: argparse.Namespace, work: Path) -> Arm:
     """fedimdb with this variant on ``a.backend``, from the rows it wrote."""
-    args = ["--model", model, "--clients", str(a.clients), "--rounds", str(a.rounds), "--data-source",
-            str(a.data_source), "--shards-dir", str(work / "shards")]  # fmt: skip
+    args = [
+        "--model",
+        model,
+        "--clients",
+        str(a.clients),
+        "--rounds",
+        str(a.rounds),
+        "--data-source",
+        str(a.data_source),
+        "--shards-dir",
+        str(work / "shards"),
+    ]
     run = run_fedimdb(work / "results", args, {**SETTINGS, **variant.settings}, variant.env, a.backend)
     traffic_per_round = traffic(read_json(run.run_dir / LOGS_DIR / FLWR_RUN_FILE)) / a.rounds
     return Arm(f"{variant.name}@{a.backend}", model, **asdict(round_breakdown(run)), bytes_per_round=traffic_per_round)
@@ -101,16 +111,20 @@ def fedimdb_arm(variant: Variant, model: str, a: argparse.Namespace, work: Path)
 def report(arms: list[Arm], params: Mapping[str, int], clients: int) -> list[dict[str, Any]]:
     """Print the table; return its rows."""
     rows = []
-    print(f"{'model':<8}{'arm':<24}{'round s':>9}{'train s':>9}{'setup s':>9}{'eval s':>8}{'overhead s':>11}"
-          f"{'÷ flower':>10}{'bytes ÷ fp32 bound':>20}")  # fmt: skip
+    print(
+        f"{'model':<8}{'arm':<24}{'round s':>9}{'train s':>9}{'setup s':>9}{'eval s':>8}{'overhead s':>11}"
+        f"{'÷ flower':>10}{'bytes ÷ fp32 bound':>20}"
+    )
     for arm in arms:
         base = next(a for a in arms if a.model == arm.model and a.name == "flower-default")
         ratio = arm.overhead_s / base.round_s
         bound = 2 * 4 * params[arm.model] * clients
         row = {**asdict(arm), "overhead_s": arm.overhead_s, "ratio": ratio, "bytes_ratio": arm.bytes_per_round / bound}
         rows.append(row)
-        print(f"{arm.model:<8}{arm.name:<24}{arm.round_s:>9.2f}{arm.slowest_train_s:>9.2f}{arm.slowest_setup_s:>9.2f}"
-              f"{arm.central_eval_s:>8.2f}{arm.overhead_s:>11.2f}{ratio:>10.3f}{row['bytes_ratio']:>20.3f}")  # fmt: skip
+        print(
+            f"{arm.model:<8}{arm.name:<24}{arm.round_s:>9.2f}{arm.slowest_train_s:>9.2f}{arm.slowest_setup_s:>9.2f}"
+            f"{arm.central_eval_s:>8.2f}{arm.overhead_s:>11.2f}{ratio:>10.3f}{row['bytes_ratio']:>20.3f}"
+        )
     print("targets: overhead ÷ flower " + ", ".join(f"{m} ≤ {t}" for m, t in TARGETS.items()))
     return rows
 
@@ -123,8 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", nargs="+", default=list(TARGETS), choices=list(TARGETS))
     p.add_argument("--variants", nargs="+", default=[v.name for v in VARIANTS], choices=[v.name for v in VARIANTS])
     p.add_argument("--data-source", type=Path, default=DEFAULT_IMDB)
-    p.add_argument("--backend", choices=("local", "docker"), default="local",
-                   help="where fedimdb runs (the Flower-default baseline always runs locally)")  # fmt: skip
+    p.add_argument(
+        "--backend",
+        choices=("local", "docker"),
+        default="local",
+        help="where fedimdb runs (the Flower-default baseline always runs locally)",
+    )
     a = p.parse_args(argv)
     params = {m: num_params(m) for m in a.models}
     arms: list[Arm] = []
@@ -134,8 +152,14 @@ def main(argv: list[str] | None = None) -> int:
             for variant in (v for v in VARIANTS if v.name in a.variants and model in v.models):
                 arms.append(fedimdb_arm(variant, model, a, work))
     rows = report(arms, params, a.clients)
-    figures = {"clients": a.clients, "rounds": a.rounds, "backend": a.backend, "settings": SETTINGS, "params": params,
-               "arms": rows}  # fmt: skip
+    figures = {
+        "clients": a.clients,
+        "rounds": a.rounds,
+        "backend": a.backend,
+        "settings": SETTINGS,
+        "params": params,
+        "arms": rows,
+    }
     print(f"written: {write_result('overhead', figures, sys.argv)}")
     return 0
 

@@ -48,8 +48,14 @@ class Budget:
 
     def run_settings(self) -> dict[str, object]:
         """fedimdb run settings of the federated arms."""
-        return {"max-steps": self.steps, "batch-size": self.batch_size, "max-length": self.max_length,
-                "learning-rate": self.learning_rate, "eval-rows": self.eval_rows, "local-eval-rows": 32}  # fmt: skip
+        return {
+            "max-steps": self.steps,
+            "batch-size": self.batch_size,
+            "max-length": self.max_length,
+            "learning-rate": self.learning_rate,
+            "eval-rows": self.eval_rows,
+            "local-eval-rows": 32,
+        }
 
 
 @dataclass(frozen=True)
@@ -75,8 +81,18 @@ def centralised(shards: Path, budget: Budget, batch_size: int = 0) -> Arm:
     seed_everything(budget.seed, os.cpu_count() or 1)
     device = pick_device("auto")
     options = {"max_length": budget.max_length, "device": device}
-    result = train(model, tokenizer, data, epochs=1, max_steps=0, learning_rate=budget.learning_rate,
-                   seed=budget.seed, batch_size=batch_size, micro_batch_size=budget.batch_size, **options)  # fmt: skip
+    result = train(
+        model,
+        tokenizer,
+        data,
+        epochs=1,
+        max_steps=0,
+        learning_rate=budget.learning_rate,
+        seed=budget.seed,
+        batch_size=batch_size,
+        micro_batch_size=budget.batch_size,
+        **options,
+    )
     held_out = read_split(shards / SERVER_DIR, "test").head(budget.eval_rows)
     accuracy = evaluate(model, tokenizer, held_out, batch_size=budget.batch_size, **options).accuracy
     name = "centralised" if batch_size == budget.batch_size else f"centralised-batch-{batch_size}"
@@ -102,9 +118,21 @@ def federated(name: str, work: Path, imdb: Path, budget: Budget) -> Arm:
     """FedAvg through real Flower processes (local backend) with the same budget."""
     partitioner, settings = FEDERATED_ARMS[name]
     shards = shards_dir(work, name)
-    args = ["--model", "minilm", "--clients", str(budget.clients), "--rounds", str(budget.rounds),
-            "--seed", str(budget.seed), "--data-source", str(imdb), "--shards-dir", str(shards),
-            *partitioner]  # fmt: skip
+    args = [
+        "--model",
+        "minilm",
+        "--clients",
+        str(budget.clients),
+        "--rounds",
+        str(budget.rounds),
+        "--seed",
+        str(budget.seed),
+        "--data-source",
+        str(imdb),
+        "--shards-dir",
+        str(shards),
+        *partitioner,
+    ]
     run = run_fedimdb(work / "results", args, {**budget.run_settings(), **settings})
     samples = sum(int(r["train_examples"]) for r in run.rounds)
     return Arm(name, run.final_accuracy, samples, tuple(float(r["central_accuracy"]) for r in run.rounds))
@@ -120,10 +148,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--learning-rate", type=float, default=1e-4)
     p.add_argument("--eval-rows", type=int, default=500)
     p.add_argument("--data-source", type=Path, default=DEFAULT_IMDB)
-    p.add_argument("--arms", nargs="+", default=list(FEDERATED_ARMS), choices=list(FEDERATED_ARMS),
-                   help="federated arms to run beside the centralised one")  # fmt: skip
-    p.add_argument("--same-steps", action="store_true",
-                   help="also centralised with FedAvg's number of sequential steps (batch x clients)")  # fmt: skip
+    p.add_argument(
+        "--arms",
+        nargs="+",
+        default=list(FEDERATED_ARMS),
+        choices=list(FEDERATED_ARMS),
+        help="federated arms to run beside the centralised one",
+    )
+    p.add_argument(
+        "--same-steps",
+        action="store_true",
+        help="also centralised with FedAvg's number of sequential steps (batch x clients)",
+    )
     a = p.parse_args(argv)
     budget = Budget(a.clients, a.rounds, a.steps, 16, a.max_length, a.learning_rate, a.eval_rows, seed=42)
     with work_dir("quality") as work:
@@ -133,8 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     arms = [central, *same_steps, *runs]
     print(f"{'arm':<24}{'samples':>9}{'accuracy':>10}{'÷ centralised':>15}")
     for arm in arms:
-        print(f"{arm.name:<24}{arm.samples:>9}{arm.accuracy:>10.4f}{arm.accuracy / central.accuracy:>15.3f}  "
-              + " ".join(f"{x:.3f}" for x in arm.accuracy_per_round))  # fmt: skip
+        print(
+            f"{arm.name:<24}{arm.samples:>9}{arm.accuracy:>10.4f}{arm.accuracy / central.accuracy:>15.3f}  "
+            + " ".join(f"{x:.3f}" for x in arm.accuracy_per_round)
+        )
     path = write_result("quality", {"budget": asdict(budget), "arms": [asdict(x) for x in arms]}, sys.argv)
     print(f"written: {path}")
     return 0

@@ -60,8 +60,18 @@ def main(argv: list[str] | None = None) -> int:
     sampler = PeakMemory()
     started = time.monotonic()
     with work_dir("scale") as work:
-        args = ["--model", "tiny", "--clients", str(a.clients), "--rounds", str(a.rounds),
-                "--data-source", str(a.data_source), "--shards-dir", str(work / "shards")]  # fmt: skip
+        args = [
+            "--model",
+            "tiny",
+            "--clients",
+            str(a.clients),
+            "--rounds",
+            str(a.rounds),
+            "--data-source",
+            str(a.data_source),
+            "--shards-dir",
+            str(work / "shards"),
+        ]
         sampler.start()
         try:
             run = run_fedimdb(work / "results", args, settings, env)
@@ -69,12 +79,23 @@ def main(argv: list[str] | None = None) -> int:
             peak = sampler.stop()
     rounds = [float(r["round_seconds"]) for r in run.rounds]
     replies = [len([c for c in run.clients if c["round"] == r["round"]]) for r in run.rounds]
-    figures = {"clients": a.clients, "rounds": a.rounds, "warm_clients": not a.cold, "settings": settings,
-               "round_seconds": rounds, "replies_per_round": replies, "total_seconds": time.monotonic() - started,
-               "memory_idle_gib": idle / GIB, "memory_peak_gib": peak / GIB, "memory_added_gib": (peak - idle) / GIB}  # fmt: skip
-    print(f"{a.clients} clients ({'cold' if a.cold else 'warm'}): rounds {', '.join(f'{s:.1f}' for s in rounds)} s "
-          f"(mean {statistics.mean(rounds):.1f}); replies {replies}; memory +{figures['memory_added_gib']:.1f} GiB "
-          f"(peak {figures['memory_peak_gib']:.1f} GiB in use)")  # fmt: skip
+    figures = {
+        "clients": a.clients,
+        "rounds": a.rounds,
+        "warm_clients": not a.cold,
+        "settings": settings,
+        "round_seconds": rounds,
+        "replies_per_round": replies,
+        "total_seconds": time.monotonic() - started,
+        "memory_idle_gib": idle / GIB,
+        "memory_peak_gib": peak / GIB,
+        "memory_added_gib": (peak - idle) / GIB,
+    }
+    print(
+        f"{a.clients} clients ({'cold' if a.cold else 'warm'}): rounds {', '.join(f'{s:.1f}' for s in rounds)} s "
+        f"(mean {statistics.mean(rounds):.1f}); replies {replies}; memory +{figures['memory_added_gib']:.1f} GiB "
+        f"(peak {figures['memory_peak_gib']:.1f} GiB in use)"
+    )
     print(f"written: {write_result('scale', figures, sys.argv)}")
     return 0
 

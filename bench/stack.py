@@ -141,8 +141,18 @@ def main(argv: list[str] | None = None) -> int:
     settings = {"max-steps": 1, "batch-size": 16, "max-length": 32, "eval-rows": 200, "local-eval-rows": 50}
     sampler = MemorySampler(a.sample_seconds)
     with work_dir("stack") as work:
-        args = ["--model", a.model, "--clients", str(a.clients), "--rounds", str(a.rounds),
-                "--data-source", str(a.data_source), "--shards-dir", str(work / "shards")]  # fmt: skip
+        args = [
+            "--model",
+            a.model,
+            "--clients",
+            str(a.clients),
+            "--rounds",
+            str(a.rounds),
+            "--data-source",
+            str(a.data_source),
+            "--shards-dir",
+            str(work / "shards"),
+        ]
         sampler.start()
         try:
             run = run_fedimdb(work / "results", args, settings, backend="docker")
@@ -155,9 +165,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'container':<18}{'peak RSS MiB':>14}{'cgroup peak MiB':>17}")
     for name, p in memory.items():
         print(f"{name:<18}{p['rss']:>14.0f}{p['cgroup_peak']:>17.0f}")
-    figures = {"model": a.model, "clients": a.clients, "rounds": a.rounds, "settings": settings,
-               "round_seconds": [float(r["round_seconds"]) for r in run.rounds], "start": starts,
-               "memory_mib": memory}  # fmt: skip
+    figures = {
+        "model": a.model,
+        "clients": a.clients,
+        "rounds": a.rounds,
+        "settings": settings,
+        "round_seconds": [float(r["round_seconds"]) for r in run.rounds],
+        "start": starts,
+        "memory_mib": memory,
+    }
     print(f"written: {write_result('stack', figures, sys.argv)}")
     return 0
 

@@ -44,11 +44,18 @@ def main(argv: list[str] | None = None) -> int:
             start = time.perf_counter()
             app = stage_app(APP_DIR, out / "app")
             staged.append(build_seconds(app, out) + time.perf_counter() - start)
-    figures = {"checkout_entries": files, "checkout_seconds": checkout, "staged_seconds": staged,
-               "checkout_median": statistics.median(checkout), "staged_median": statistics.median(staged),
-               "ratio_checkout_staged": statistics.median(checkout) / statistics.median(staged)}  # fmt: skip
-    print(f"flwr build of the checkout ({files} entries): {figures['checkout_median']:.2f} s; of the staged app "
-          f"(copy included): {figures['staged_median']:.2f} s; checkout/staged {figures['ratio_checkout_staged']:.1f}")  # fmt: skip
+    figures = {
+        "checkout_entries": files,
+        "checkout_seconds": checkout,
+        "staged_seconds": staged,
+        "checkout_median": statistics.median(checkout),
+        "staged_median": statistics.median(staged),
+        "ratio_checkout_staged": statistics.median(checkout) / statistics.median(staged),
+    }
+    print(
+        f"flwr build of the checkout ({files} entries): {figures['checkout_median']:.2f} s; of the staged app "
+        f"(copy included): {figures['staged_median']:.2f} s; checkout/staged {figures['ratio_checkout_staged']:.1f}"
+    )
     print(write_result("submit", figures, [sys.executable, "-m", "bench.submit", *(argv or sys.argv[1:])]))
     return 0
 

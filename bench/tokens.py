@@ -40,8 +40,10 @@ Work = list[tuple[Examples, list[list[int]]]]
 def round_work(train: Examples, val: Examples, steps: int) -> Work:
     """The first ``steps`` batches of 16 of the shuffled train split; the validation split in batches of 16."""
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0)).tolist()
-    return [(train, [order[i : i + 16] for i in range(0, steps * 16, 16)]),
-            (val, [list(range(i, min(i + 16, len(val)))) for i in range(0, len(val), 16)])]  # fmt: skip
+    return [
+        (train, [order[i : i + 16] for i in range(0, steps * 16, 16)]),
+        (val, [list(range(i, min(i + 16, len(val)))) for i in range(0, len(val), 16)]),
+    ]
 
 
 def before(tokenizer: Any, work: Work, max_length: int) -> None:
@@ -89,10 +91,19 @@ def main(argv: list[str] | None = None) -> int:
                 times[name].append(timed(lambda fn=fn: fn(tokenizer, work, a.max_length)))
     medians = {name: statistics.median(t) for name, t in times.items()}
     ratio = medians["after"] / medians["before"]
-    print(f"one client's round (train {a.steps} x 16, val {len(val)}, length {a.max_length}): tokenizer per batch "
-          f"{medians['before']:.3f} s, token cache {medians['after']:.3f} s; after / before = {ratio:.3f}")  # fmt: skip
-    figures = {"steps": a.steps, "max_length": a.max_length, "train_rows": len(train), "val_rows": len(val),
-               "seconds": times, "median_seconds": medians, "ratio": ratio}  # fmt: skip
+    print(
+        f"one client's round (train {a.steps} x 16, val {len(val)}, length {a.max_length}): tokenizer per batch "
+        f"{medians['before']:.3f} s, token cache {medians['after']:.3f} s; after / before = {ratio:.3f}"
+    )
+    figures = {
+        "steps": a.steps,
+        "max_length": a.max_length,
+        "train_rows": len(train),
+        "val_rows": len(val),
+        "seconds": times,
+        "median_seconds": medians,
+        "ratio": ratio,
+    }
     print(f"written: {write_result('tokens', figures, sys.argv)}")
     return 0
 

@@ -39,8 +39,19 @@ def one_arm(micro: int, max_length: int, imdb: Path) -> dict[str, float]:
     loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     steps = []
     for _ in range(2):  # the first call warms up; timings from the second
-        result = train(model, tokenizer, data, epochs=1, max_steps=STEPS, batch_size=BATCH, learning_rate=1e-4,
-                       max_length=max_length, seed=0, device=pick_device("cpu"), micro_batch_size=micro)  # fmt: skip
+        result = train(
+            model,
+            tokenizer,
+            data,
+            epochs=1,
+            max_steps=STEPS,
+            batch_size=BATCH,
+            learning_rate=1e-4,
+            max_length=max_length,
+            seed=0,
+            device=pick_device("cpu"),
+            micro_batch_size=micro,
+        )
         steps.append(result.seconds / result.steps)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"loaded_mib": loaded, "peak_mib": peak, "step_seconds": steps[-1]}
@@ -48,8 +59,17 @@ def one_arm(micro: int, max_length: int, imdb: Path) -> dict[str, float]:
 
 def run_arm(micro: int, max_length: int, imdb: Path) -> dict[str, float]:
     """``one_arm`` in a fresh interpreter."""
-    cmd = [sys.executable, "-m", "bench.trainer", "--one", str(micro), "--max-length", str(max_length),
-           "--data-source", str(imdb)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.trainer",
+        "--one",
+        str(micro),
+        "--max-length",
+        str(max_length),
+        "--data-source",
+        str(imdb),
+    ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -74,9 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     for micro, runs in samples.items():
         arms[micro] = {key: statistics.mean(r[key] for r in runs) for key in runs[0]}
     for micro, arm in arms.items():
-        print(f"micro-batch {micro:>2}: peak {arm['peak_mib']:6.0f} MiB ({arm['peak_mib'] / arms[base]['peak_mib']:.3f}), "
-              f"step {arm['step_seconds']:.2f} s ({arm['step_seconds'] / arms[base]['step_seconds']:.3f}); "
-              f"model loaded {arm['loaded_mib']:.0f} MiB")  # fmt: skip
+        print(
+            f"micro-batch {micro:>2}: peak {arm['peak_mib']:6.0f} MiB ({arm['peak_mib'] / arms[base]['peak_mib']:.3f}), "
+            f"step {arm['step_seconds']:.2f} s ({arm['step_seconds'] / arms[base]['step_seconds']:.3f}); "
+            f"model loaded {arm['loaded_mib']:.0f} MiB"
+        )
     figures = {"batch_size": BATCH, "steps": STEPS, "max_length": a.max_length, "arms": arms, "samples": samples}
     print(f"written: {write_result('trainer', figures, sys.argv)}")
     return 0

@@ -68,8 +68,12 @@ class Size:
 
     def run_settings(self) -> dict[str, object]:
         """The fedimdb settings every federated arm shares."""
-        return {"max-steps": self.steps, "batch-size": self.batch_size, "max-length": self.max_length,
-                "eval-rows": self.eval_rows}  # fmt: skip
+        return {
+            "max-steps": self.steps,
+            "batch-size": self.batch_size,
+            "max-length": self.max_length,
+            "eval-rows": self.eval_rows,
+        }
 
 
 SIZES = {
@@ -144,8 +148,20 @@ def federated_curve(variant: Variant, run: FedRun) -> Curve:
 
 def run_federated(variant: Variant, size: Size, work: Path, imdb: Path) -> Curve:
     """The arm through real Flower processes (local backend), on the shards the centralised arm used."""
-    args = ["--model", "minilm", "--clients", str(size.clients), "--rounds", str(size.rounds), "--seed", "42",
-            "--data-source", str(imdb), "--shards-dir", str(work / "shards")]  # fmt: skip
+    args = [
+        "--model",
+        "minilm",
+        "--clients",
+        str(size.clients),
+        "--rounds",
+        str(size.rounds),
+        "--seed",
+        "42",
+        "--data-source",
+        str(imdb),
+        "--shards-dir",
+        str(work / "shards"),
+    ]
     run = run_fedimdb(work / "results", args, {**size.run_settings(), **variant.settings}, variant.env)
     return federated_curve(variant, run)
 
@@ -163,8 +179,18 @@ def run_centralised(size: Size, shards: Path, seed: int = 42) -> Curve:
     for k in range(size.rounds):
         chunk = Examples(*(x[k * size.round_reviews : (k + 1) * size.round_reviews] for x in (data.texts, data.labels)))
         start = time.perf_counter()
-        result = train(model, tokenizer, chunk, epochs=1, max_steps=0, learning_rate=1e-4, seed=seed + k,
-                       micro_batch_size=4, optimizer=optimizer, **options)  # fmt: skip
+        result = train(
+            model,
+            tokenizer,
+            chunk,
+            epochs=1,
+            max_steps=0,
+            learning_rate=1e-4,
+            seed=seed + k,
+            micro_batch_size=4,
+            optimizer=optimizer,
+            **options,
+        )
         trained = time.perf_counter()
         accuracy.append(evaluate(model, tokenizer, held_out, **options).accuracy)
         train_s.append(trained - start)
@@ -174,8 +200,13 @@ def run_centralised(size: Size, shards: Path, seed: int = 42) -> Curve:
     breakdown = RoundBreakdown(
         statistics.mean(seconds), statistics.mean(train_s), central_eval_s=statistics.mean(eval_s)
     )
-    return Curve("centralised", tuple(accuracy), cumulative(seconds), tuple(int(x) for x in cumulative(reviews)),
-                 breakdown=breakdown)  # fmt: skip
+    return Curve(
+        "centralised",
+        tuple(accuracy),
+        cumulative(seconds),
+        tuple(int(x) for x in cumulative(reviews)),
+        breakdown=breakdown,
+    )
 
 
 def table(curves: list[Curve], size: Size, fp32_bound: float) -> list[dict[str, object]]:
@@ -184,9 +215,15 @@ def table(curves: list[Curve], size: Size, fp32_bound: float) -> list[dict[str, 
     rows = []
     for c in curves:
         k, tta = c.reached(size.target), c.tta(size.target)
-        row = {"arm": c.name, "tta_s": tta, "rounds": k, "reviews": c.reviews[k - 1] if k else None,
-               "bytes": c.bytes_per_round * k if k and c.bytes_per_round else None, "final_accuracy": c.accuracy[-1],
-               "bytes_per_round_vs_fp32": c.bytes_per_round / fp32_bound if c.bytes_per_round else None}  # fmt: skip
+        row = {
+            "arm": c.name,
+            "tta_s": tta,
+            "rounds": k,
+            "reviews": c.reviews[k - 1] if k else None,
+            "bytes": c.bytes_per_round * k if k and c.bytes_per_round else None,
+            "final_accuracy": c.accuracy[-1],
+            "bytes_per_round_vs_fp32": c.bytes_per_round / fp32_bound if c.bytes_per_round else None,
+        }
         for ref in ("centralised", STOCK_FLOWER.name):
             ref_tta = by_name[ref].tta(size.target) if ref in by_name else None
             row[f"tta_vs_{ref}"] = tta / ref_tta if tta is not None and ref_tta else None
@@ -206,14 +243,18 @@ def _cell(value: object, fmt: str) -> str:
 
 def print_table(rows: list[dict[str, object]], curves: list[Curve], size: Size) -> None:
     """The table (– : target not reached, or not measured), then each arm's accuracy per round."""
-    print(f"target {size.target}: {'arm':<20}{'TTA s':>12}{'÷ central':>11}{'÷ stock':>9}{'rounds':>8}"
-          f"{'reviews':>9}{'MB moved':>10}{'bytes ÷ fp32':>13}{'final acc':>10}")  # fmt: skip
+    print(
+        f"target {size.target}: {'arm':<20}{'TTA s':>12}{'÷ central':>11}{'÷ stock':>9}{'rounds':>8}"
+        f"{'reviews':>9}{'MB moved':>10}{'bytes ÷ fp32':>13}{'final acc':>10}"
+    )
     for r in rows:
         mb = None if r["bytes"] is None else float(r["bytes"]) / 1e6  # type: ignore[arg-type]
-        print(f"{'':<15}{r['arm']:<20}{_cell(r['tta_s'], '.0f'):>12}{_cell(r['tta_vs_centralised'], '.2f'):>11}"
-              f"{_cell(r['tta_vs_stock-flower'], '.2f'):>9}{_cell(r['rounds'], 'd'):>8}{_cell(r['reviews'], 'd'):>9}"
-              f"{_cell(mb, '.0f'):>10}{_cell(r['bytes_per_round_vs_fp32'], '.3f'):>13}"
-              f"{r['final_accuracy']:>10.4f}")  # fmt: skip
+        print(
+            f"{'':<15}{r['arm']:<20}{_cell(r['tta_s'], '.0f'):>12}{_cell(r['tta_vs_centralised'], '.2f'):>11}"
+            f"{_cell(r['tta_vs_stock-flower'], '.2f'):>9}{_cell(r['rounds'], 'd'):>8}{_cell(r['reviews'], 'd'):>9}"
+            f"{_cell(mb, '.0f'):>10}{_cell(r['bytes_per_round_vs_fp32'], '.3f'):>13}"
+            f"{r['final_accuracy']:>10.4f}"
+        )
     print("– : the target was not reached (or, for bytes, not measured)")
     for c in curves:
         print(f"{c.name:<20}" + " ".join(f"{a:.3f}@{s:.0f}s" for a, s in zip(c.accuracy, c.seconds, strict=True)))
@@ -235,8 +276,10 @@ def print_breakdowns(curves: list[Curve]) -> None:
     print(f"{'a round, s':<20}{'round':>8}{'train':>8}{'set-up':>8}{'central eval':>14}{'other':>8}")
     for c in curves:
         if (b := c.breakdown) is not None:
-            print(f"{c.name:<20}{b.round_s:>8.1f}{b.slowest_train_s:>8.1f}{b.slowest_setup_s:>8.1f}"
-                  f"{b.central_eval_s:>14.1f}{b.other_s:>8.1f}")  # fmt: skip
+            print(
+                f"{c.name:<20}{b.round_s:>8.1f}{b.slowest_train_s:>8.1f}{b.slowest_setup_s:>8.1f}"
+                f"{b.central_eval_s:>14.1f}{b.other_s:>8.1f}"
+            )
 
 
 def run_arm(variant: Variant, size: Size, work: Path, imdb: Path) -> Curve | None:
@@ -259,8 +302,13 @@ def main(argv: list[str] | None = None) -> int:
     """Run the arms, print the table, write bench/results/tta-*.json."""
     p = argparse.ArgumentParser(prog="python -m bench.tta", description=__doc__.split("\n\n")[0])
     p.add_argument("--size", choices=list(SIZES), default="quick")
-    p.add_argument("--arms", nargs="+", default=[v.name for v in ARMS], choices=[v.name for v in ARMS],
-                   help="federated arms to run beside the centralised one")  # fmt: skip
+    p.add_argument(
+        "--arms",
+        nargs="+",
+        default=[v.name for v in ARMS],
+        choices=[v.name for v in ARMS],
+        help="federated arms to run beside the centralised one",
+    )
     p.add_argument("--data-source", type=Path, default=DEFAULT_IMDB)
     a = p.parse_args(argv)
     size = SIZES[a.size]

@@ -38,8 +38,9 @@ def replies(state: dict[str, torch.Tensor], clients: int) -> list[RecordDict]:
     gen = torch.Generator().manual_seed(0)
     out = []
     for k in range(clients):
-        new = {n: t + 1e-3 * torch.randn(t.shape, generator=gen) if t.is_floating_point() else t
-               for n, t in state.items()}  # fmt: skip
+        new = {
+            n: t + 1e-3 * torch.randn(t.shape, generator=gen) if t.is_floating_point() else t for n, t in state.items()
+        }
         out.append(RecordDict({ARRAYS: ArrayRecord(new), METRICS: MetricRecord({NUM_EXAMPLES: 256 + k})}))
     return out
 
@@ -51,8 +52,7 @@ def one_round(state: dict[str, torch.Tensor], sent: list[RecordDict], folder: Pa
     new = aggregate.to_torch_state_dict()
     save_file({k: v.contiguous() for k, v in new.items()}, str(folder / "round.safetensors"))
     if log is not None:
-        updates = [ClientUpdate(k, int(r[METRICS][NUM_EXAMPLES]), state_view(r[ARRAYS]))
-                   for k, r in enumerate(sent)]  # fmt: skip
+        updates = [ClientUpdate(k, int(r[METRICS][NUM_EXAMPLES]), state_view(r[ARRAYS])) for k, r in enumerate(sent)]
         log.client_updates(1, state, new, updates)
         log.global_model(1, new)
     return time.perf_counter() - start
@@ -75,13 +75,22 @@ def main(argv: list[str] | None = None) -> int:
             off.append(one_round(state, sent, Path(tmp), None))
             on.append(one_round(state, sent, Path(tmp), log))
     params = sum(t.numel() for t in state.values() if t.is_floating_point())
-    figures = {"model": args.model, "parameters": params, "clients": CLIENTS, "off_seconds": off, "on_seconds": on,
-               "off_median": statistics.median(off), "on_median": statistics.median(on),
-               "added_seconds": statistics.median(on) - statistics.median(off),
-               "ratio_on_off": statistics.median(on) / statistics.median(off)}  # fmt: skip
-    print(f"{args.model} ({params / 1e6:.1f} M parameters), {CLIENTS} clients, one round's weight handling on the "
-          f"server: off {figures['off_median']:.2f} s, on {figures['on_median']:.2f} s: +{figures['added_seconds']:.2f} "
-          f"s a round (on/off {figures['ratio_on_off']:.2f})")  # fmt: skip
+    figures = {
+        "model": args.model,
+        "parameters": params,
+        "clients": CLIENTS,
+        "off_seconds": off,
+        "on_seconds": on,
+        "off_median": statistics.median(off),
+        "on_median": statistics.median(on),
+        "added_seconds": statistics.median(on) - statistics.median(off),
+        "ratio_on_off": statistics.median(on) / statistics.median(off),
+    }
+    print(
+        f"{args.model} ({params / 1e6:.1f} M parameters), {CLIENTS} clients, one round's weight handling on the "
+        f"server: off {figures['off_median']:.2f} s, on {figures['on_median']:.2f} s: +{figures['added_seconds']:.2f} "
+        f"s a round (on/off {figures['ratio_on_off']:.2f})"
+    )
     print(write_result("weight_stats", figures, [sys.executable, "-m", "bench.weight_stats", *(argv or sys.argv[1:])]))
     return 0
 

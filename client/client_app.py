@@ -97,8 +97,17 @@ def _prepare(msg: Message, context: Context, split: str) -> LocalTask:
     tuned.load(global_state)
     seed_everything(seed, cfg.torch_threads)  # after loading: dropout and shuffling follow this seed
     data = read_split(shard, split)
-    return LocalTask(cfg, partition_id, shard, seed, tuned, tokenizer, data, global_state,
-                     ClientMetrics(partition_id, context.run_id))  # fmt: skip
+    return LocalTask(
+        cfg,
+        partition_id,
+        shard,
+        seed,
+        tuned,
+        tokenizer,
+        data,
+        global_state,
+        ClientMetrics(partition_id, context.run_id),
+    )
 
 
 def _validate(task: LocalTask, val: Examples) -> EvalResult:

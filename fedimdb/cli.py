@@ -64,9 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add = p.add_argument
     add("--repeats", type=int, help="repeats of the run; repeat k uses seed + k (FEDIMDB_REPEATS)")
-    add("--backend", choices=BACKENDS,
+    add(
+        "--backend",
+        choices=BACKENDS,
         help="docker: one Compose stack per repeat; local: SuperLink and SuperNodes as local processes; "
-        "auto (default): docker when a Docker daemon answers (FEDIMDB_BACKEND)")  # fmt: skip
+        "auto (default): docker when a Docker daemon answers (FEDIMDB_BACKEND)",
+    )
     add("--rounds", dest="num_rounds", type=int, help="federated rounds (FEDIMDB_NUM_ROUNDS)")
     add("--clients", dest="num_clients", type=int, help="clients / SuperNodes (FEDIMDB_NUM_CLIENTS)")
     add("--model", help=f"preset {'|'.join(MODEL_PRESETS)}, local directory or hub id (FEDIMDB_MODEL)")
@@ -76,17 +79,30 @@ def build_parser() -> argparse.ArgumentParser:
     add("--partitioner", choices=PARTITIONERS, help="FEDIMDB_PARTITIONER")
     add("--alpha", type=float, help="Dirichlet concentration (FEDIMDB_ALPHA)")
     add("--shards-dir", help="where shards are prepared / reused (FEDIMDB_SHARDS_DIR)")
-    add("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
-        help="any other run setting, e.g. --set max-steps=5 (repeatable)")  # fmt: skip
+    add(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other run setting, e.g. --set max-steps=5 (repeatable)",
+    )
     add("--retries", type=int, help="further attempts for a failed repeat (FEDIMDB_RETRIES)")
     add("--on-failure", choices=("stop", "continue"), help="after a repeat failed every attempt (FEDIMDB_ON_FAILURE)")
     add("--metrics-port", type=int, help="Prometheus /metrics port, 0 = off (FEDIMDB_METRICS_PORT)")
-    add("--monitoring", action="store_const", const=True,
+    add(
+        "--monitoring",
+        action="store_const",
+        const=True,
         help="docker backend: keep one Prometheus (localhost:9090) and Grafana (localhost:3000) up across the "
-        "repeats, scraping them all (FEDIMDB_MONITORING)")  # fmt: skip
-    add("--resume", metavar="EXPERIMENT_ID",
+        "repeats, scraping them all (FEDIMDB_MONITORING)",
+    )
+    add(
+        "--resume",
+        metavar="EXPERIMENT_ID",
         help="finish that experiment in --out with its recorded settings: verified repeats are kept, the others "
-        "redone; only --retries, --on-failure, --metrics-port and --monitoring may change")  # fmt: skip
+        "redone; only --retries, --on-failure, --metrics-port and --monitoring may change",
+    )
     add("--keep-up", action="store_true", help="docker backend: leave the last repeat's stack up for inspection")
     add("--compose-file", type=Path, default=COMPOSE_FILE, help="docker: the stack (default: docker-compose.yml)")
     add("--out", type=Path, default=Path("results"), help="results root (default: results)")
@@ -138,7 +154,7 @@ def resume_settings(exp_dir: Path, args: argparse.Namespace) -> tuple[Settings, 
         console.print(
             f"notice: --resume takes every setting from {exp_dir / EXPERIMENT_FILE}; ignoring {', '.join(given)} "
             "(only --retries, --on-failure, --metrics-port and --monitoring apply to a resumed experiment)"
-        )  # fmt: skip
+        )
     record = load_record(exp_dir)
     owner = record.get(ORCHESTRATOR, {})
     alive = owner.get("host") == socket.gethostname() and runs_one_of(owner.get("pid", 0), (b"orchestrate",))
@@ -176,8 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     exp_dir = args.out / args.resume if args.resume else None
     try:
         settings, record = resume_settings(exp_dir, args) if exp_dir else (load_settings(args), None)
-        backend = choose_backend(record[BACKEND] if record else settings.experiment.backend, args.compose_file,
-                                 log=console.print)  # fmt: skip
+        backend = choose_backend(
+            record[BACKEND] if record else settings.experiment.backend, args.compose_file, log=console.print
+        )
         if args.keep_up and backend.name != DOCKER_BACKEND:
             raise ConfigError("--keep-up keeps a Compose stack up; the local backend has none: drop --keep-up")
         preflight(settings, backend.name, args.out)

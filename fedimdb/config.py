@@ -273,9 +273,11 @@ class RunConfig(_Settings):
         low_open=True,
     )
     round_retries: int = setting(
-        1, "Times a round with too few usable updates is repeated (with the clients that failed) before the run fails",
-        low=0, high=10,
-    )  # fmt: skip
+        1,
+        "Times a round with too few usable updates is repeated (with the clients that failed) before the run fails",
+        low=0,
+        high=10,
+    )
     node_wait_timeout: float = setting(
         600.0, "Seconds the server waits for enough clients to be online before a round, then fails the run", low=1.0
     )
@@ -286,9 +288,11 @@ class RunConfig(_Settings):
         "NaN/Inf, update) and client_updates.csv (each client's update against the aggregate, outliers flagged)",
     )
     outlier_z: float = setting(
-        3.5, "A client's update is an outlier when a robust z-score (norm, cosine) is beyond this", low=0.0,
+        3.5,
+        "A client's update is an outlier when a robust z-score (norm, cosine) is beyond this",
+        low=0.0,
         low_open=True,
-    )  # fmt: skip
+    )
     held_out_dir: str = setting(
         "", "The server's held-out set (SHARDS_DIR/server) as the ServerApp sees it (set by the deployment)"
     )

@@ -293,9 +293,16 @@ class Experiment:
         console.print(f"repeat {k} (seed {cfg.seed}), attempt {attempt}: backend {self.backend.name}")
         last = k == self.settings.experiment.repeats - 1
         flower_metrics = Path(self._flower_metrics.name) if self._flower_metrics else None
-        job = StackJob(cfg, self.settings.data, self.shards, path, attempt_name(self.exp_dir.name, k, attempt),
-                       keep_up=self.keep_up and last, nodes=self.settings.experiment,
-                       metrics_dir=flower_metrics)  # fmt: skip
+        job = StackJob(
+            cfg,
+            self.settings.data,
+            self.shards,
+            path,
+            attempt_name(self.exp_dir.name, k, attempt),
+            keep_up=self.keep_up and last,
+            nodes=self.settings.experiment,
+            metrics_dir=flower_metrics,
+        )
         t0 = time.monotonic()
         try:
             with self.backend.make(job) as stack:

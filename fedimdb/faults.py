@@ -78,8 +78,9 @@ class Fault:
         elif self.kind == "missing":
             del out[name]
         elif self.kind == "scale":
-            out = {k: received[k] + self.value * (v - received[k]) if v.is_floating_point() else v
-                   for k, v in out.items()}  # fmt: skip
+            out = {
+                k: received[k] + self.value * (v - received[k]) if v.is_floating_point() else v for k, v in out.items()
+            }
         return out
 
 

@@ -48,8 +48,14 @@ class Tuned:
         if mode == LORA:
             from peft import LoraConfig, TaskType, get_peft_model
 
-            config = LoraConfig(task_type=TaskType.SEQ_CLS, r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0,
-                                target_modules=list(LORA_TARGETS), modules_to_save=list(HEAD_MODULES))  # fmt: skip
+            config = LoraConfig(
+                task_type=TaskType.SEQ_CLS,
+                r=lora_rank,
+                lora_alpha=2 * lora_rank,
+                lora_dropout=0.0,
+                target_modules=list(LORA_TARGETS),
+                modules_to_save=list(HEAD_MODULES),
+            )
             model = get_peft_model(model, config)
         elif mode == NO_EMBEDDINGS:
             for name, param in model.named_parameters():

@@ -42,8 +42,10 @@ def check_model(run: RunConfig, backend: str) -> int:
     local_dir = Path(run.model).expanduser().is_dir()
     if backend != LOCAL_BACKEND:
         if local_dir:
-            raise ConfigError(f"model: {run.model!r} is a host directory, which the containers do not have; "
-                              "use --backend local, a preset or a hub id")  # fmt: skip
+            raise ConfigError(
+                f"model: {run.model!r} is a host directory, which the containers do not have; "
+                "use --backend local, a preset or a hub id"
+            )
         with contextlib.suppress(ConfigError):  # the images carry the presets; the host may not
             return _weight_bytes(Path(resolve_model_source(run.model))) if run.model in MODEL_PRESETS else 0
         return 0
@@ -55,16 +57,20 @@ def check_model(run: RunConfig, backend: str) -> int:
         AutoTokenizer.from_pretrained(source)
     except Exception as exc:  # transformers raises OSError, ValueError, KeyError, … for what it cannot load
         where = "the directory" if local_dir else "the Hugging Face hub (is it reachable?)"
-        raise ConfigError(f"model: {run.model!r} cannot be loaded from {where}: {type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0] if str(exc) else ''}; fix it or use a preset ({', '.join(MODEL_PRESETS)})") from exc  # fmt: skip
+        raise ConfigError(
+            f"model: {run.model!r} cannot be loaded from {where}: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}; fix it or use a preset ({', '.join(MODEL_PRESETS)})"
+        ) from exc
     return _weight_bytes(Path(source)) if Path(source).is_dir() else 0
 
 
 def _weight_bytes(folder: Path) -> int:
     weights = [p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES]
     if not weights:
-        raise ConfigError(f"model: {folder} has no weights ({' or '.join(WEIGHT_SUFFIXES)} files); "
-                          "save the model there with save_pretrained, or use a preset")  # fmt: skip
+        raise ConfigError(
+            f"model: {folder} has no weights ({' or '.join(WEIGHT_SUFFIXES)} files); "
+            "save the model there with save_pretrained, or use a preset"
+        )
     return sum(p.stat().st_size for p in weights)
 
 
@@ -124,8 +130,10 @@ def check_out(out: Path, needed: int) -> None:
         raise ConfigError(f"--out: {existing} is not writable ({exc.strerror}); choose another --out") from exc
     free = shutil.disk_usage(existing).free
     if free < needed:
-        raise ConfigError(f"--out: {existing} has {free / 2**20:.0f} MiB free and this experiment writes about "
-                          f"{needed / 2**20:.0f} MiB (its archived weights); free some space or choose another --out")  # fmt: skip
+        raise ConfigError(
+            f"--out: {existing} has {free / 2**20:.0f} MiB free and this experiment writes about "
+            f"{needed / 2**20:.0f} MiB (its archived weights); free some space or choose another --out"
+        )
 
 
 def preflight(settings: Settings, backend: str, out: Path) -> None:

@@ -277,8 +277,9 @@ def state_view(arrays: ArrayRecord) -> dict[str, torch.Tensor]:
     for name, array in arrays.items():
         buf = io.BytesIO(array.data)
         version = np.lib.format.read_magic(buf)
-        shape, fortran, dtype = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                                 else np.lib.format.read_array_header_2_0)(buf)  # fmt: skip
+        shape, fortran, dtype = (
+            np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        )(buf)
         flat = np.frombuffer(array.data, dtype=dtype, count=math.prod(shape), offset=buf.tell())
         with warnings.catch_warnings():  # "not writable": these views are only read
             warnings.simplefilter("ignore", UserWarning)

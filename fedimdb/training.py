@@ -56,8 +56,15 @@ def _batches(
         yield collate(tokenizer, split, idx, device), torch.from_numpy(split.labels[idx]).to(device)
 
 
-def _step(model: Any, optimizer: Any, inputs: dict[str, torch.Tensor], labels: torch.Tensor, micro: int,
-          anchor: list[torch.Tensor] | None, proximal_mu: float) -> float:  # fmt: skip
+def _step(
+    model: Any,
+    optimizer: Any,
+    inputs: dict[str, torch.Tensor],
+    labels: torch.Tensor,
+    micro: int,
+    anchor: list[torch.Tensor] | None,
+    proximal_mu: float,
+) -> float:
     """One optimizer step over a batch, in passes of at most ``micro`` rows; the batch's mean loss.
 
     Each pass's mean loss is weighted by its share of the batch, so the accumulated gradient is the

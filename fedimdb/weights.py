@@ -18,11 +18,35 @@ from dataclasses import dataclass
 import torch
 
 State = Mapping[str, torch.Tensor]
-WEIGHT_STATS_COLUMNS = ("round", "scope", "name", "group", "numel", "l2_norm", "mean", "std", "min", "max",
-                        "zero_fraction", "nonfinite", "update_l2_norm", "relative_update")  # fmt: skip
-CLIENT_UPDATE_COLUMNS = ("round", "partition_id", "num_examples", "example_share", "update_l2_norm",
-                         "cosine_to_aggregate", "distance_to_aggregate", "norm_z", "cosine_z", "outlier",
-                         "nonfinite")  # fmt: skip
+WEIGHT_STATS_COLUMNS = (
+    "round",
+    "scope",
+    "name",
+    "group",
+    "numel",
+    "l2_norm",
+    "mean",
+    "std",
+    "min",
+    "max",
+    "zero_fraction",
+    "nonfinite",
+    "update_l2_norm",
+    "relative_update",
+)
+CLIENT_UPDATE_COLUMNS = (
+    "round",
+    "partition_id",
+    "num_examples",
+    "example_share",
+    "update_l2_norm",
+    "cosine_to_aggregate",
+    "distance_to_aggregate",
+    "norm_z",
+    "cosine_z",
+    "outlier",
+    "nonfinite",
+)
 TENSOR, GROUP, MODEL = "tensor", "group", "model"  # a weight_stats.csv row's scope
 WHOLE_MODEL = "model"  # the name of the MODEL row
 MAD_SCALE = 0.6745  # robust z = 0.6745 (x - median) / MAD (Iglewicz and Hoaglin)
@@ -80,9 +104,16 @@ class Moments:
             diff = x - previous.detach().flatten()
             update = _squares(diff[torch.isfinite(x)] if nonfinite else diff)
         empty = values.numel() == 0
-        return cls(numel=x.numel(), total=float(values.sum()), squares=_squares(values),
-                   low=math.inf if empty else float(values.min()), high=-math.inf if empty else float(values.max()),
-                   zeros=x.numel() - int(torch.count_nonzero(x)), nonfinite=nonfinite, update_squares=update)  # fmt: skip
+        return cls(
+            numel=x.numel(),
+            total=float(values.sum()),
+            squares=_squares(values),
+            low=math.inf if empty else float(values.min()),
+            high=-math.inf if empty else float(values.max()),
+            zeros=x.numel() - int(torch.count_nonzero(x)),
+            nonfinite=nonfinite,
+            update_squares=update,
+        )
 
     def row(self, has_previous: bool) -> dict[str, float | int | str]:
         """The statistics columns of weight_stats.csv."""
@@ -93,10 +124,17 @@ class Moments:
         if has_previous:
             update = math.sqrt(self.update_squares)
             change = {"update_l2_norm": update, "relative_update": update / norm if norm > 0 else ""}
-        return {"numel": self.numel, "l2_norm": norm, "mean": mean,
-                "std": math.sqrt(max(self.squares / finite - mean * mean, 0.0)),
-                "min": self.low, "max": self.high, "zero_fraction": self.zeros / max(self.numel, 1),
-                "nonfinite": self.nonfinite, **change}  # fmt: skip
+        return {
+            "numel": self.numel,
+            "l2_norm": norm,
+            "mean": mean,
+            "std": math.sqrt(max(self.squares / finite - mean * mean, 0.0)),
+            "min": self.low,
+            "max": self.high,
+            "zero_fraction": self.zeros / max(self.numel, 1),
+            "nonfinite": self.nonfinite,
+            **change,
+        }
 
 
 def weight_rows(server_round: int, state: State, previous: State | None) -> list[dict]:
@@ -121,8 +159,9 @@ def weight_rows(server_round: int, state: State, previous: State | None) -> list
         rows.append(
             {"round": server_round, "scope": GROUP, "name": group, "group": group, **m.row(previous is not None)}
         )
-    rows.append({"round": server_round, "scope": MODEL, "name": WHOLE_MODEL, "group": "",
-                 **whole.row(previous is not None)})  # fmt: skip
+    rows.append(
+        {"round": server_round, "scope": MODEL, "name": WHOLE_MODEL, "group": "", **whole.row(previous is not None)}
+    )
     return rows
 
 
@@ -147,8 +186,9 @@ class ClientUpdate:
     state: State
 
 
-def client_rows(server_round: int, previous: State, aggregate: State, clients: Sequence[ClientUpdate],
-                threshold: float) -> list[dict]:  # fmt: skip
+def client_rows(
+    server_round: int, previous: State, aggregate: State, clients: Sequence[ClientUpdate], threshold: float
+) -> list[dict]:
     """client_updates.csv rows: each client's update (its weights - ``previous``) against the aggregated one.
 
     A client is an outlier when the robust z-score of its update norm is beyond ``threshold`` either way,

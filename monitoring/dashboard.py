@@ -107,8 +107,12 @@ def render(prometheus: str, dashboard_path: Path, out: Path, start: float, end: 
     fig, axes = plt.subplots(rows, COLUMNS, figsize=(5 * COLUMNS, 3 * rows), squeeze=False)
     values = {"run": run, "experiment": ".*"}
     for ax, panel in zip(axes.flat, panels, strict=False):
-        _draw(ax, panel, [(q, query_panel(prometheus, q, values, start, end))
-                          for q in panel_queries({"panels": [panel]})], start)  # fmt: skip
+        _draw(
+            ax,
+            panel,
+            [(q, query_panel(prometheus, q, values, start, end)) for q in panel_queries({"panels": [panel]})],
+            start,
+        )
     for ax in axes.flat[len(panels) :]:
         ax.axis("off")
     fig.suptitle(CAPTION, fontsize=14)

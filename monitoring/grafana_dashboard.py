@@ -112,67 +112,113 @@ def per_repeat(title: str, metric: str, **look: Unpack[Look]) -> PanelSpec:
 
 ROUND_DURATION = "fedimdb_server_round_duration_seconds"
 ROWS: tuple[tuple[str, tuple[PanelSpec, ...]], ...] = (
-    ("Server: run progress", (
-        PanelSpec("Run", (Query(f"last_over_time({selected('fedimdb_server_run_info')}[1d])"),), table.Panel, width=12),
-        one("Run status", f"{selected('fedimdb_server_run_status')} == 1", "", STATUS, kind=stat.Panel),
-        one("Round in progress", selected("fedimdb_server_round"), "run", RUN, kind=stat.Panel),
-        one("Rounds completed", selected("fedimdb_server_rounds_completed_total"), "run", RUN),
-        PanelSpec("Round duration", (
-            Query(mean(ROUND_DURATION), legend("mean", RUN)),
-            Query(f"histogram_quantile(0.9, sum by (le, {RUN}) ({selected(ROUND_DURATION + '_bucket')}))",
-                  legend("p90", RUN)),
-        ), unit="s"),
-        one("Aggregation time (mean)", mean("fedimdb_server_aggregation_seconds"), "", RUN, unit="s"),
-        PanelSpec("Time in the current round", (
-            Query(f"time() - {selected('fedimdb_server_round_started_timestamp_seconds')}", legend("elapsed", RUN)),
-            Query(selected("fedimdb_server_round_timeout_seconds"), legend("timeout", RUN)),
-        ), unit="s"),
-    )),
-    ("Server: clients and traffic", (
-        one("Nodes online", selected("fedimdb_server_nodes_online"), "", RUN),
-        PanelSpec("Clients per round", tuple(
-            Query(selected(f"fedimdb_server_clients_{outcome}"), legend(outcome, RUN))
-            for outcome in ("sampled", "replied", "failed")
-        )),
-        one("Rounds since each client's last update",
-            f"{selected('fedimdb_server_round')} - on ({RUN}) group_right {selected('fedimdb_server_client_last_round')}",
-            "client", PARTITION, description="2 or more: the FedimdbClientSilent alert"),
-        PanelSpec("Weights sent / received", (
-            Query(selected("fedimdb_server_sent_bytes_total"), legend("sent", RUN)),
-            Query(selected("fedimdb_server_received_bytes_total"), legend("received", RUN)),
-        ), unit="bytes"),
-    )),
-    ("Server: central evaluation", (
-        one("Central accuracy", selected("fedimdb_server_central_accuracy"), "", RUN, width=12, unit="percentunit"),
-        one("Central loss", selected("fedimdb_server_central_loss"), "", RUN, width=12),
-    )),
-    ("Clients (one series per partition)", (
-        client("Reviews trained", "fedimdb_client_samples_trained_total"),
-        client("Training time", "fedimdb_client_train_seconds_total", unit="s"),
-        client("Training speed", "fedimdb_client_samples_per_second", unit="reqps"),
-        client("Local train loss", "fedimdb_client_train_loss"),
-        client("Local validation loss", "fedimdb_client_eval_loss"),
-        client("Local validation accuracy", "fedimdb_client_eval_accuracy", unit="percentunit"),
-        client("Update L2 norm", "fedimdb_client_update_norm"),
-        client("Last round answered", "fedimdb_client_last_round"),
-        client("ClientApp resident memory", "fedimdb_client_process_resident_memory_bytes", width=12, unit="bytes"),
-    )),
-    ("Experiment (orchestrate.py)", (
-        PanelSpec("Repeats", (
-            Query(selected("fedimdb_repeats_total", EXPERIMENT), "planned"),
-            Query(selected("fedimdb_repeats_completed_total", EXPERIMENT), "completed"),
-            Query(selected("fedimdb_repeats_failed_total", EXPERIMENT), "failed attempts"),
-        )),
-        PanelSpec("Repeat and round in progress", (
-            Query(selected("fedimdb_current_repeat", EXPERIMENT), "repeat"),
-            Query(selected("fedimdb_current_round", EXPERIMENT), "round"),
-        )),
-        one("ETA", selected("fedimdb_eta_seconds", EXPERIMENT), "", EXPERIMENT, kind=stat.Panel, unit="s"),
-        per_repeat("Final accuracy per repeat", "fedimdb_final_accuracy", unit="percentunit"),
-        per_repeat("Final loss per repeat", "fedimdb_final_loss", width=12),
-        per_repeat("Repeat duration", "fedimdb_repeat_duration_seconds", width=12, unit="s"),
-    )),
-)  # fmt: skip
+    (
+        "Server: run progress",
+        (
+            PanelSpec(
+                "Run", (Query(f"last_over_time({selected('fedimdb_server_run_info')}[1d])"),), table.Panel, width=12
+            ),
+            one("Run status", f"{selected('fedimdb_server_run_status')} == 1", "", STATUS, kind=stat.Panel),
+            one("Round in progress", selected("fedimdb_server_round"), "run", RUN, kind=stat.Panel),
+            one("Rounds completed", selected("fedimdb_server_rounds_completed_total"), "run", RUN),
+            PanelSpec(
+                "Round duration",
+                (
+                    Query(mean(ROUND_DURATION), legend("mean", RUN)),
+                    Query(
+                        f"histogram_quantile(0.9, sum by (le, {RUN}) ({selected(ROUND_DURATION + '_bucket')}))",
+                        legend("p90", RUN),
+                    ),
+                ),
+                unit="s",
+            ),
+            one("Aggregation time (mean)", mean("fedimdb_server_aggregation_seconds"), "", RUN, unit="s"),
+            PanelSpec(
+                "Time in the current round",
+                (
+                    Query(
+                        f"time() - {selected('fedimdb_server_round_started_timestamp_seconds')}", legend("elapsed", RUN)
+                    ),
+                    Query(selected("fedimdb_server_round_timeout_seconds"), legend("timeout", RUN)),
+                ),
+                unit="s",
+            ),
+        ),
+    ),
+    (
+        "Server: clients and traffic",
+        (
+            one("Nodes online", selected("fedimdb_server_nodes_online"), "", RUN),
+            PanelSpec(
+                "Clients per round",
+                tuple(
+                    Query(selected(f"fedimdb_server_clients_{outcome}"), legend(outcome, RUN))
+                    for outcome in ("sampled", "replied", "failed")
+                ),
+            ),
+            one(
+                "Rounds since each client's last update",
+                f"{selected('fedimdb_server_round')} - on ({RUN}) group_right {selected('fedimdb_server_client_last_round')}",
+                "client",
+                PARTITION,
+                description="2 or more: the FedimdbClientSilent alert",
+            ),
+            PanelSpec(
+                "Weights sent / received",
+                (
+                    Query(selected("fedimdb_server_sent_bytes_total"), legend("sent", RUN)),
+                    Query(selected("fedimdb_server_received_bytes_total"), legend("received", RUN)),
+                ),
+                unit="bytes",
+            ),
+        ),
+    ),
+    (
+        "Server: central evaluation",
+        (
+            one("Central accuracy", selected("fedimdb_server_central_accuracy"), "", RUN, width=12, unit="percentunit"),
+            one("Central loss", selected("fedimdb_server_central_loss"), "", RUN, width=12),
+        ),
+    ),
+    (
+        "Clients (one series per partition)",
+        (
+            client("Reviews trained", "fedimdb_client_samples_trained_total"),
+            client("Training time", "fedimdb_client_train_seconds_total", unit="s"),
+            client("Training speed", "fedimdb_client_samples_per_second", unit="reqps"),
+            client("Local train loss", "fedimdb_client_train_loss"),
+            client("Local validation loss", "fedimdb_client_eval_loss"),
+            client("Local validation accuracy", "fedimdb_client_eval_accuracy", unit="percentunit"),
+            client("Update L2 norm", "fedimdb_client_update_norm"),
+            client("Last round answered", "fedimdb_client_last_round"),
+            client("ClientApp resident memory", "fedimdb_client_process_resident_memory_bytes", width=12, unit="bytes"),
+        ),
+    ),
+    (
+        "Experiment (orchestrate.py)",
+        (
+            PanelSpec(
+                "Repeats",
+                (
+                    Query(selected("fedimdb_repeats_total", EXPERIMENT), "planned"),
+                    Query(selected("fedimdb_repeats_completed_total", EXPERIMENT), "completed"),
+                    Query(selected("fedimdb_repeats_failed_total", EXPERIMENT), "failed attempts"),
+                ),
+            ),
+            PanelSpec(
+                "Repeat and round in progress",
+                (
+                    Query(selected("fedimdb_current_repeat", EXPERIMENT), "repeat"),
+                    Query(selected("fedimdb_current_round", EXPERIMENT), "round"),
+                ),
+            ),
+            one("ETA", selected("fedimdb_eta_seconds", EXPERIMENT), "", EXPERIMENT, kind=stat.Panel, unit="s"),
+            per_repeat("Final accuracy per repeat", "fedimdb_final_accuracy", unit="percentunit"),
+            per_repeat("Final loss per repeat", "fedimdb_final_loss", width=12),
+            per_repeat("Repeat duration", "fedimdb_repeat_duration_seconds", width=12, unit="s"),
+        ),
+    ),
+)
 VARIABLES = ((RUN, "Run", "fedimdb_server_run_info"), (EXPERIMENT, "Experiment", "fedimdb_repeats_total"))
 
 
@@ -244,19 +290,33 @@ def variable(name: str, label: str, metric: str, source: DataSourceRef) -> Query
     query = f"label_values({metric}, {name})"
     everything = VariableOption(selected=True, text=["All"], value=["$__all"])
     return (
-        QueryVariable(name).label(label).datasource(source).query({"query": query, "refId": "vars"})
-        .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED).multi(True).include_all(True).all_value(".*")
-        .current(everything).sort(VariableSort.ALPHABETICAL_ASC)
-    )  # fmt: skip
+        QueryVariable(name)
+        .label(label)
+        .datasource(source)
+        .query({"query": query, "refId": "vars"})
+        .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .multi(True)
+        .include_all(True)
+        .all_value(".*")
+        .current(everything)
+        .sort(VariableSort.ALPHABETICAL_ASC)
+    )
 
 
 def build(source: DataSourceRef | None = None) -> Dashboard:
     """The fedimdb dashboard: its settings, selectors, then each row and its panels, numbered 1, 2, …"""
     source = source or datasource()
     dashboard = (
-        Dashboard(TITLE).uid(UID).tags(TAGS).description(DESCRIPTION).timezone(TimeZoneBrowser)
-        .editable().refresh("5s").time("now-1h", "now").version(1)
-    )  # fmt: skip
+        Dashboard(TITLE)
+        .uid(UID)
+        .tags(TAGS)
+        .description(DESCRIPTION)
+        .timezone(TimeZoneBrowser)
+        .editable()
+        .refresh("5s")
+        .time("now-1h", "now")
+        .version(1)
+    )
     for name, label, metric in VARIABLES:
         dashboard.with_variable(variable(name, label, metric, source))
     ids = itertools.count(1)

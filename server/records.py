@@ -117,8 +117,12 @@ class RoundLog:
                 row.update(partition_id="" if partition_id is None else partition_id, node_id=node_id)
                 return row
         row = dict.fromkeys(CLIENT_COLUMNS, "")
-        row.update(round=server_round, partition_id="" if partition_id is None else partition_id, node_id=node_id,
-                   status=ClientStatus.OK)  # fmt: skip
+        row.update(
+            round=server_round,
+            partition_id="" if partition_id is None else partition_id,
+            node_id=node_id,
+            status=ClientStatus.OK,
+        )
         self.clients.append(row)
         return row
 
@@ -205,7 +209,11 @@ class RoundLog:
             "round_seconds": time.monotonic() - self._started.get(server_round, time.monotonic()),
         }
         if central is not None:
-            row.update(central_loss=central.loss, central_accuracy=central.accuracy,
-                       central_examples=central.num_examples, central_eval_seconds=eval_seconds)  # fmt: skip
+            row.update(
+                central_loss=central.loss,
+                central_accuracy=central.accuracy,
+                central_examples=central.num_examples,
+                central_eval_seconds=eval_seconds,
+            )
         self.rounds.append(row)
         return row

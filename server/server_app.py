@@ -88,8 +88,16 @@ class RoundEnd:
     part included and LoRA merged in, is what is archived and evaluated.
     """
 
-    def __init__(self, cfg: RunConfig, tuned: Tuned, tokenizer: Any, artifacts: RunArtifacts, round_log: RoundLog,
-                 metrics: ServerMetrics, weight_log: WeightLog | None):  # fmt: skip
+    def __init__(
+        self,
+        cfg: RunConfig,
+        tuned: Tuned,
+        tokenizer: Any,
+        artifacts: RunArtifacts,
+        round_log: RoundLog,
+        metrics: ServerMetrics,
+        weight_log: WeightLog | None,
+    ):
         self.cfg, self.tuned, self.tokenizer = cfg, tuned, tokenizer
         self.artifacts, self.round_log, self.metrics, self.weight_log = artifacts, round_log, metrics, weight_log
         self.device = pick_device(cfg.device)
@@ -113,8 +121,14 @@ class RoundEnd:
     def evaluate(self, data: Examples) -> EvalResult:
         """Central evaluation of the global model on held-out rows."""
         cfg = self.cfg
-        return evaluate(self.tuned.model, self.tokenizer, data, batch_size=cfg.batch_size, max_length=cfg.max_length,
-                        device=self.device)  # fmt: skip
+        return evaluate(
+            self.tuned.model,
+            self.tokenizer,
+            data,
+            batch_size=cfg.batch_size,
+            max_length=cfg.max_length,
+            device=self.device,
+        )
 
     def record(self, server_round: int, res: EvalResult, seconds: float) -> None:
         """The initial evaluation goes to run.json; a round's rows to rounds.csv and clients.csv; both to metrics."""

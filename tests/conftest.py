@@ -62,8 +62,16 @@ RUN_MARK = "FEDIMDB_TEST_RUN"  # environment variable that marks one orchestrato
 # docs/benchmarks.md), so that both workers end at about the same time.
 DOCKER_UNIT = "docker"
 DOCKER_MODULES = ("test_compose", "test_docker_faults", "test_experiment_docker", "test_sites")
-LONGEST_FIRST = (DOCKER_UNIT, "test_reliability", "test_learning", "test_experiment_local", "test_e2e_local",
-                 "test_monitoring", "test_security", "test_orchestrate_cli")  # fmt: skip
+LONGEST_FIRST = (
+    DOCKER_UNIT,
+    "test_reliability",
+    "test_learning",
+    "test_experiment_local",
+    "test_e2e_local",
+    "test_monitoring",
+    "test_security",
+    "test_orchestrate_cli",
+)
 
 
 def _unit(nodeid: str) -> str:

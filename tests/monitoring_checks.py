@@ -98,8 +98,9 @@ def require_prometheus() -> None:
     if shutil.which("prometheus") and shutil.which("promtool"):
         return
     if os.environ.get("FEDIMDB_REQUIRE_PROMETHEUS") == "1":
-        raise RuntimeError("FEDIMDB_REQUIRE_PROMETHEUS=1 but prometheus/promtool are not on PATH: "
-                           "apt-get install prometheus")  # fmt: skip
+        raise RuntimeError(
+            "FEDIMDB_REQUIRE_PROMETHEUS=1 but prometheus/promtool are not on PATH: apt-get install prometheus"
+        )
     pytest.skip("no prometheus/promtool binaries (apt-get install prometheus)", allow_module_level=True)
 
 
@@ -120,8 +121,12 @@ class Prometheus:
 
     def __init__(self, config: Path, port: int, folder: Path) -> None:
         self.url = f"http://127.0.0.1:{port}"
-        self.args = ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={folder / 'data'}",
-                     f"--web.listen-address=127.0.0.1:{port}"]  # fmt: skip
+        self.args = [
+            "prometheus",
+            f"--config.file={config}",
+            f"--storage.tsdb.path={folder / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ]
         self.log = folder / "prometheus.log"
 
     def __enter__(self) -> Prometheus:
@@ -202,10 +207,12 @@ def build_monitoring_images(folder: Path) -> dict[str, str]:
     """
     base = os.environ.get("BASE_IMAGE", "fedimdb/python-base:bookworm")
     images = {
-        PROMETHEUS_TEST_IMAGE: (f"FROM {base}\nCOPY prometheus /bin/prometheus\nENTRYPOINT [\"/bin/prometheus\"]\n",
-                                [shutil.which("prometheus")]),
-        GRAFANA_STANDIN_IMAGE: (f"FROM {base}\nCMD [\"sleep\", \"infinity\"]\n", []),
-    }  # fmt: skip
+        PROMETHEUS_TEST_IMAGE: (
+            f'FROM {base}\nCOPY prometheus /bin/prometheus\nENTRYPOINT ["/bin/prometheus"]\n',
+            [shutil.which("prometheus")],
+        ),
+        GRAFANA_STANDIN_IMAGE: (f'FROM {base}\nCMD ["sleep", "infinity"]\n', []),
+    }
     for tag, (dockerfile, files) in images.items():
         context = folder / tag.replace("/", "-").replace(":", "-")
         context.mkdir(parents=True)

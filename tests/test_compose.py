@@ -184,8 +184,11 @@ def test_tls_and_supernode_authentication_by_default(stack) -> None:
     assert (str(creds / "server" / "ca.pem"), "/credentials/ca.pem", False) in _mounts(stack, "runner")
     assert sorted(p.name for p in (creds / "client-3").iterdir()) == ["auth.key", "auth.pub", "ca.pem"]
     assert not list((creds / "server").rglob("auth.key")), "no client's private key is in the server's folder"
-    every = {source for service in ("server", "runner", *(f"client-{k}" for k in range(10)))
-             for source, _, _ in _mounts(stack, service)}  # fmt: skip
+    every = {
+        source
+        for service in ("server", "runner", *(f"client-{k}" for k in range(10)))
+        for source, _, _ in _mounts(stack, service)
+    }
     assert str(creds) not in every and not any(s.endswith("ca.key") for s in every), "the CA key is mounted nowhere"
 
 
@@ -236,8 +239,9 @@ def test_the_main_command_says_why_preparation_failed(stack, tmp_path: Path) -> 
     env = {"FEDIMDB_SHARDS_DIR": str(tmp_path / "shards"), "CREDENTIALS_DIR": str(tmp_path / "credentials")}
     files, project = [ROOT / "docker-compose.yml", override], f"fedimdb-test-{secrets.token_hex(3)}"
     try:  # the main command as the README gives it (the images are the stack fixture's)
-        up = compose(files, "up", "--exit-code-from", "runner", "--no-attach", "prepare", env=env, project=project,
-                     timeout=600)  # fmt: skip
+        up = compose(
+            files, "up", "--exit-code-from", "runner", "--no-attach", "prepare", env=env, project=project, timeout=600
+        )
     finally:
         compose(files, "down", "-v", "-t", "5", env=env, project=project)
     out = " ".join((up.stdout + up.stderr).split())

@@ -69,11 +69,23 @@ def _wait_for_round(client, project: str, rounds: int, deadline: float) -> None:
 @pytest.fixture
 def monitoring(tmp_path: Path):
     """The monitoring profile's images and host ports; the monitoring project is removed afterwards."""
-    env = {**build_monitoring_images(tmp_path / "images"), "PROMETHEUS_PORT": str(free_port()),
-           "GRAFANA_PORT": str(free_port())}  # fmt: skip
+    env = {
+        **build_monitoring_images(tmp_path / "images"),
+        "PROMETHEUS_PORT": str(free_port()),
+        "GRAFANA_PORT": str(free_port()),
+    }
     yield env
-    down = compose([ROOT / "docker-compose.yml"], "--profile", MONITORING_PROFILE, "down", "-v", "-t", "5",
-                   project=MONITORING_PROJECT, timeout=300)  # fmt: skip
+    down = compose(
+        [ROOT / "docker-compose.yml"],
+        "--profile",
+        MONITORING_PROFILE,
+        "down",
+        "-v",
+        "-t",
+        "5",
+        project=MONITORING_PROJECT,
+        timeout=300,
+    )
     assert down.returncode == 0, down.stderr
 
 
@@ -81,9 +93,25 @@ def test_crashed_client_containers_restart_and_rejoin(imdb_dir: Path, tmp_path: 
     import docker
 
     client = docker.from_env()
-    args = ["--backend", "docker", "--monitoring", "--model", "tiny", "--clients", "10", "--rounds", str(ROUNDS),
-            "--retries", "0", "--data-source", str(imdb_dir), "--shards-dir", str(tmp_path / "shards"),
-            "--out", str(tmp_path / "results")] + [a for s in SETTINGS for a in ("--set", s)]  # fmt: skip
+    args = [
+        "--backend",
+        "docker",
+        "--monitoring",
+        "--model",
+        "tiny",
+        "--clients",
+        "10",
+        "--rounds",
+        str(ROUNDS),
+        "--retries",
+        "0",
+        "--data-source",
+        str(imdb_dir),
+        "--shards-dir",
+        str(tmp_path / "shards"),
+        "--out",
+        str(tmp_path / "results"),
+    ] + [a for s in SETTINGS for a in ("--set", s)]
     fault = ",".join(f"{k}:slow=10" for k in KILLED)
     start = time.time()
     with Orchestrator(*args, env={faults.FAULT_VAR: fault, **monitoring}) as run:

@@ -83,8 +83,10 @@ def test_prometheus_parses_every_query(dashboard: dict[str, Any], tmp_path: Path
     """promtool parses each query (the selectors at "all") as a recording rule: a PromQL slip fails here, fast."""
     require_prometheus()
     everything = {"run": ".*", "experiment": ".*"}
-    rules = [{"record": f"dashboard_query_{i}", "expr": substitute(q.expr, everything)}
-             for i, q in enumerate(panel_queries(dashboard))]  # fmt: skip
+    rules = [
+        {"record": f"dashboard_query_{i}", "expr": substitute(q.expr, everything)}
+        for i, q in enumerate(panel_queries(dashboard))
+    ]
     path = tmp_path / "queries.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     done = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, text=True, timeout=60)

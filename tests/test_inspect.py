@@ -62,28 +62,68 @@ ROUNDS = 3
 PARTITIONS = 4
 # layer group -> its update L2 norm in rounds 1..3; summed: layer.0 6, embeddings 3, classifier 1.5, pooler 0
 GROUP_UPDATES = {"embeddings": 1.0, "layer.0": 2.0, "classifier": 0.5, "pooler": 0.0}
-TENSORS = {"embeddings": "bert.embeddings.word_embeddings.weight", "layer.0": "bert.encoder.layer.0.output.dense.weight",
-           "classifier": "classifier.weight", "pooler": "bert.pooler.dense.weight"}  # fmt: skip
+TENSORS = {
+    "embeddings": "bert.embeddings.word_embeddings.weight",
+    "layer.0": "bert.encoder.layer.0.output.dense.weight",
+    "classifier": "classifier.weight",
+    "pooler": "bert.pooler.dense.weight",
+}
 
 
 # ---------------------------------------------------------------- synthetic statistics
 
 
-def stat_row(server_round: int, scope: str, name: str, group: str, update: float | None = None,
-             relative: float | None = None, nonfinite: int = 0) -> dict[str, Any]:  # fmt: skip
+def stat_row(
+    server_round: int,
+    scope: str,
+    name: str,
+    group: str,
+    update: float | None = None,
+    relative: float | None = None,
+    nonfinite: int = 0,
+) -> dict[str, Any]:
     """A weight_stats.csv row (moments are filler: the report does not read them)."""
-    return {"round": server_round, "scope": scope, "name": name, "group": group, "numel": 10, "l2_norm": 1.0,
-            "mean": 0.0, "std": 1.0, "min": -1.0, "max": 1.0, "zero_fraction": 0.0, "nonfinite": nonfinite,
-            "update_l2_norm": "" if update is None else update,
-            "relative_update": "" if relative is None else relative}  # fmt: skip
+    return {
+        "round": server_round,
+        "scope": scope,
+        "name": name,
+        "group": group,
+        "numel": 10,
+        "l2_norm": 1.0,
+        "mean": 0.0,
+        "std": 1.0,
+        "min": -1.0,
+        "max": 1.0,
+        "zero_fraction": 0.0,
+        "nonfinite": nonfinite,
+        "update_l2_norm": "" if update is None else update,
+        "relative_update": "" if relative is None else relative,
+    }
 
 
-def client_row(server_round: int, partition: int, cosine: float = 0.5, norm_z: float = 0.0, cosine_z: float = 0.0,
-               outlier: bool = False, nonfinite: int = 0) -> dict[str, Any]:  # fmt: skip
+def client_row(
+    server_round: int,
+    partition: int,
+    cosine: float = 0.5,
+    norm_z: float = 0.0,
+    cosine_z: float = 0.0,
+    outlier: bool = False,
+    nonfinite: int = 0,
+) -> dict[str, Any]:
     """A client_updates.csv row."""
-    return {"round": server_round, "partition_id": partition, "num_examples": 10, "example_share": 1 / PARTITIONS,
-            "update_l2_norm": 1.0, "cosine_to_aggregate": cosine, "distance_to_aggregate": 0.5, "norm_z": norm_z,
-            "cosine_z": cosine_z, "outlier": outlier, "nonfinite": nonfinite}  # fmt: skip
+    return {
+        "round": server_round,
+        "partition_id": partition,
+        "num_examples": 10,
+        "example_share": 1 / PARTITIONS,
+        "update_l2_norm": 1.0,
+        "cosine_to_aggregate": cosine,
+        "distance_to_aggregate": 0.5,
+        "norm_z": norm_z,
+        "cosine_z": cosine_z,
+        "outlier": outlier,
+        "nonfinite": nonfinite,
+    }
 
 
 def healthy_stats(model_norms: list[float] | None = None, relative: float = 0.01) -> list[dict[str, Any]]:
@@ -125,7 +165,11 @@ def healthy(tmp_path: Path) -> Path:
 def test_layer_groups_ranked_by_summed_update_norm(healthy: Path) -> None:
     report = read_run(healthy)
     assert [(g.group, g.total_update_l2_norm, g.rounds) for g in report.groups] == [
-        ("layer.0", 6.0, 3), ("embeddings", 3.0, 3), ("classifier", 1.5, 3), ("pooler", 0.0, 3)]  # fmt: skip
+        ("layer.0", 6.0, 3),
+        ("embeddings", 3.0, 3),
+        ("classifier", 1.5, 3),
+        ("pooler", 0.0, 3),
+    ]
     assert report.groups[0].mean_relative_update == pytest.approx(0.02)
     assert report.update_norms == {1: 3.0, 2: 3.0, 3: 3.0} and report.rounds == ROUNDS
     assert report.group_update_norms["layer.0"] == {1: 2.0, 2: 2.0, 3: 2.0}
@@ -143,7 +187,9 @@ def test_outlier_clients_listed(tmp_path: Path) -> None:
     clients[2 * PARTITIONS + 3] = client_row(3, 3, norm_z=-5.0, outlier=True)
     report = read_run(write_run(tmp_path, healthy_stats(), clients))
     assert [(o.round, o.partition_id, o.norm_z, o.cosine_z) for o in report.outliers] == [
-        (2, 1, 9.5, -4.0), (3, 3, -5.0, 0.0)]  # fmt: skip
+        (2, 1, 9.5, -4.0),
+        (3, 3, -5.0, 0.0),
+    ]
     assert "round 2: client 1 (norm z 9.50, cosine z -4.00" in render_text(report)
 
 
@@ -332,8 +378,9 @@ def held_out_folder(folder: Path, rows: int = 40) -> Path:
 def synthetic_run(run_dir: Path, held_out: Path, final: bool = True) -> dict[int, Any]:
     """Rounds 0 and 1 of the tiny model archived as the ServerApp does; evaluated as it does; the results by round."""
     model, tokenizer = load_model("tiny", 3)
-    config = RunConfig(model="tiny", device="cpu", held_out_dir=str(held_out),
-                       **{k.replace("-", "_"): v for k, v in EVAL.items()})  # fmt: skip
+    config = RunConfig(
+        model="tiny", device="cpu", held_out_dir=str(held_out), **{k.replace("-", "_"): v for k, v in EVAL.items()}
+    )
     artifacts = RunArtifacts(run_dir, {"config": config.as_dict(), "data": RECIPE})
     with tempfile.TemporaryDirectory() as tmp:
         model.config.save_pretrained(tmp)
@@ -341,18 +388,34 @@ def synthetic_run(run_dir: Path, held_out: Path, final: bool = True) -> dict[int
         artifacts.add_folder(Path(tmp), WEIGHTS_DIR)
     generator = torch.Generator().manual_seed(0)
     start = {k: v.clone() for k, v in model.state_dict().items()}
-    states = {0: start, 1: {k: v + 0.05 * torch.randn(v.shape, generator=generator) if v.is_floating_point() else v
-                            for k, v in start.items()}}  # fmt: skip
+    states = {
+        0: start,
+        1: {
+            k: v + 0.05 * torch.randn(v.shape, generator=generator) if v.is_floating_point() else v
+            for k, v in start.items()
+        },
+    }
     rows = read_split(held_out, "test").head(EVAL["eval-rows"])
     results = {}
     for k, state in states.items():
         artifacts.write_weights(round_weights_name(k), state)
         load_state(model, state)
-        results[k] = evaluate(model, tokenizer, rows, batch_size=EVAL["batch-size"], max_length=EVAL["max-length"],
-                              device=torch.device("cpu"))  # fmt: skip
+        results[k] = evaluate(
+            model,
+            tokenizer,
+            rows,
+            batch_size=EVAL["batch-size"],
+            max_length=EVAL["max-length"],
+            device=torch.device("cpu"),
+        )
     artifacts.update(**{"initial-evaluation": results[0].as_dict()})
-    row = {**dict.fromkeys(ROUND_COLUMNS, ""), "round": 1, "central_loss": results[1].loss,
-           "central_accuracy": results[1].accuracy, "central_examples": results[1].num_examples}  # fmt: skip
+    row = {
+        **dict.fromkeys(ROUND_COLUMNS, ""),
+        "round": 1,
+        "central_loss": results[1].loss,
+        "central_accuracy": results[1].accuracy,
+        "central_examples": results[1].num_examples,
+    }
     artifacts.write_csv(ROUNDS_FILE, ROUND_COLUMNS, [row])
     if final:
         artifacts.write_weights(f"{WEIGHTS_DIR}/{FINAL_WEIGHTS}", states[1])
@@ -391,8 +454,14 @@ def test_evaluate_on_a_parquet_file_and_fewer_rows(run_folder: tuple[Path, dict[
     pq.write_table(pa.table({"text": texts, "label": labels}), tmp_path / "mine.parquet")
     model, tokenizer = load_model("tiny", 0)
     load_state(model, load_file(run_dir / round_weights_name(1)))
-    direct = evaluate(model, tokenizer, Examples(texts, labels), batch_size=EVAL["batch-size"],
-                      max_length=EVAL["max-length"], device=torch.device("cpu"))  # fmt: skip
+    direct = evaluate(
+        model,
+        tokenizer,
+        Examples(texts, labels),
+        batch_size=EVAL["batch-size"],
+        max_length=EVAL["max-length"],
+        device=torch.device("cpu"),
+    )
     out = evaluate_round(run_dir, 1, tmp_path / "mine.parquet")
     assert (out.accuracy, out.loss, out.examples) == (direct.accuracy, direct.loss, 3)
     assert not out.same_rows and out.matches is None and out.recorded_accuracy is not None

@@ -28,8 +28,9 @@ SETTINGS = [
 
 
 def test_minilm_accuracy_rises_round_by_round(imdb_dir: Path, tmp_path: Path) -> None:
-    args = local_run_args(tmp_path / "results", tmp_path / "shards", imdb_dir, clients=CLIENTS, rounds=ROUNDS,
-                          settings=SETTINGS)  # fmt: skip
+    args = local_run_args(
+        tmp_path / "results", tmp_path / "shards", imdb_dir, clients=CLIENTS, rounds=ROUNDS, settings=SETTINGS
+    )
     run = orchestrate(*args, "--model", "minilm", "--partitioner", "iid", timeout=1400)
     assert run.returncode == 0, run.stderr[-5000:]
     (run_dir,) = (exp / "repeat-0" for exp in (tmp_path / "results").iterdir())

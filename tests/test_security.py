@@ -45,8 +45,13 @@ def test_credentials_are_private_and_never_overwritten(tmp_path: Path) -> None:
 
 
 def _nodes(env: dict[str, str]) -> list[dict]:
-    out = subprocess.run(["flwr", "supernode", "list", LOCAL_CONNECTION, "--format", "json"], env=env, capture_output=True,
-                         text=True, timeout=120)  # fmt: skip
+    out = subprocess.run(
+        ["flwr", "supernode", "list", LOCAL_CONNECTION, "--format", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     return json.loads(out.stdout)["nodes"]
 
 
@@ -68,11 +73,15 @@ def test_unregistered_keys_and_plaintext_are_refused(tmp_path: Path) -> None:
     shutil.copy(creds.ca, stranger.ca)  # ... that trusts the federation's CA
     env = process_env(RunConfig(num_clients=1), tmp_path / "flwr-home")
     with LocalFederation(tmp_path, 1, tmp_path / "logs", env, warm_clients=False, credentials=creds) as fed:
-        argv = {"unregistered": supernode_argv(fed.fleet_address, 0, str(tmp_path), free_port(), stranger),
-                "plaintext": supernode_argv(fed.fleet_address, 0, str(tmp_path), free_port(), None)}  # fmt: skip
+        argv = {
+            "unregistered": supernode_argv(fed.fleet_address, 0, str(tmp_path), free_port(), stranger),
+            "plaintext": supernode_argv(fed.fleet_address, 0, str(tmp_path), free_port(), None),
+        }
         logs = {name: open(tmp_path / f"{name}.log", "wb") for name in argv}  # noqa: SIM115 - closed below
-        procs = {name: subprocess.Popen(a, stdout=logs[name], stderr=subprocess.STDOUT, env=fed.env)
-                 for name, a in argv.items()}  # fmt: skip
+        procs = {
+            name: subprocess.Popen(a, stdout=logs[name], stderr=subprocess.STDOUT, env=fed.env)
+            for name, a in argv.items()
+        }
         try:
             assert procs["unregistered"].wait(timeout=120) != 0
             knocks = _knocks(tmp_path / "plaintext.log", procs["plaintext"], times=2, timeout=120)
@@ -91,8 +100,14 @@ def test_unregistered_keys_and_plaintext_are_refused(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_a_run_with_tls_and_registered_keys_completes(imdb_dir: Path, tmp_path: Path) -> None:
-    args = local_run_args(tmp_path / "results", tmp_path / "shards", imdb_dir, clients=2, rounds=1,
-                          settings=["max-steps=1", "batch-size=8", "eval-rows=16", "local-eval-rows=8"])  # fmt: skip
+    args = local_run_args(
+        tmp_path / "results",
+        tmp_path / "shards",
+        imdb_dir,
+        clients=2,
+        rounds=1,
+        settings=["max-steps=1", "batch-size=8", "eval-rows=16", "local-eval-rows=8"],
+    )
     run = orchestrate(*args, "--metrics-port", "0", env={"FEDIMDB_TLS_AUTH": "true"}, timeout=480)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "SuperNodes connect over gRPC (TLS, registered keys)" in " ".join(run.stderr.split())

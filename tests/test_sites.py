@@ -43,8 +43,12 @@ def test_two_site_projects_and_the_server_project_complete_a_run(imdb_dir: Path,
     settings = build_override(SITES, SETTINGS, {"data-source": str(imdb_dir)}, RUN_NAME, client_services=False)
     override.write_text(yaml.safe_dump(settings))
     port, token = free_port(), secrets.token_hex(3)
-    env = {"FEDIMDB_SHARDS_DIR": str(tmp_path / "shards"), "CREDENTIALS_DIR": str(tmp_path / "credentials"),
-           "FLEET_PUBLISH_PORT": str(port), "SERVER_PUBLIC_NAME": PUBLIC_NAME}  # fmt: skip
+    env = {
+        "FEDIMDB_SHARDS_DIR": str(tmp_path / "shards"),
+        "CREDENTIALS_DIR": str(tmp_path / "credentials"),
+        "FLEET_PUBLISH_PORT": str(port),
+        "SERVER_PUBLIC_NAME": PUBLIC_NAME,
+    }
     server_files, site_files = [ROOT / "docker-compose.server.yml", override], [ROOT / "docker-compose.site.yml"]
     server, sites = f"fedimdb-server-{token}", [f"fedimdb-site{k}-{token}" for k in range(SITES)]
     site_env = [{**env, "PARTITION_ID": str(k), "SUPERLINK_ADDRESS": f"{PUBLIC_NAME}:{port}"} for k in range(SITES)]

@@ -22,10 +22,16 @@ def test_layer_groups_of_a_bert_classifier() -> None:
 
 
 def test_tensor_group_and_model_statistics() -> None:
-    previous = {"bert.encoder.layer.0.w": torch.zeros(2, 2), "classifier.weight": torch.tensor([3.0, 4.0]),
-                "steps": torch.tensor([7])}  # fmt: skip
-    state = {"bert.encoder.layer.0.w": torch.tensor([[0.0, 0.0], [3.0, float("nan")]]),
-             "classifier.weight": torch.tensor([3.0, 4.0]), "steps": torch.tensor([9])}  # fmt: skip
+    previous = {
+        "bert.encoder.layer.0.w": torch.zeros(2, 2),
+        "classifier.weight": torch.tensor([3.0, 4.0]),
+        "steps": torch.tensor([7]),
+    }
+    state = {
+        "bert.encoder.layer.0.w": torch.tensor([[0.0, 0.0], [3.0, float("nan")]]),
+        "classifier.weight": torch.tensor([3.0, 4.0]),
+        "steps": torch.tensor([9]),
+    }
     rows = weight_rows(2, state, previous)
     tensors = _rows(rows, TENSOR)
     assert set(tensors) == {"bert.encoder.layer.0.w", "classifier.weight"}, "integer buffers are left out"

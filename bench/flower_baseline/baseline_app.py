@@ -45,8 +45,12 @@ def main(grid: Grid, context: Context) -> None:
         stamps.append(time.monotonic())
 
     strategy = FedAvg(min_train_nodes=nodes, min_evaluate_nodes=nodes, min_available_nodes=nodes)
-    strategy.start(grid=grid, initial_arrays=random_arrays(int(cfg["num-params"])),
-                   num_rounds=int(cfg["num-rounds"]), evaluate_fn=clock)  # fmt: skip
+    strategy.start(
+        grid=grid,
+        initial_arrays=random_arrays(int(cfg["num-params"])),
+        num_rounds=int(cfg["num-rounds"]),
+        evaluate_fn=clock,
+    )
     seconds = [b - a for a, b in itertools.pairwise(stamps)]
     Path(str(cfg["output-dir"]), ROUNDS_FILE).write_text(json.dumps({"round-seconds": seconds}))
 

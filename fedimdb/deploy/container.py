@@ -93,8 +93,9 @@ def main(argv: list[str] | None = None) -> None:
     except (KeyError, ValueError):
         sys.exit("supernode: set PARTITION_ID to this client's partition number (0, 1, ...)")
     superlink = os.environ.get(SUPERLINK_ADDRESS_VAR) or f"{SERVER_HOST}:{FLEET_PORT}"
-    cmd = supernode_argv(superlink, partition_id, CLIENT_SHARD_MOUNT,
-                         credentials=NodeCredentials(mount) if mount else None)  # fmt: skip
+    cmd = supernode_argv(
+        superlink, partition_id, CLIENT_SHARD_MOUNT, credentials=NodeCredentials(mount) if mount else None
+    )
     if experiment.warm_clients:
         cmd = forkserver.argv(cmd)
     os.environ.update(exporter.start(experiment.client_metrics_port))  # its ClientApps record for the exporter

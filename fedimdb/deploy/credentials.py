@@ -119,8 +119,13 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def _certificate(subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Certificate | None,
-                 issuer_key: ec.EllipticCurvePrivateKey, names: tuple[str, ...] = ()) -> x509.Certificate:  # fmt: skip
+def _certificate(
+    subject: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: x509.Certificate | None,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    names: tuple[str, ...] = (),
+) -> x509.Certificate:
     """A CA certificate (no ``issuer``) or a server certificate for ``names`` signed by the CA."""
     now = datetime.datetime.now(datetime.timezone.utc)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
@@ -135,8 +140,9 @@ def _certificate(subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Cer
         .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True)
     )
     if names:
-        sans = [x509.IPAddress(ipaddress.ip_address(n)) if n.replace(".", "").isdigit() else x509.DNSName(n)
-                for n in names]  # fmt: skip
+        sans = [
+            x509.IPAddress(ipaddress.ip_address(n)) if n.replace(".", "").isdigit() else x509.DNSName(n) for n in names
+        ]
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     return builder.sign(issuer_key, hashes.SHA384())
 
@@ -171,8 +177,10 @@ def _load_or_make_ca(creds: Credentials, server_names: tuple[str, ...]) -> bytes
     if creds.ca.exists():
         missing = set(server_names) - _server_names(creds.server.cert)
         if missing:
-            raise FileExistsError(f"{creds.server.cert} does not name {', '.join(sorted(missing))} and is never "
-                                  f"overwritten: delete {creds.root} to make new credentials for every party")  # fmt: skip
+            raise FileExistsError(
+                f"{creds.server.cert} does not name {', '.join(sorted(missing))} and is never "
+                f"overwritten: delete {creds.root} to make new credentials for every party"
+            )
         return creds.ca.read_bytes()
     if creds.server.cert.exists():
         raise FileExistsError(f"{creds.server.cert} exists without {creds.ca}; delete {creds.root} to make new ones")
@@ -192,8 +200,9 @@ def _make_node(creds: Credentials, partition_id: int, ca_pem: bytes) -> None:
     """SuperNode ``partition_id``'s folder and its public key in the server's ``nodes/``."""
     node = creds.node(partition_id)
     key = ec.generate_private_key(CURVE)
-    openssh = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                serialization.NoEncryption())  # fmt: skip
+    openssh = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    )
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     _write(node.ca, ca_pem, private=False)
     _write(creds.server.node_public_key(partition_id), public + b"\n", private=False)
@@ -230,8 +239,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m fedimdb.deploy.credentials", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="the credentials folder (what it lacks is added)")
     p.add_argument("--clients", type=int, required=True, help="one key pair per SuperNode")
-    p.add_argument("--server-name", action="append", default=[],
-                   help=f"another name the SuperLink is reached by, for its certificate (always: {SERVER_NAMES})")  # fmt: skip
+    p.add_argument(
+        "--server-name",
+        action="append",
+        default=[],
+        help=f"another name the SuperLink is reached by, for its certificate (always: {SERVER_NAMES})",
+    )
     p.add_argument("--owner", help="hand the folder to this user afterwards (the containers' user, when run as root)")
     a = p.parse_args(argv)
     try:

@@ -118,13 +118,16 @@ class DockerStack(Stack):
         run_settings = {k: v for k, v in job.run.as_dict().items() if k not in ("held-out-dir", "output-dir")}
         data_settings = {k: v for k, v in job.data.as_dict().items() if k != "shards-dir"}
         monitoring = job.nodes.monitoring
-        override = build_override(job.run.num_clients, run_settings, data_settings, job.run_dir.name,
-                                  monitoring=monitoring)  # fmt: skip
+        override = build_override(
+            job.run.num_clients, run_settings, data_settings, job.run_dir.name, monitoring=monitoring
+        )
         if monitoring:
             with stack_failures("starting Prometheus and Grafana"):
                 ensure_up(self.compose_file, self.env)
-            self.log(f"monitoring: Prometheus and Grafana up as Compose project {MONITORING_PROJECT}, left up after "
-                     f"the experiment (ports PROMETHEUS_PORT, GRAFANA_PORT in .env); stop with: {STOP_COMMAND}")  # fmt: skip
+            self.log(
+                f"monitoring: Prometheus and Grafana up as Compose project {MONITORING_PROJECT}, left up after "
+                f"the experiment (ports PROMETHEUS_PORT, GRAFANA_PORT in .env); stop with: {STOP_COMMAND}"
+            )
         self.work.mkdir(parents=True, exist_ok=True)
         self.files[1].write_text(yaml.safe_dump(override))
         self.log(f"docker compose project {job.name}: {job.run.num_clients} client containers")
@@ -153,8 +156,10 @@ class DockerStack(Stack):
         for server in service_containers(self.client, self.job.name, SERVER_HOST):
             if server.status in ("exited", "dead") and runner.status == "running":
                 code = server.attrs["State"]["ExitCode"]
-                raise ComposeRunError(f"the server container exited with code {code} mid-run; its last lines:\n"
-                                      f"{server.logs(tail=10).decode(errors='replace')}")  # fmt: skip
+                raise ComposeRunError(
+                    f"the server container exited with code {code} mid-run; its last lines:\n"
+                    f"{server.logs(tail=10).decode(errors='replace')}"
+                )
         return read_run_file(runner, self.job.run_dir.name)
 
     def run(self, on_round: RoundCallback) -> None:
@@ -165,8 +170,14 @@ class DockerStack(Stack):
     def _follow(self, on_round: RoundCallback) -> None:
         runner, progress = self._runner(), RoundProgress(on_round)
         while True:
-            meta = patiently(lambda: self._status(runner), retry_on=UNANSWERED, what="the Docker daemon",
-                             patience=DOCKER_PATIENCE, give_up=ComposeRunError, log=self.log)  # fmt: skip
+            meta = patiently(
+                lambda: self._status(runner),
+                retry_on=UNANSWERED,
+                what="the Docker daemon",
+                patience=DOCKER_PATIENCE,
+                give_up=ComposeRunError,
+                log=self.log,
+            )
             progress.update(int((meta or {}).get(ROUNDS_COMPLETED, 0)))
             if runner.status not in ("created", "running", "restarting"):
                 break

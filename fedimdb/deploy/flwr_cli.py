@@ -77,9 +77,12 @@ def _flwr(args: list[str], env: Mapping[str, str]) -> dict[str, Any]:
     timeout = CALL_TIMEOUT
     try:
         proc = subprocess.run(
-            ["flwr", *args, "--format", "json"], env={**os.environ, **env}, capture_output=True, text=True,
+            ["flwr", *args, "--format", "json"],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
             timeout=timeout,
-        )  # fmt: skip
+        )
     except subprocess.TimeoutExpired:
         raise ControlUnanswered(f"flwr {args[0]} got no answer within {timeout:.0f} s") from None
     try:
@@ -156,8 +159,14 @@ def wait_for_run(
         return FlowerRunError(f"{silence}: it is down or starved; see its log, and give the machine fewer clients")
 
     while True:
-        entry = patiently(lambda: run_status(connection, run_id, env), retry_on=(ControlUnanswered,),
-                          what="the SuperLink's Control API", patience=patience, give_up=dead, log=log)  # fmt: skip
+        entry = patiently(
+            lambda: run_status(connection, run_id, env),
+            retry_on=(ControlUnanswered,),
+            what="the SuperLink's Control API",
+            patience=patience,
+            give_up=dead,
+            log=log,
+        )
         if str(entry["status"]).startswith(FINISHED_PREFIX):
             return entry
         if time.monotonic() > deadline:

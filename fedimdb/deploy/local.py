@@ -131,8 +131,10 @@ class LocalFederation:
             if proc.poll() is None:
                 continue
             if self.restarts[k] >= MAX_NODE_RESTARTS:
-                raise StackError(f"SuperNode {k} exited {self.restarts[k] + 1} times (last code {proc.returncode}); "
-                                   f"see {self.workdir / f'supernode-{k}.log'}")  # fmt: skip
+                raise StackError(
+                    f"SuperNode {k} exited {self.restarts[k] + 1} times (last code {proc.returncode}); "
+                    f"see {self.workdir / f'supernode-{k}.log'}"
+                )
             restart_at = self._restart_at[k]
             if restart_at is None:
                 backoff = min(RESTART_BACKOFF * 2 ** self.restarts[k], RESTART_BACKOFF_MAX)
@@ -145,8 +147,10 @@ class LocalFederation:
         self._restart_at[k] = None
         self.supernodes[k] = self._spawn(list(command_line(exited)), f"supernode-{k}.log", mode="ab")
         self.on_restart()
-        self.log(f"SuperNode {k} exited with code {exited.returncode}; restarted it "
-                 f"({self.restarts[k]} of {MAX_NODE_RESTARTS} restarts)")  # fmt: skip
+        self.log(
+            f"SuperNode {k} exited with code {exited.returncode}; restarted it "
+            f"({self.restarts[k]} of {MAX_NODE_RESTARTS} restarts)"
+        )
 
     def stop(self, grace: float = 10.0) -> None:
         """SIGTERM every process group, then SIGKILL whatever is left of them after ``grace`` s."""
@@ -192,13 +196,21 @@ class LocalStack(Stack):
         home = Path(self._flwr_home.name)
         creds = make_credentials(home / "credentials", job.run.num_clients) if job.nodes.tls_auth else None
         self.federation = LocalFederation(
-            job.shards, job.run.num_clients, job.run_dir / LOGS_DIR, self.env, job.nodes.warm_clients, creds, self.log,
+            job.shards,
+            job.run.num_clients,
+            job.run_dir / LOGS_DIR,
+            self.env,
+            job.nodes.warm_clients,
+            creds,
+            self.log,
             on_restart=lambda: self.on_handle(self.handle()),
-        )  # fmt: skip
+        )
         self.federation.__enter__()
         how = "TLS, registered keys" if creds else "plaintext"
-        self.log(f"{job.run.num_clients} SuperNodes connect over gRPC ({how}) to the SuperLink at "
-                 f"{self.federation.fleet_address}")  # fmt: skip
+        self.log(
+            f"{job.run.num_clients} SuperNodes connect over gRPC ({how}) to the SuperLink at "
+            f"{self.federation.fleet_address}"
+        )
 
     def run(self, on_round: RoundCallback) -> None:
         """``flwr run`` against the local SuperLink, followed to its end."""

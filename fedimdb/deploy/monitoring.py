@@ -26,8 +26,19 @@ CLIENTS_ALIAS = "fedimdb-clients"  # every client container's name on the networ
 
 def ensure_up(compose_file: Path, env: Mapping[str, str]) -> None:
     """Start Prometheus and Grafana as :data:`MONITORING_PROJECT` unless they run already."""
-    cmd = ["docker", "compose", "-p", MONITORING_PROJECT, "-f", str(compose_file), "--profile", MONITORING_PROFILE,
-           "up", "--detach", *MONITORING_SERVICES]  # fmt: skip
+    cmd = [
+        "docker",
+        "compose",
+        "-p",
+        MONITORING_PROJECT,
+        "-f",
+        str(compose_file),
+        "--profile",
+        MONITORING_PROFILE,
+        "up",
+        "--detach",
+        *MONITORING_SERVICES,
+    ]
     done = subprocess.run(cmd, cwd=compose_file.parent, env=dict(env), capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         raise StackError(

@@ -29,8 +29,15 @@ def superlink_argv(fleet_address: str, host: str, port: int, credentials: Server
     """
     security = ["--insecure"]
     if credentials is not None:
-        security = ["--ssl-ca-certfile", str(credentials.ca), "--ssl-certfile", str(credentials.cert),
-                    "--ssl-keyfile", str(credentials.key), "--enable-supernode-auth"]  # fmt: skip
+        security = [
+            "--ssl-ca-certfile",
+            str(credentials.ca),
+            "--ssl-certfile",
+            str(credentials.cert),
+            "--ssl-keyfile",
+            str(credentials.key),
+            "--enable-supernode-auth",
+        ]
     return [
         "flower-superlink",
         *security,
@@ -56,8 +63,7 @@ def supernode_argv(
     node_config = f'{NODE_PARTITION_ID}={partition_id} {NODE_SHARD_DIR}="{shard_dir}"'
     security = ["--insecure"]
     if credentials is not None:
-        security = ["--root-certificates", str(credentials.ca),
-                    "--auth-supernode-private-key", str(credentials.key)]  # fmt: skip
+        security = ["--root-certificates", str(credentials.ca), "--auth-supernode-private-key", str(credentials.key)]
     return [
         "flower-supernode",
         *security,

@@ -39,15 +39,26 @@ def report_parser() -> argparse.ArgumentParser:
 
 
 def evaluate_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"python -m fedimdb.inspect {EVALUATE}",
-                                description="Evaluate one round's archived global model again.")  # fmt: skip
+    p = argparse.ArgumentParser(
+        prog=f"python -m fedimdb.inspect {EVALUATE}", description="Evaluate one round's archived global model again."
+    )
     p.add_argument("run", type=Path, help="a run folder (an experiment's repeat-K)")
     p.add_argument("--round", type=int, required=True, help="the round (0: the initial model)")
-    p.add_argument("--data", type=Path, metavar="FILE", help="a Parquet file with text and label columns "
-                   "(default: the rows the server evaluated: the first eval-rows of the held-out set)")  # fmt: skip
+    p.add_argument(
+        "--data",
+        type=Path,
+        metavar="FILE",
+        help="a Parquet file with text and label columns "
+        "(default: the rows the server evaluated: the first eval-rows of the held-out set)",
+    )
     p.add_argument("--rows", type=_positive, help="evaluate only the first N rows")
-    p.add_argument("--held-out", type=Path, metavar="DIR", help="the run's held-out folder (SHARDS_DIR/server) "
-                   "when it is not where the run had it (a Docker run's /held-out)")  # fmt: skip
+    p.add_argument(
+        "--held-out",
+        type=Path,
+        metavar="DIR",
+        help="the run's held-out folder (SHARDS_DIR/server) "
+        "when it is not where the run had it (a Docker run's /held-out)",
+    )
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: the run's device, auto read as cpu")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     return p
@@ -71,14 +82,18 @@ def run_report(args: argparse.Namespace) -> None:
 
 def render_outcome(out: EvalOutcome) -> str:
     """An evaluation beside what the run recorded, as text."""
-    lines = [f"round {out.round}: accuracy {out.accuracy:.6g}, loss {out.loss:.6g} on {out.examples} reviews "
-             f"({out.source}, {out.device})"]  # fmt: skip
+    lines = [
+        f"round {out.round}: accuracy {out.accuracy:.6g}, loss {out.loss:.6g} on {out.examples} reviews "
+        f"({out.source}, {out.device})"
+    ]
     if out.recorded_accuracy is None:
         lines.append("recorded by the run: nothing for this round")
     else:
         verdict = {True: "the same, bit for bit", False: "different", None: "on the server's rows, not these"}
-        lines.append(f"recorded by the run: accuracy {out.recorded_accuracy:.6g}, loss {out.recorded_loss:.6g} "
-                     f"({verdict[out.matches]})")  # fmt: skip
+        lines.append(
+            f"recorded by the run: accuracy {out.recorded_accuracy:.6g}, loss {out.recorded_loss:.6g} "
+            f"({verdict[out.matches]})"
+        )
     return "\n".join(lines)
 
 

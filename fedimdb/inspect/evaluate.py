@@ -91,12 +91,16 @@ def check_round(run_dir: Path, server_round: int) -> None:
     """InspectError naming the rounds there are when ``server_round`` has no archived weights."""
     rounds = archived_rounds(run_dir)
     if not rounds:
-        raise InspectError(f"{run_dir}: no archived global weights ({WEIGHTS_DIR}/round-NNN.safetensors); "
-                           "give a run folder whose run got past its start")  # fmt: skip
+        raise InspectError(
+            f"{run_dir}: no archived global weights ({WEIGHTS_DIR}/round-NNN.safetensors); "
+            "give a run folder whose run got past its start"
+        )
     if server_round not in rounds:
         span = f"{rounds[0]}..{rounds[-1]}" if rounds == list(range(rounds[0], rounds[-1] + 1)) else str(rounds)
-        raise InspectError(f"round {server_round} is out of range: {run_dir} has the global weights of rounds "
-                           f"{span}; pass --round with one of those")  # fmt: skip
+        raise InspectError(
+            f"round {server_round} is out of range: {run_dir} has the global weights of rounds "
+            f"{span}; pass --round with one of those"
+        )
 
 
 def read_run_meta(run_dir: Path) -> dict[str, Any]:
@@ -122,16 +126,22 @@ def recorded(run_dir: Path, meta: dict[str, Any], server_round: int) -> tuple[fl
 def held_out_rows(settings: EvalSettings, meta: dict[str, Any], held_out: Path | None) -> tuple[Examples, Path]:
     """The held-out test split the server read (all rows), from ``held_out`` or from where the run had it."""
     if held_out is not None and not (held_out / MANIFEST).is_file():
-        raise InspectError(f"--held-out {held_out}: no {MANIFEST}; give the prepared shards' server folder "
-                           "(SHARDS_DIR/server), or --data FILE.parquet")  # fmt: skip
+        raise InspectError(
+            f"--held-out {held_out}: no {MANIFEST}; give the prepared shards' server folder "
+            "(SHARDS_DIR/server), or --data FILE.parquet"
+        )
     folder = held_out or (Path(settings.held_out_dir) if settings.held_out_dir else None)
     if folder is None or not (folder / MANIFEST).is_file():
-        raise InspectError(f"the run's held-out set {folder or '(not recorded)'} is not here (a container's path?); "
-                           "pass --held-out SHARDS_DIR/server, or --data FILE.parquet")  # fmt: skip
+        raise InspectError(
+            f"the run's held-out set {folder or '(not recorded)'} is not here (a container's path?); "
+            "pass --held-out SHARDS_DIR/server, or --data FILE.parquet"
+        )
     recipe = read_json(folder / MANIFEST).get("recipe")
     if held_out is not None and DATA_RECIPE in meta and recipe != meta[DATA_RECIPE]:
-        raise InspectError(f"--held-out {folder}: prepared with other settings than the run's shards "
-                           f"({RUN_FILE}: data); pass the run's SHARDS_DIR/server, or --data FILE.parquet")  # fmt: skip
+        raise InspectError(
+            f"--held-out {folder}: prepared with other settings than the run's shards "
+            f"({RUN_FILE}: data); pass the run's SHARDS_DIR/server, or --data FILE.parquet"
+        )
     return read_split(folder, "test"), folder
 
 
@@ -178,8 +188,15 @@ def load_round_model(run_dir: Path, server_round: int) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def evaluate_round(run_dir: Path, server_round: int, data: Path | None = None, rows: int | None = None, *,
-                   held_out: Path | None = None, device: str | None = None) -> EvalOutcome:  # fmt: skip
+def evaluate_round(
+    run_dir: Path,
+    server_round: int,
+    data: Path | None = None,
+    rows: int | None = None,
+    *,
+    held_out: Path | None = None,
+    device: str | None = None,
+) -> EvalOutcome:
     """Evaluate round ``server_round``'s global model of ``run_dir`` again.
 
     Parameters
@@ -201,15 +218,31 @@ def evaluate_round(run_dir: Path, server_round: int, data: Path | None = None, r
     chosen = choose_rows(settings, meta, data, rows, held_out)
     torch_device = eval_device(settings, device)
     model, tokenizer = load_round_model(run_dir, server_round)
-    res = evaluate(model, tokenizer, chosen.examples, batch_size=settings.batch_size,
-                   max_length=settings.max_length, device=torch_device)  # fmt: skip
+    res = evaluate(
+        model,
+        tokenizer,
+        chosen.examples,
+        batch_size=settings.batch_size,
+        max_length=settings.max_length,
+        device=torch_device,
+    )
     accuracy, loss = recorded(run_dir, meta, server_round)
-    return EvalOutcome(server_round, res.accuracy, res.loss, res.num_examples, accuracy, loss, chosen.source,
-                       chosen.same_rows, str(torch_device))  # fmt: skip
+    return EvalOutcome(
+        server_round,
+        res.accuracy,
+        res.loss,
+        res.num_examples,
+        accuracy,
+        loss,
+        chosen.source,
+        chosen.same_rows,
+        str(torch_device),
+    )
 
 
-def choose_rows(settings: EvalSettings, meta: dict[str, Any], data: Path | None, rows: int | None,
-                held_out: Path | None) -> EvalRows:  # fmt: skip
+def choose_rows(
+    settings: EvalSettings, meta: dict[str, Any], data: Path | None, rows: int | None, held_out: Path | None
+) -> EvalRows:
     """The rows to evaluate: the first ``rows`` of ``data``, or of the held-out split (default: eval-rows)."""
     if rows is not None and rows < 1:
         raise InspectError(f"rows: {rows}; give a number of rows >= 1 (or none: the rows the server evaluated)")

@@ -43,8 +43,14 @@ class StatRow:
 
     @classmethod
     def parse(cls, row: Mapping[str, str]) -> StatRow:
-        return cls(int(row["round"]), row["scope"], row["name"], int(row["nonfinite"]),
-                   _optional(row["update_l2_norm"]), _optional(row["relative_update"]))  # fmt: skip
+        return cls(
+            int(row["round"]),
+            row["scope"],
+            row["name"],
+            int(row["nonfinite"]),
+            _optional(row["update_l2_norm"]),
+            _optional(row["relative_update"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -64,9 +70,16 @@ class ClientRow:
     def parse(cls, row: Mapping[str, str]) -> ClientRow:
         if row["outlier"] not in ("True", "False"):
             raise ValueError(f"outlier is {row['outlier']!r}, not True or False")
-        return cls(int(row["round"]), int(row["partition_id"]), float(row["update_l2_norm"]),
-                   float(row["cosine_to_aggregate"]), float(row["norm_z"]), float(row["cosine_z"]),
-                   row["outlier"] == "True", int(row["nonfinite"]))  # fmt: skip
+        return cls(
+            int(row["round"]),
+            int(row["partition_id"]),
+            float(row["update_l2_norm"]),
+            float(row["cosine_to_aggregate"]),
+            float(row["norm_z"]),
+            float(row["cosine_z"]),
+            row["outlier"] == "True",
+            int(row["nonfinite"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -153,8 +166,11 @@ class ExperimentReport:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready."""
-        return {"experiment": self.experiment, "repeats": {k: r.as_dict() for k, r in self.repeats.items()},
-                "skipped": dict(self.skipped)}  # fmt: skip
+        return {
+            "experiment": self.experiment,
+            "repeats": {k: r.as_dict() for k, r in self.repeats.items()},
+            "skipped": dict(self.skipped),
+        }
 
     def runs(self) -> dict[str, RunReport]:
         """The repeats' reports by folder name."""
@@ -184,8 +200,9 @@ def read_tables(run_dir: Path) -> RunTables:
     missing = [name for name in (WEIGHT_STATS_FILE, CLIENT_UPDATES_FILE) if not (run_dir / name).is_file()]
     if missing:
         raise InspectError(f"{run_dir}: no {' or '.join(missing)}: {_why_no_stats(run_dir)}")
-    return RunTables(_parse(run_dir / WEIGHT_STATS_FILE, StatRow.parse),
-                     _parse(run_dir / CLIENT_UPDATES_FILE, ClientRow.parse))  # fmt: skip
+    return RunTables(
+        _parse(run_dir / WEIGHT_STATS_FILE, StatRow.parse), _parse(run_dir / CLIENT_UPDATES_FILE, ClientRow.parse)
+    )
 
 
 def _why_no_stats(run_dir: Path) -> str:
@@ -207,8 +224,10 @@ def _parse(path: Path, parse: Callable[[Mapping[str, str]], Row]) -> list[Row]:
         try:
             parsed.append(parse(row))
         except (KeyError, ValueError, TypeError) as exc:
-            raise InspectError(f"{path}: line {line} unreadable ({type(exc).__name__}: {exc}); the file may be "
-                               "damaged: check the run with fedimdb.artifacts.verify_run") from None  # fmt: skip
+            raise InspectError(
+                f"{path}: line {line} unreadable ({type(exc).__name__}: {exc}); the file may be "
+                "damaged: check the run with fedimdb.artifacts.verify_run"
+            ) from None
     return parsed
 
 
@@ -235,8 +254,10 @@ def read_experiment(exp_dir: Path, repeats: Mapping[int, Path]) -> ExperimentRep
         except InspectError as exc:
             report.skipped[k] = str(exc)
     if not report.repeats:
-        raise InspectError(f"{exp_dir}: none of its {len(repeats)} repeats can be inspected; first: "
-                           f"{next(iter(report.skipped.values()))}")  # fmt: skip
+        raise InspectError(
+            f"{exp_dir}: none of its {len(repeats)} repeats can be inspected; first: "
+            f"{next(iter(report.skipped.values()))}"
+        )
     return report
 
 
@@ -292,20 +313,32 @@ def rank_groups(groups: Sequence[StatRow]) -> list[GroupMovement]:
 
 def outliers(clients: Iterable[ClientRow]) -> list[Outlier]:
     """The client updates flagged as outliers, by round and partition."""
-    flagged = [Outlier(c.round, c.partition_id, c.norm_z, c.cosine_z, c.update_l2_norm, c.cosine_to_aggregate)
-               for c in clients if c.outlier]  # fmt: skip
+    flagged = [
+        Outlier(c.round, c.partition_id, c.norm_z, c.cosine_z, c.update_l2_norm, c.cosine_to_aggregate)
+        for c in clients
+        if c.outlier
+    ]
     return sorted(flagged, key=lambda o: (o.round, o.partition_id))
 
 
 def nonfinite_anomalies(tables: RunTables) -> list[Anomaly]:
     """NaN/Inf values: per tensor (the model row only in a round where no tensor row says which), per client."""
-    found = [Anomaly(NONFINITE, r.round, f"tensor {r.name}", f"holds {r.nonfinite} NaN/Inf values")
-             for r in tables.stats if r.scope == TENSOR and r.nonfinite > 0]  # fmt: skip
+    found = [
+        Anomaly(NONFINITE, r.round, f"tensor {r.name}", f"holds {r.nonfinite} NaN/Inf values")
+        for r in tables.stats
+        if r.scope == TENSOR and r.nonfinite > 0
+    ]
     named = {a.round for a in found}
-    found += [Anomaly(NONFINITE, r.round, "model", f"holds {r.nonfinite} NaN/Inf values")
-              for r in tables.stats if r.scope == MODEL and r.nonfinite > 0 and r.round not in named]  # fmt: skip
-    found += [Anomaly(NONFINITE, c.round, f"client {c.partition_id}", f"its update holds {c.nonfinite} NaN/Inf values")
-              for c in tables.clients if c.nonfinite > 0]  # fmt: skip
+    found += [
+        Anomaly(NONFINITE, r.round, "model", f"holds {r.nonfinite} NaN/Inf values")
+        for r in tables.stats
+        if r.scope == MODEL and r.nonfinite > 0 and r.round not in named
+    ]
+    found += [
+        Anomaly(NONFINITE, c.round, f"client {c.partition_id}", f"its update holds {c.nonfinite} NaN/Inf values")
+        for c in tables.clients
+        if c.nonfinite > 0
+    ]
     return found
 
 
@@ -324,15 +357,21 @@ def exploding(norms: Mapping[int, float]) -> list[Anomaly]:
 
 def vanishing(model: Iterable[StatRow]) -> list[Anomaly]:
     """Rounds whose relative model update is below VANISHING: the global model stood still."""
-    return [Anomaly(VANISHED, r.round, "model", f"relative update {r.relative_update:.3g} < {VANISHING:g}: stood still")
-            for r in model if r.relative_update is not None and r.relative_update < VANISHING]  # fmt: skip
+    return [
+        Anomaly(VANISHED, r.round, "model", f"relative update {r.relative_update:.3g} < {VANISHING:g}: stood still")
+        for r in model
+        if r.relative_update is not None and r.relative_update < VANISHING
+    ]
 
 
 def never_moved(groups: Iterable[StatRow]) -> list[Anomaly]:
     """Layer groups whose update norm is 0 in every round that has one (round >= 1)."""
     norms = group_norms(groups)
-    return [Anomaly(FROZEN, None, f"layer group {name}", f"never moved: update L2 norm 0 in all {len(by_round)} rounds")
-            for name, by_round in norms.items() if by_round and all(v == 0 for v in by_round.values())]  # fmt: skip
+    return [
+        Anomaly(FROZEN, None, f"layer group {name}", f"never moved: update L2 norm 0 in all {len(by_round)} rounds")
+        for name, by_round in norms.items()
+        if by_round and all(v == 0 for v in by_round.values())
+    ]
 
 
 # ---------------------------------------------------------------- text
@@ -355,16 +394,20 @@ def _run_lines(rep: RunReport, top: int) -> list[str]:
     partitions = len({c.partition_id for c in rep.cosines})
     lines = [f"== {rep.run}: rounds 0..{rep.rounds}, {len(rep.groups)} layer groups, {partitions} clients"]
     lines.append(f"layer groups that moved most (of {len(rep.groups)}): summed update L2 norm, mean relative update")
-    lines += [f"  {g.group:<20} {g.total_update_l2_norm:12.4g}  {_num(g.mean_relative_update, '.3g'):>10}"
-              for g in rep.groups[:top]]  # fmt: skip
+    lines += [
+        f"  {g.group:<20} {g.total_update_l2_norm:12.4g}  {_num(g.mean_relative_update, '.3g'):>10}"
+        for g in rep.groups[:top]
+    ]
     lines.append("update L2 norm of the whole model per round (relative update):")
     lines += [
         f"  round {k:>3}: {v:.4g} ({_num(rep.relative_updates.get(k), '.3g')})" for k, v in rep.update_norms.items()
     ]
     lines.append("outlier clients:" + ("" if rep.outliers else " none"))
-    lines += [f"  round {o.round}: client {o.partition_id} (norm z {o.norm_z:.2f}, cosine z {o.cosine_z:.2f}, "
-              f"update L2 norm {o.update_l2_norm:.4g}, cosine {o.cosine_to_aggregate:.3f})"
-              for o in rep.outliers]  # fmt: skip
+    lines += [
+        f"  round {o.round}: client {o.partition_id} (norm z {o.norm_z:.2f}, cosine z {o.cosine_z:.2f}, "
+        f"update L2 norm {o.update_l2_norm:.4g}, cosine {o.cosine_to_aggregate:.3f})"
+        for o in rep.outliers
+    ]
     lines.append("anomalies:" + ("" if rep.anomalies else " none"))
     lines += [f"  [{a.kind}] {a}" for a in rep.anomalies]
     return lines

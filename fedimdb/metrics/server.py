@@ -24,8 +24,12 @@ AGGREGATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, float("inf")
 
 def payload_bytes(contents: Iterable[Any]) -> int:
     """Bytes of the arrays in messages' contents (RecordDicts): the weights that travel."""
-    return sum(len(array.data) for content in contents for record in content.array_records.values()
-               for array in record.values())  # fmt: skip
+    return sum(
+        len(array.data)
+        for content in contents
+        for record in content.array_records.values()
+        for array in record.values()
+    )
 
 
 class ServerMetrics:
