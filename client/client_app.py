@@ -11,7 +11,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -42,6 +42,10 @@ from fedimdb.training import EvalResult, scheduled_learning_rate, seed_everythin
 from fedimdb.training import evaluate as evaluate_model
 from fedimdb.training import train as train_model
 
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
 app = ClientApp()
 
 
@@ -54,13 +58,13 @@ class LocalTask:
     shard: Path
     seed: int
     tuned: Tuned  # the model as this run fine-tunes it
-    tokenizer: Any
+    tokenizer: PreTrainedTokenizerBase
     data: Examples
     global_state: dict[str, Any]  # the global weights as they arrived (the tensors that travel)
     metrics: ClientMetrics
 
     @property
-    def model(self) -> Any:
+    def model(self) -> torch.nn.Module:
         """The model to train and evaluate."""
         return self.tuned.model
 

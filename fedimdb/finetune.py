@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
 import torch
 
 from fedimdb.config import FULL_MODEL, LORA, NO_EMBEDDINGS
+
+if TYPE_CHECKING:
+    from peft import PeftModel
 
 LORA_TARGETS = ("query", "key", "value")  # the attention projections of BERT-style models
 HEAD_MODULES = ("classifier", "pooler")  # trained in full under LoRA
@@ -35,7 +38,7 @@ class Tuned:
 
     Parameters
     ----------
-    model : Any
+    model : torch.nn.Module
         A freshly loaded sequence-classification model (fedimdb.model.load_model).
     mode : str
         One of fedimdb.config's ``FINE_TUNE_MODES``.
@@ -43,7 +46,7 @@ class Tuned:
         The adapters' rank (``lora`` only); their scale ``lora_alpha / rank`` is 2.
     """
 
-    def __init__(self, model: Any, mode: str, lora_rank: int = 8) -> None:
+    def __init__(self, model: torch.nn.Module, mode: str, lora_rank: int = 8) -> None:
         self.mode = mode
         if mode == LORA:
             from peft import LoraConfig, TaskType, get_peft_model
@@ -81,7 +84,7 @@ class Tuned:
         """A copy of the whole model's state, LoRA merged in, under the base model's names."""
         if self.mode != LORA:
             return {name: tensor.clone() for name, tensor in self.model.state_dict().items()}
-        return dict(copy.deepcopy(self.model).merge_and_unload().state_dict())
+        return dict(cast("PeftModel", copy.deepcopy(self.model)).merge_and_unload().state_dict())
 
     def trainable(self) -> list[torch.nn.Parameter]:
         """The parameters an optimizer updates."""

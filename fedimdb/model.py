@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import string
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from fedimdb.artifacts import WEIGHTS_DIR
 from fedimdb.config import ConfigError
 from fedimdb.data import LABEL_NAMES
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 NUM_LABELS = len(LABEL_NAMES)
 
@@ -163,7 +166,7 @@ def _tiny_vocab() -> dict[str, int]:
     return {tok: i for i, tok in enumerate(tokens)}
 
 
-def build_tiny_tokenizer() -> Any:
+def build_tiny_tokenizer() -> PreTrainedTokenizerBase:
     """A WordPiece tokenizer (BERT normalisation and pre-tokenisation) over the fixed vocabulary."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
@@ -186,7 +189,7 @@ def build_tiny_tokenizer() -> Any:
     )
 
 
-def build_tiny_model(vocab_size: int) -> Any:
+def build_tiny_model(vocab_size: int) -> PreTrainedModel:
     """A 2-layer, 32-wide random BERT classifier (~40 k parameters)."""
     from transformers import AutoModelForSequenceClassification, BertConfig
 
@@ -218,7 +221,7 @@ def resolve_model_source(model: str) -> str:
     return model
 
 
-def load_model(model: str, seed: int) -> tuple[Any, Any]:
+def load_model(model: str, seed: int) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Build (model, tokenizer); the randomly initialised parts depend only on ``seed``."""
     torch.manual_seed(seed)
     if model == "tiny":
@@ -243,7 +246,7 @@ def pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def load_global_model(run_dir: Path, server_round: int | None = None) -> Any:
+def load_global_model(run_dir: Path, server_round: int | None = None) -> PreTrainedModel:
     """The global model of a finished run: the final one, or the one after ``server_round``."""
     from safetensors.torch import load_file
     from transformers import AutoModelForSequenceClassification

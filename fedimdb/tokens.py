@@ -16,12 +16,15 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from fedimdb.data import Examples
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 CACHE_VAR = "FEDIMDB_CACHE_DIR"
 TOKENS_SUBDIR = "tokens"
@@ -50,7 +53,7 @@ def cache_dir() -> Path:
     return Path(root) / TOKENS_SUBDIR
 
 
-def tokenizer_fingerprint(tokenizer: Any) -> str:
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     """What decides the ids: a fast tokenizer's definition, else its class, name and vocabulary size."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:  # minus the truncation and padding state that each call sets
@@ -59,7 +62,7 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return f"{type(tokenizer).__name__}:{tokenizer.name_or_path}:{len(tokenizer)}"
 
 
-def cache_key(tokenizer: Any, data: Examples, max_length: int) -> str:
+def cache_key(tokenizer: PreTrainedTokenizerBase, data: Examples, max_length: int) -> str:
     """sha256 over the tokenizer, max-length, texts and labels."""
     h = hashlib.sha256(tokenizer_fingerprint(tokenizer).encode())
     h.update(f"\0{max_length}\0".encode())
@@ -70,7 +73,7 @@ def cache_key(tokenizer: Any, data: Examples, max_length: int) -> str:
     return h.hexdigest()
 
 
-def tokenise(tokenizer: Any, data: Examples, max_length: int) -> TokenisedSplit:
+def tokenise(tokenizer: PreTrainedTokenizerBase, data: Examples, max_length: int) -> TokenisedSplit:
     """Run the tokenizer once over the split (truncation at ``max_length``, no padding)."""
     rows = tokenizer(data.texts, truncation=True, max_length=max_length)["input_ids"] if len(data) else []
     lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
@@ -79,7 +82,7 @@ def tokenise(tokenizer: Any, data: Examples, max_length: int) -> TokenisedSplit:
     return TokenisedSplit(ids, offsets, np.asarray(data.labels, dtype=np.int64))
 
 
-def tokenised(tokenizer: Any, data: Examples, max_length: int) -> TokenisedSplit:
+def tokenised(tokenizer: PreTrainedTokenizerBase, data: Examples, max_length: int) -> TokenisedSplit:
     """The split's token ids from the cache, tokenising and caching them on a miss."""
     folder = cache_dir()
     path = folder / f"{cache_key(tokenizer, data, max_length)}.npz"
@@ -109,7 +112,9 @@ def _write(path: Path, split: TokenisedSplit) -> None:
         raise
 
 
-def collate(tokenizer: Any, split: TokenisedSplit, idx: list[int], device: torch.device) -> dict[str, torch.Tensor]:
+def collate(
+    tokenizer: PreTrainedTokenizerBase, split: TokenisedSplit, idx: list[int], device: torch.device
+) -> dict[str, torch.Tensor]:
     """The model inputs of rows ``idx``, padded to the longest of them as the tokenizer pads."""
     rows = [split.row(i) for i in idx]
     width = max((len(r) for r in rows), default=0)

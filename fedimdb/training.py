@@ -6,12 +6,15 @@ import math
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
 import torch
 
 from fedimdb.data import Examples
 from fedimdb.tokens import collate, tokenised
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 COSINE_FLOOR = 0.1  # the cosine schedule ends at this share of the base learning rate
 
@@ -48,7 +51,12 @@ def seed_everything(seed: int, threads: int = 0) -> None:
 
 
 def _batches(
-    tokenizer: Any, data: Examples, order: list[int], batch_size: int, max_length: int, device: torch.device
+    tokenizer: PreTrainedTokenizerBase,
+    data: Examples,
+    order: list[int],
+    batch_size: int,
+    max_length: int,
+    device: torch.device,
 ) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
     split = tokenised(tokenizer, data, max_length)  # once per split, cached on disk
     for start in range(0, len(order), batch_size):
@@ -57,8 +65,8 @@ def _batches(
 
 
 def _step(
-    model: Any,
-    optimizer: Any,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
     inputs: dict[str, torch.Tensor],
     labels: torch.Tensor,
     micro: int,
@@ -79,7 +87,8 @@ def _step(
         loss.backward()
         loss_sum += loss.item()
     if anchor is not None:  # FedProx: mu/2 * ||w - w_global||^2, once per step
-        prox = 0.5 * proximal_mu * sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor, strict=True))
+        distance = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor, strict=True))
+        prox = 0.5 * proximal_mu * cast(torch.Tensor, distance)  # a sum of tensors
         prox.backward()
         loss_sum += prox.item()
     optimizer.step()
@@ -87,8 +96,8 @@ def _step(
 
 
 def train(
-    model: Any,
-    tokenizer: Any,
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
     data: Examples,
     *,
     epochs: int,
@@ -135,7 +144,13 @@ def train(
 
 @torch.no_grad()
 def evaluate(
-    model: Any, tokenizer: Any, data: Examples, *, batch_size: int, max_length: int, device: torch.device
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    data: Examples,
+    *,
+    batch_size: int,
+    max_length: int,
+    device: torch.device,
 ) -> EvalResult:
     """Mean cross-entropy and accuracy over all of ``data``, in file order."""
     model.to(device).eval()
@@ -160,7 +175,7 @@ def scheduled_learning_rate(base: float, schedule: str, server_round: int, num_r
     return base * (COSINE_FLOOR + (1 - COSINE_FLOOR) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def load_state(model: Any, state: Mapping[str, torch.Tensor]) -> None:
+def load_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:
     """Load global weights strictly: every key must match the local architecture."""
     model.load_state_dict(dict(state), strict=True)
 

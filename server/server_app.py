@@ -13,7 +13,7 @@ import random
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
@@ -49,6 +49,9 @@ from server.records import CLIENT_COLUMNS, ROUND_COLUMNS, RoundLog
 from server.scrutiny import WeightLog
 from server.strategy import make_strategy
 from server.wire import Wire
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 app = ServerApp()
 
@@ -92,7 +95,7 @@ class RoundEnd:
         self,
         cfg: RunConfig,
         tuned: Tuned,
-        tokenizer: Any,
+        tokenizer: PreTrainedTokenizerBase,
         artifacts: RunArtifacts,
         round_log: RoundLog,
         metrics: ServerMetrics,

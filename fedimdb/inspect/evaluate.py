@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedimdb.artifacts import FINAL_WEIGHTS, ROUNDS_FILE, RUN_FILE, WEIGHTS_DIR, read_csv, read_json
 from fedimdb.config import ConfigError
@@ -19,6 +19,9 @@ from fedimdb.data import LABEL_NAMES, MANIFEST, Examples, read_split
 from fedimdb.inspect.report import InspectError
 from fedimdb.model import load_global_model, pick_device
 from fedimdb.training import evaluate, load_state
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 INITIAL_EVALUATION = "initial-evaluation"  # run.json: the evaluation of round 0 (the initial model)
 DATA_RECIPE = "data"  # run.json: the recipe of the shards the run used, as the held-out manifest has it
@@ -172,7 +175,7 @@ def eval_device(settings: EvalSettings, device: str | None) -> Any:
         raise InspectError(f"{exc}; or pass --device cpu") from None
 
 
-def load_round_model(run_dir: Path, server_round: int) -> tuple[Any, Any]:
+def load_round_model(run_dir: Path, server_round: int) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """(model, tokenizer) of round ``server_round``: from weights/ (config, tokenizer), with that round's weights."""
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
