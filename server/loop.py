@@ -35,6 +35,7 @@ from flwr.serverapp.strategy import Result, Strategy
 
 from fedimdb.config import RunConfig
 from fedimdb.protocol import EVALUATE_RECEIVED, partition_of
+from fedimdb.waiting import wait_until
 from server.checks import Expected, Refusal, screen
 from server.records import partition_order
 from server.wire import Decoder, Wire
@@ -100,14 +101,17 @@ class RoundPolicy:
 
 def wait_for_nodes(grid: Grid, needed: int, timeout: float) -> list[int]:
     """The online node ids once at least ``needed`` are online; RoundFailed after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while len(nodes := list(grid.get_node_ids())) < needed:
-        if time.monotonic() >= deadline:
-            raise RoundFailed(
-                f"only {len(nodes)} clients online after {timeout:.0f} s, {needed} needed: start the missing "
-                "SuperNodes, check they reach the SuperLink, or lower num-clients / min-reply-fraction"
-            )
-        time.sleep(NODE_WAIT_STEP)
+    nodes: list[int] = []
+
+    def enough() -> bool:
+        nodes[:] = grid.get_node_ids()
+        return len(nodes) >= needed
+
+    if not wait_until(enough, timeout, NODE_WAIT_STEP):
+        raise RoundFailed(
+            f"only {len(nodes)} clients online after {timeout:.0f} s, {needed} needed: start the missing "
+            "SuperNodes, check they reach the SuperLink, or lower num-clients / min-reply-fraction"
+        )
     return nodes
 
 

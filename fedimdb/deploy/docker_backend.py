@@ -28,7 +28,6 @@ from fedimdb.deploy.compose import COMPOSE_FILE, CREDENTIALS_DIR_VAR, SHARDS_DIR
 from fedimdb.deploy.docker_artifacts import RUNNER_SERVICE, pull_artifacts, read_run_file, service_containers
 from fedimdb.deploy.flwr_cli import RoundProgress
 from fedimdb.deploy.monitoring import MONITORING_PROJECT, STOP_COMMAND, ensure_up
-from fedimdb.deploy.patience import patiently
 from fedimdb.deploy.topology import (
     CLIENT_METRICS_VAR,
     SERVER_HOST,
@@ -37,6 +36,7 @@ from fedimdb.deploy.topology import (
     TLS_AUTH_VAR,
     WARM_CLIENTS_VAR,
 )
+from fedimdb.waiting import patiently
 
 COMPOSE_LOG = "compose.log"  # in the run folder's logs/
 COMPOSE_PROJECT = "compose-project"  # key of a stack handle

@@ -36,7 +36,7 @@ from fedimdb.artifacts import (
 )
 from fedimdb.deploy import APP_DIR
 from fedimdb.deploy.backend import StackError
-from fedimdb.deploy.patience import patiently
+from fedimdb.waiting import patiently, wait_until
 
 FAB_CONFIG = "pyproject.toml"  # the Flower App's configuration, FAB contents (``fab-include``) included
 SERVERAPP_LOG = "serverapp.log"  # in the run folder's logs/
@@ -150,7 +150,7 @@ def wait_for_run(
     The Control API is asked every ``poll_seconds`` (each ``flwr ls`` is a CLI process, ~1 s of CPU).
     In between, ``on_poll`` (cheap: restarts, progress) runs every :data:`WATCH_SECONDS`; when it
     returns True (the ServerApp has recorded its end) the Control API is asked at once. A status
-    call without an answer is retried (:func:`~fedimdb.deploy.patience.patiently`) until the
+    call without an answer is retried (:func:`~fedimdb.waiting.patiently`) until the
     Control API has been silent for ``patience`` seconds: then FlowerRunError (dead, not slow).
     """
     deadline = time.monotonic() + timeout
@@ -171,11 +171,9 @@ def wait_for_run(
             return entry
         if time.monotonic() > deadline:
             raise FlowerRunError(f"run {run_id} still {entry['status']} after {timeout:.0f} s")
-        ask_at = time.monotonic() + poll_seconds
-        while time.monotonic() < ask_at:
-            time.sleep(min(WATCH_SECONDS, poll_seconds))
-            if on_poll is not None and on_poll():
-                break
+        step = min(WATCH_SECONDS, poll_seconds)
+        time.sleep(step)  # at least this long between two status calls, even when on_poll says ask now
+        wait_until(lambda: on_poll is not None and on_poll(), poll_seconds - step, step)
 
 
 def run_log(connection: str, run_id: int, env: Mapping[str, str]) -> str:

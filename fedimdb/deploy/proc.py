@@ -5,9 +5,10 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from fedimdb.waiting import wait_until
 
 
 def runs_one_of(pid: int, words: tuple[bytes, ...]) -> bool:
@@ -28,6 +29,4 @@ def stop_groups(groups: Sequence[int], running: Callable[[int], bool], grace: fl
         for group in groups:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(group, sig)
-        deadline = time.monotonic() + grace
-        while any(running(g) for g in groups) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(lambda: not any(running(g) for g in groups), grace, step=0.1)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import cast
@@ -20,6 +19,7 @@ from fedimdb.deploy.backend import StackError
 from fedimdb.deploy.credentials import NodeCredentials, ServerCredentials
 from fedimdb.deploy.topology import LOCAL_CONNECTION, LOOPBACK, NODE_PORT
 from fedimdb.protocol import NODE_PARTITION_ID, NODE_SHARD_DIR
+from fedimdb.waiting import wait_until
 
 
 def superlink_argv(fleet_address: str, host: str, port: int, credentials: ServerCredentials | None = None) -> list[str]:
@@ -87,19 +87,22 @@ def command_line(proc: subprocess.Popen) -> list[str]:
 def wait_for_port(address: str, timeout: float, proc: subprocess.Popen | None = None, step: float = 0.2) -> None:
     """Block until something accepts connections at ``address`` (host:port); fail early if ``proc`` died."""
     host, port = address.rsplit(":", 1)
-    deadline = time.monotonic() + timeout
-    while True:
+    refused: list[OSError] = []
+
+    def listening() -> bool:
         if proc is not None and proc.poll() is not None:
             raise StackError(
                 f"{command_line(proc)[0]} exited with code {proc.returncode} before listening on {address}"
             )
         try:
             socket.create_connection((host, int(port)), timeout=5).close()
-            return
         except OSError as exc:
-            if time.monotonic() > deadline:
-                raise StackError(f"nothing listened on {address} within {timeout:.0f} s ({exc})") from None
-        time.sleep(step)
+            refused[:] = [exc]
+            return False
+        return True
+
+    if not wait_until(listening, timeout, step):
+        raise StackError(f"nothing listened on {address} within {timeout:.0f} s ({refused[0]})")
 
 
 def await_superlink(

@@ -14,6 +14,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter, Gauge, Metric, start_http_server, write_to_textfile
 
 from fedimdb.metrics.exporter import add_collector
+from fedimdb.waiting import wait_until
 
 METRICS_FILE = "metrics.prom"
 LAST_SCRAPE_WAIT = 10.0  # at most, seconds /metrics stays up after the experiment: two scrapes of monitoring/prometheus
@@ -104,9 +105,8 @@ class ExperimentMetrics:
         values; at most :data:`LAST_SCRAPE_WAIT` s (nothing scrapes what nobody scraped so far)."""
         if self.served is None or self.served.last is None:
             return
-        finished = time.monotonic()
-        while self.served.last < finished and time.monotonic() < finished + LAST_SCRAPE_WAIT:
-            time.sleep(0.1)
+        served, finished = self.served, time.monotonic()
+        wait_until(lambda: served.last is not None and served.last >= finished, LAST_SCRAPE_WAIT, step=0.1)
 
     def collect_from(self, directory: Path) -> None:
         """Also serve what Flower's processes record in ``directory`` (the local backend's exporter)."""

@@ -1,7 +1,10 @@
-"""Slow is not dead: retrying a call to a service that does not answer, for a bounded time.
+"""Waiting, always for a bounded time: for a condition, or for a service that is slow to answer.
 
-On a loaded machine the SuperLink's Control API and the Docker daemon can leave a call
-unanswered for a while and then carry on. The orchestrator must neither give up on the first
+:func:`wait_until` checks a condition every few seconds until it holds or a timeout passes: the one
+deadline loop of the code that ships (ports, process groups, clients online, a last scrape...).
+
+Slow is not dead: on a loaded machine the SuperLink's Control API and the Docker daemon can leave a
+call unanswered for a while and then carry on. The orchestrator must neither give up on the first
 timeout nor wait forever: :func:`patiently` retries, backing off, until the service has been
 silent for ``patience`` seconds, and only then raises the caller's error, which says for how long.
 """
@@ -14,6 +17,32 @@ from typing import TypeVar
 
 T = TypeVar("T")
 MAX_WAIT = 30.0  # longest pause between two tries
+
+
+def wait_until(done: Callable[[], bool], timeout: float, step: float) -> bool:
+    """Call ``done`` every ``step`` s until it returns True, for at most ``timeout`` s.
+
+    Parameters
+    ----------
+    done : Callable[[], bool]
+        The condition; it may raise to end the wait early (e.g. the process waited for died).
+    timeout : float
+        Seconds after which the wait ends; ``done`` is asked once more then.
+    step : float
+        Seconds between two checks.
+
+    Returns
+    -------
+    bool
+        Whether the condition held before the time was up.
+    """
+    deadline = time.monotonic() + timeout
+    while not done():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        time.sleep(min(step, left))
+    return True
 
 
 def patiently(
