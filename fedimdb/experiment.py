@@ -61,10 +61,10 @@ EXPERIMENT_FILE = "experiment.json"
 RUN_FAILURES = (StackError, ArtifactError)
 """What another attempt on a fresh stack may fix; anything else (a bug, a full disk) ends the experiment."""
 # experiment.json keys and repeat statuses.
-REPEATS, ATTEMPTS, STACK, ORCHESTRATOR = "repeats", "attempts", "stack", "orchestrator"
+EXPERIMENT_ID, REPEATS, ATTEMPTS, STACK, ORCHESTRATOR = "experiment-id", "repeats", "attempts", "stack", "orchestrator"
 BACKEND, EXPERIMENT_SETTINGS, RUN_SETTINGS, DATA_SETTINGS = "backend", "experiment", "config", "data"
 RECORD_SCHEMA: dict[str, type] = {
-    "experiment-id": str,
+    EXPERIMENT_ID: str,
     BACKEND: str,
     EXPERIMENT_SETTINGS: dict,
     RUN_SETTINGS: dict,
@@ -116,7 +116,7 @@ def new_record(exp_dir: Path, settings: Settings, backend: str) -> dict[str, Any
     """experiment.json of a new experiment, before any repeat ran."""
     run = settings.run
     return {
-        "experiment-id": exp_dir.name,
+        EXPERIMENT_ID: exp_dir.name,
         BACKEND: backend,
         "created": utc_now(),
         EXPERIMENT_SETTINGS: settings.experiment.as_dict(),
