@@ -348,6 +348,7 @@ def robust_runs(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
             run = RunConfig.from_mapping({**settings, "strategy": strategy}).as_dict()
             run.update({"held-out-dir": str(shards / SERVER_DIR), "output-dir": str(tmp / strategy)})
             flwr_cli.run_to_completion(LOCAL_CONNECTION, run, fed.env, log=lambda _: None, check=fed.check_alive)
+            verify_run(tmp / strategy)
             runs[strategy] = tmp / strategy
     return runs
 

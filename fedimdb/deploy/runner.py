@@ -16,7 +16,7 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from fedimdb.artifacts import RUN_FILE, ArtifactError
+from fedimdb.artifacts import RUN_FILE, ArtifactError, verify_run
 from fedimdb.config import ConfigError, ExperimentConfig, RunConfig
 from fedimdb.deploy import flwr_cli
 from fedimdb.deploy.backend import StackError
@@ -51,6 +51,7 @@ def main() -> int:
             wait_for_port(address, 120, step=1.0)  # healthy, but a slow DNS or restart gets patience
             run_config = {**cfg.as_dict(), "held-out-dir": HELD_OUT_MOUNT, "output-dir": str(run_dir)}
             entry = flwr_cli.run_to_completion(COMPOSE_CONNECTION, run_config, env, log=log)
+            verify_run(run_dir)
         except (StackError, ArtifactError) as exc:
             log(f"run failed: {exc}")
             return 1
