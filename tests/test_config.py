@@ -84,3 +84,25 @@ def test_bad_data_values(tmp_path: Path) -> None:
 def test_more_clients_than_shards_is_refused() -> None:
     with pytest.raises(ConfigError, match="num-clients: 12 clients but only 10 shards"):
         check_clients_fit(RunConfig(num_clients=12), 10)
+
+
+def test_readme_lists_every_setting_with_its_declared_default() -> None:
+    """README's settings table (## Configuration) against fedimdb/config.py: a changed default fails here."""
+    text = (ROOT / "README.md").read_text().split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| (`[^|]+`) \| ([^|]+) \|", text, re.MULTILINE)
+    listed: dict[str, str] = {}
+    for names, defaults in rows:
+        keys = re.findall(r"`([a-z0-9-]+)`", names)
+        values = (
+            [v.strip().strip("`") for v in defaults.split(" / ")] if len(keys) > 1 else [defaults.strip().strip("`")]
+        )
+        listed.update(zip(keys, values if len(values) == len(keys) else values * len(keys), strict=True))
+    for cls in (RunConfig, DataConfig, ExperimentConfig):
+        declared = cls().as_dict()
+        for key, value in declared.items():
+            assert key in listed, f"README's settings table has no row for {key}"
+            if listed[key] == "set per run":
+                continue
+            read = cls.from_mapping({key: listed[key]}).as_dict()[key]
+            same = Path(read) == Path(value) if key.endswith("-dir") else read == value
+            assert same, f"{key}: README says {listed[key]}, fedimdb/config.py {value!r}"
