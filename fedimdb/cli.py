@@ -13,7 +13,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from fedimdb.artifacts import STATUS, utc_now
+from fedimdb.artifacts import utc_now
 from fedimdb.config import (
     BACKENDS,
     DOCKER_BACKEND,
@@ -33,20 +33,8 @@ from fedimdb.data import ShardError, prepare_shards, verify_shards
 from fedimdb.deploy.choice import choose_backend
 from fedimdb.deploy.compose import COMPOSE_FILE
 from fedimdb.deploy.proc import runs_one_of
-from fedimdb.experiment import (
-    BACKEND,
-    DATA_SETTINGS,
-    EXPERIMENT_FILE,
-    EXPERIMENT_SETTINGS,
-    ORCHESTRATOR,
-    RUN_SETTINGS,
-    Experiment,
-    ExperimentStatus,
-    console,
-    load_record,
-    new_experiment_dir,
-    new_record,
-)
+from fedimdb.experiment import Experiment, console, load_record, new_experiment_dir, new_record
+from fedimdb.experiment_record import EXPERIMENT_FILE, ExperimentRecord, ExperimentStatus
 from fedimdb.preflight import preflight
 
 RUN_OPTIONS = ("num_rounds", "num_clients", "model", "strategy", "seed")
@@ -133,7 +121,7 @@ def load_settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
-def resume_settings(exp_dir: Path, args: argparse.Namespace) -> tuple[Settings, dict]:
+def resume_settings(exp_dir: Path, args: argparse.Namespace) -> tuple[Settings, ExperimentRecord]:
     """An existing experiment's recorded settings; only retries, on-failure, metrics-port and monitoring may change.
 
     Run, data and experiment options given with ``--resume`` are named in a notice and ignored.
@@ -156,18 +144,19 @@ def resume_settings(exp_dir: Path, args: argparse.Namespace) -> tuple[Settings, 
             "(only --retries, --on-failure, --metrics-port and --monitoring apply to a resumed experiment)"
         )
     record = load_record(exp_dir)
-    owner = record.get(ORCHESTRATOR, {})
-    alive = owner.get("host") == socket.gethostname() and runs_one_of(owner.get("pid", 0), (b"orchestrate",))
-    if record.get(STATUS) == ExperimentStatus.RUNNING and alive:
+    owner = record.orchestrator
+    alive = owner is not None and owner.host == socket.gethostname() and runs_one_of(owner.pid, (b"orchestrate",))
+    if record.status == ExperimentStatus.RUNNING and alive:
+        assert owner is not None
         raise ConfigError(
-            f"--resume: experiment {exp_dir.name} is still being run by process {owner['pid']}; wait for it, or "
+            f"--resume: experiment {exp_dir.name} is still being run by process {owner.pid}; wait for it, or "
             "stop it (Ctrl-C) and resume then"
         )
-    recorded = dict(record[EXPERIMENT_SETTINGS])
+    recorded = dict(record.experiment)
     recorded.update({k.replace("_", "-"): v for k, v in _options(args, RESUMABLE_OPTIONS).items() if v is not None})
     settings = Settings(
-        run=RunConfig.from_mapping(record[RUN_SETTINGS]),
-        data=DataConfig.from_mapping(record[DATA_SETTINGS]),
+        run=RunConfig.from_mapping(record.config),
+        data=DataConfig.from_mapping(record.data),
         experiment=ExperimentConfig.from_mapping(recorded),
     )
     return settings, record
@@ -193,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings, record = resume_settings(exp_dir, args) if exp_dir else (load_settings(args), None)
         backend = choose_backend(
-            record[BACKEND] if record else settings.experiment.backend, args.compose_file, log=console.print
+            record.backend if record else settings.experiment.backend, args.compose_file, log=console.print
         )
         if args.keep_up and backend.name != DOCKER_BACKEND:
             raise ConfigError("--keep-up keeps a Compose stack up; the local backend has none: drop --keep-up")
@@ -213,12 +202,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return experiment.run()
     except KeyboardInterrupt:
-        record.update(status=ExperimentStatus.INTERRUPTED, ended=utc_now())
+        record.status, record.ended = ExperimentStatus.INTERRUPTED, utc_now()
         experiment.save()
         console.print(f"interrupted; what was collected is kept. {_resume_hint(exp_dir)}")
         return 130
     except Exception as exc:  # a bug or an unforeseen failure: say so, keep experiment.json true, no traceback
-        record.update(status=ExperimentStatus.FAILED, ended=utc_now(), error=f"{type(exc).__name__}: {exc}")
+        record.status, record.ended = ExperimentStatus.FAILED, utc_now()
+        record.error = f"{type(exc).__name__}: {exc}"
         experiment.save()
         console.print(
             f"error: the orchestrator failed ({type(exc).__name__}: {exc}); experiment.json says so and what was "

@@ -13,7 +13,7 @@ repeat folder is moved aside, not deleted)::
       *.png               accuracy and loss (mean, CI band), per-client train loss, round duration
       metrics.prom        the Prometheus metrics, as served while it ran
 
-experiment.json's keys are kebab-case, like run.json's.
+experiment.json is an :class:`~fedimdb.experiment_record.ExperimentRecord` (fedimdb/experiment_record.py).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import socket
 import tempfile
 import time
 from datetime import datetime, timezone
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +42,6 @@ from rich.table import Table
 from fedimdb.artifacts import (
     ROUNDS_FILE,
     RUN_ID,
-    STATUS,
     ArtifactError,
     read_csv,
     read_json,
@@ -54,46 +52,21 @@ from fedimdb.artifacts import (
 )
 from fedimdb.config import ConfigError, RunConfig, Settings
 from fedimdb.deploy.backend import Backend, RoundCallback, StackError, StackJob, attempt_name
+from fedimdb.experiment_record import (
+    EXPERIMENT_FILE,
+    Attempt,
+    ExperimentRecord,
+    ExperimentStatus,
+    Orchestrator,
+    RecordError,
+    Repeat,
+    RepeatStatus,
+)
 from fedimdb.metrics.experiment import ExperimentMetrics
 from fedimdb.summary import write_summary
 
-EXPERIMENT_FILE = "experiment.json"
 RUN_FAILURES = (StackError, ArtifactError)
 """What another attempt on a fresh stack may fix; anything else (a bug, a full disk) ends the experiment."""
-# experiment.json keys and repeat statuses.
-EXPERIMENT_ID, REPEATS, ATTEMPTS, STACK, ORCHESTRATOR = "experiment-id", "repeats", "attempts", "stack", "orchestrator"
-BACKEND, EXPERIMENT_SETTINGS, RUN_SETTINGS, DATA_SETTINGS = "backend", "experiment", "config", "data"
-RECORD_SCHEMA: dict[str, type] = {
-    EXPERIMENT_ID: str,
-    BACKEND: str,
-    EXPERIMENT_SETTINGS: dict,
-    RUN_SETTINGS: dict,
-    DATA_SETTINGS: dict,
-    REPEATS: dict,
-}
-"""What every experiment.json holds, and of which JSON type: what --resume reads before anything else."""
-
-
-class ExperimentStatus(StrEnum):
-    """The experiment's status in experiment.json."""
-
-    RUNNING = "running"
-    COMPLETED = "completed"  # every repeat verified
-    STOPPED = "stopped"  # a repeat failed and --on-failure stop ended the experiment
-    INCOMPLETE = "incomplete"  # some repeats are not verified: --resume runs them
-    INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM
-    FAILED = "failed"  # the orchestrator itself failed
-
-
-class RepeatStatus(StrEnum):
-    """A repeat's status in experiment.json, and each of its attempts'."""
-
-    RUNNING = "running"
-    VERIFIED = "verified"
-    FAILED = "failed"
-    INTERRUPTED = "interrupted"
-    CORRUPT = "corrupt"  # verified once, its artifacts no longer match their hashes: set aside, run again
-    ABANDONED = "abandoned"  # its orchestrator was killed mid-attempt; the stack it left was stopped on --resume
 
 
 console = Console(stderr=True, soft_wrap=True, highlight=False)
@@ -112,20 +85,20 @@ def new_experiment_dir(out: Path, cfg: RunConfig) -> Path:
     return path
 
 
-def new_record(exp_dir: Path, settings: Settings, backend: str) -> dict[str, Any]:
+def new_record(exp_dir: Path, settings: Settings, backend: str) -> ExperimentRecord:
     """experiment.json of a new experiment, before any repeat ran."""
     run = settings.run
-    return {
-        EXPERIMENT_ID: exp_dir.name,
-        BACKEND: backend,
-        "created": utc_now(),
-        EXPERIMENT_SETTINGS: settings.experiment.as_dict(),
-        RUN_SETTINGS: run.as_dict(),
-        DATA_SETTINGS: settings.data.as_dict(),
-        "seeds": [run.seed + k for k in range(settings.experiment.repeats)],
-        "versions": software_versions(),
-        REPEATS: {},
-    }
+    return ExperimentRecord(
+        experiment_id=exp_dir.name,
+        backend=backend,
+        created=utc_now(),
+        experiment=settings.experiment.as_dict(),
+        config=run.as_dict(),
+        data=settings.data.as_dict(),
+        repeats={},
+        seeds=[run.seed + k for k in range(settings.experiment.repeats)],
+        versions=software_versions(),
+    )
 
 
 def set_aside(path: Path, why: str) -> str | None:
@@ -143,7 +116,13 @@ class Experiment:
     """The repeat loop: run, verify, retry, record, summarise; resumable at any point."""
 
     def __init__(
-        self, exp_dir: Path, record: dict, settings: Settings, backend: Backend, shards: Path, keep_up: bool
+        self,
+        exp_dir: Path,
+        record: ExperimentRecord,
+        settings: Settings,
+        backend: Backend,
+        shards: Path,
+        keep_up: bool,
     ) -> None:
         self.exp_dir, self.record, self.settings = exp_dir, record, settings
         self.backend, self.shards, self.keep_up = backend, shards, keep_up
@@ -152,10 +131,12 @@ class Experiment:
 
     def save(self) -> None:
         """Rewrite experiment.json atomically."""
-        write_json_atomic(self.exp_dir / EXPERIMENT_FILE, self.record)
+        write_json_atomic(self.exp_dir / EXPERIMENT_FILE, self.record.to_json())
 
-    def _repeat(self, k: int) -> dict[str, Any]:
-        return self.record[REPEATS].get(str(k), {})
+    def _status(self, k: int) -> RepeatStatus | None:
+        """Repeat ``k``'s status; None before it ran."""
+        rep = self.record.repeats.get(str(k))
+        return None if rep is None else rep.status
 
     def run(self) -> int:
         """All repeats; exit code 0 only when every repeat is verified."""
@@ -163,14 +144,11 @@ class Experiment:
         self._stop_leftovers()
         verified = [k for k in range(n) if self._still_verified(k)]
         self._start_metrics(n, len(verified))
-        self.record.update(
-            {STATUS: ExperimentStatus.RUNNING, ORCHESTRATOR: {"pid": os.getpid(), "host": socket.gethostname()}}
-        )
+        self.record.status = ExperimentStatus.RUNNING
+        self.record.orchestrator = Orchestrator(os.getpid(), socket.gethostname())
         self.save()
         stopped = self._run_repeats(n, verified)
-        done = {
-            k: repeat_dir(self.exp_dir, k) for k in range(n) if self._repeat(k).get(STATUS) == RepeatStatus.VERIFIED
-        }
+        done = {k: repeat_dir(self.exp_dir, k) for k in range(n) if self._status(k) == RepeatStatus.VERIFIED}
         if done:
             write_summary(self.exp_dir, done)
         status = (
@@ -178,7 +156,7 @@ class Experiment:
             if len(done) == n
             else (ExperimentStatus.STOPPED if stopped else ExperimentStatus.INCOMPLETE)
         )
-        self.record.update(status=status, ended=utc_now())
+        self.record.status, self.record.ended = status, utc_now()
         self.save()
         self.metrics.flush()
         self.metrics.wait_for_last_scrape()
@@ -238,26 +216,21 @@ class Experiment:
 
     def _stop_leftovers(self) -> None:
         """An attempt still marked running had its orchestrator killed: stop the stack it left, mark it abandoned."""
-        for k, rep in self.record[REPEATS].items():
-            if rep.get(STATUS) != RepeatStatus.RUNNING or not rep.get(ATTEMPTS):
+        for k, rep in self.record.repeats.items():
+            if rep.status != RepeatStatus.RUNNING or not rep.attempts:
                 continue
-            entry = rep[ATTEMPTS][-1]
-            said = self.backend.stop_leftover(entry.get(STACK, {}))
-            entry.update(
-                {
-                    STATUS: RepeatStatus.ABANDONED,
-                    "error": "the orchestrator was killed during this attempt",
-                    "leftovers": said,
-                }
-            )
-            rep[STATUS] = RepeatStatus.ABANDONED
-            console.print(f"repeat {k} attempt {entry['attempt']}: its orchestrator was killed; {said}")
+            entry = rep.attempts[-1]
+            said = self.backend.stop_leftover(entry.stack or {})
+            entry.status, entry.error = RepeatStatus.ABANDONED, "the orchestrator was killed during this attempt"
+            entry.leftovers = said
+            rep.status = RepeatStatus.ABANDONED
+            console.print(f"repeat {k} attempt {entry.attempt}: its orchestrator was killed; {said}")
         self.save()
 
     def _still_verified(self, k: int) -> bool:
         """A repeat recorded as verified whose folder still verifies; a corrupt one is set aside."""
-        rep = self._repeat(k)
-        if rep.get(STATUS) != RepeatStatus.VERIFIED:
+        rep = self.record.repeats.get(str(k))
+        if rep is None or rep.status != RepeatStatus.VERIFIED:
             return False
         try:
             verify_run(repeat_dir(self.exp_dir, k))
@@ -265,7 +238,7 @@ class Experiment:
         except ArtifactError as exc:
             moved = set_aside(repeat_dir(self.exp_dir, k), RepeatStatus.CORRUPT)
             console.print(f"repeat {k}: no longer verifies ({exc}); moved to {moved}, redoing it")
-            rep.update({STATUS: RepeatStatus.CORRUPT, "error": str(exc), "moved-to": moved})
+            rep.status, rep.error, rep.moved_to = RepeatStatus.CORRUPT, str(exc), moved
             self.save()
             return False
 
@@ -273,21 +246,21 @@ class Experiment:
         """Up to 1 + retries attempts at repeat ``k``; True once one is verified."""
         seed = self.settings.run.seed + k
         cfg = RunConfig.from_mapping({**self.settings.run.as_dict(), "seed": seed})
-        rep = self.record[REPEATS].setdefault(str(k), {"seed": seed, ATTEMPTS: []})
+        rep = self.record.repeats.setdefault(str(k), Repeat(seed))
         for attempt in range(1, self.settings.experiment.retries + 2):
             moved = set_aside(repeat_dir(self.exp_dir, k), "unfinished")  # left by a killed orchestrator
             if moved:
-                rep.setdefault("set-aside", []).append(moved)
+                rep.set_aside.append(moved)
             if self._attempt(k, attempt, cfg, rep, on_round):
                 return True
         return False
 
-    def _attempt(self, k: int, attempt: int, cfg: RunConfig, rep: dict[str, Any], on_round: RoundCallback) -> bool:
+    def _attempt(self, k: int, attempt: int, cfg: RunConfig, rep: Repeat, on_round: RoundCallback) -> bool:
         """One attempt on a fresh stack; records its outcome in experiment.json."""
         path = repeat_dir(self.exp_dir, k)
-        entry = {"attempt": attempt, "started": utc_now()}
-        rep[ATTEMPTS].append(entry)
-        rep[STATUS] = RepeatStatus.RUNNING
+        entry = Attempt(attempt, utc_now())
+        rep.attempts.append(entry)
+        rep.status = RepeatStatus.RUNNING
         self.save()
         self.metrics.repeat_started(k)
         console.print(f"repeat {k} (seed {cfg.seed}), attempt {attempt}: backend {self.backend.name}")
@@ -308,7 +281,7 @@ class Experiment:
             with self.backend.make(job) as stack:
 
                 def keep(handle: dict[str, Any]) -> None:  # for a --resume after this orchestrator is killed
-                    entry[STACK] = handle
+                    entry.stack = handle
                     self.save()
 
                 keep(stack.handle())
@@ -317,27 +290,27 @@ class Experiment:
                 stack.collect()
             meta = verify_run(path)
         except RUN_FAILURES as exc:
-            entry.update({STATUS: RepeatStatus.FAILED, "error": str(exc), "seconds": round(time.monotonic() - t0, 1)})
-            entry["set-aside"] = set_aside(path, RepeatStatus.FAILED)
-            rep[STATUS] = RepeatStatus.FAILED
+            entry.status, entry.error, entry.seconds = RepeatStatus.FAILED, str(exc), round(time.monotonic() - t0, 1)
+            entry.set_aside = set_aside(path, RepeatStatus.FAILED)
+            rep.status = RepeatStatus.FAILED
             self.save()
             self.metrics.repeat_failed()
             console.print(f"repeat {k} attempt {attempt} failed: {exc}", style="red", markup=False)
             return False
         except BaseException:
-            entry.update({STATUS: RepeatStatus.INTERRUPTED, "seconds": round(time.monotonic() - t0, 1)})
-            rep[STATUS] = RepeatStatus.INTERRUPTED
+            entry.status, entry.seconds = RepeatStatus.INTERRUPTED, round(time.monotonic() - t0, 1)
+            rep.status = RepeatStatus.INTERRUPTED
             self.save()
             raise
         self._record_verified(k, rep, entry, meta, round(time.monotonic() - t0, 1))
         return True
 
-    def _record_verified(self, k: int, rep: dict, entry: dict, meta: dict, seconds: float) -> None:
+    def _record_verified(self, k: int, rep: Repeat, entry: Attempt, meta: dict[str, Any], seconds: float) -> None:
         final = read_csv(repeat_dir(self.exp_dir, k) / ROUNDS_FILE)[-1]
         accuracy, loss = float(final["central_accuracy"]), float(final["central_loss"])
-        entry.update({STATUS: RepeatStatus.VERIFIED, "seconds": seconds})
-        rep.update({STATUS: RepeatStatus.VERIFIED, "seconds": seconds, "run-id": meta.get(RUN_ID)})
-        rep.update({"final-accuracy": accuracy, "final-loss": loss})
+        entry.status, entry.seconds = RepeatStatus.VERIFIED, seconds
+        rep.status, rep.seconds, rep.run_id = RepeatStatus.VERIFIED, seconds, meta.get(RUN_ID)
+        rep.final_accuracy, rep.final_loss = accuracy, loss
         self.save()
         self.metrics.repeat_finished(k, seconds, accuracy, loss)
 
@@ -346,47 +319,28 @@ class Experiment:
         for col in ("repeat", "seed", "status", "attempts", "seconds", "final accuracy", "final loss"):
             table.add_column(col)
         for k in range(n):
-            rep = self._repeat(k)
-            acc, loss = rep.get("final-accuracy"), rep.get("final-loss")
+            rep = self.record.repeats.get(str(k)) or Repeat(self.settings.run.seed + k)
+            acc, loss = rep.final_accuracy, rep.final_loss
             table.add_row(
                 str(k),
-                str(rep.get("seed", self.settings.run.seed + k)),
-                rep.get(STATUS, "not run"),
-                str(len(rep.get(ATTEMPTS, []))),
-                str(rep.get("seconds", "")),
+                str(rep.seed),
+                rep.status or "not run",
+                str(len(rep.attempts)),
+                "" if rep.seconds is None else str(rep.seconds),
                 f"{acc:.4f}" if acc is not None else "",
                 f"{loss:.4f}" if loss is not None else "",
             )
         console.print(table)
 
 
-def load_record(exp_dir: Path) -> dict[str, Any]:
-    """An existing experiment's experiment.json, checked against :data:`RECORD_SCHEMA` (ConfigError if not)."""
+def load_record(exp_dir: Path) -> ExperimentRecord:
+    """An existing experiment's experiment.json, read and checked field by field (ConfigError if damaged)."""
     path = exp_dir / EXPERIMENT_FILE
     try:
-        record = read_json(path)
+        return ExperimentRecord.from_json(read_json(path))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        problem: str | None = f"it cannot be read as JSON ({exc})"
-    else:
-        problem = record_problem(record)
-    if problem:
-        raise ConfigError(
-            f"--resume: {path} is damaged: {problem}. Restore it from a backup, or start a new experiment with "
-            f"the same settings; the repeats' folders in {exp_dir} are kept either way"
-        )
-    return record
-
-
-def record_problem(record: Any) -> str | None:
-    """What is wrong with an experiment.json's contents, or None."""
-    if not isinstance(record, dict):
-        return f"it holds a JSON {type(record).__name__}, not an object"
-    for key, kind in RECORD_SCHEMA.items():
-        if not isinstance(record.get(key), kind):
-            return f"{key!r} is {'missing' if key not in record else type(record[key]).__name__}, not a JSON {kind.__name__}"
-    bad = [
-        k
-        for k, rep in record[REPEATS].items()
-        if not isinstance(rep, dict) or not isinstance(rep.get(ATTEMPTS, []), list)
-    ]
-    return f"repeats {', '.join(bad)} are not objects with a list of attempts" if bad else None
+        problem = str(exc) if isinstance(exc, RecordError) else f"it cannot be read as JSON ({exc})"
+    raise ConfigError(
+        f"--resume: {path} is damaged: {problem}. Restore it from a backup, or start a new experiment with "
+        f"the same settings; the repeats' folders in {exp_dir} are kept either way"
+    )

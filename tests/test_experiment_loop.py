@@ -16,7 +16,8 @@ import pytest
 from fedimdb.artifacts import read_json
 from fedimdb.config import DataConfig, ExperimentConfig, RunConfig, Settings
 from fedimdb.deploy.backend import Backend, RoundCallback, Stack, StackError, StackJob
-from fedimdb.experiment import ATTEMPTS, EXPERIMENT_FILE, REPEATS, STACK, Experiment, RepeatStatus, new_record
+from fedimdb.experiment import Experiment, new_record
+from fedimdb.experiment_record import EXPERIMENT_FILE, ExperimentRecord, RepeatStatus
 
 
 class FailingStack(Stack):
@@ -57,10 +58,10 @@ def experiment(tmp_path: Path, errors: list[BaseException], retries: int) -> tup
 def test_a_stack_failure_sets_the_attempt_aside_and_tries_again(tmp_path: Path) -> None:
     exp, jobs = experiment(tmp_path, [StackError("the SuperLink exited"), StackError("again")], retries=1)
     assert exp.run() == 1
-    attempts = exp.record[REPEATS]["0"][ATTEMPTS]
-    assert [a["status"] for a in attempts] == [RepeatStatus.FAILED, RepeatStatus.FAILED]
-    assert attempts[0]["error"] == "the SuperLink exited"
-    assert [a["set-aside"] for a in attempts] == ["repeat-0.failed-1", "repeat-0.failed-2"]
+    attempts = exp.record.repeats["0"].attempts
+    assert [a.status for a in attempts] == [RepeatStatus.FAILED, RepeatStatus.FAILED]
+    assert attempts[0].error == "the SuperLink exited"
+    assert [a.set_aside for a in attempts] == ["repeat-0.failed-1", "repeat-0.failed-2"]
     assert (tmp_path / "exp" / "repeat-0.failed-1" / "partial.txt").read_text() == "half a run"
     assert len({job.name for job in jobs}) == 2, "each attempt on a stack of its own"
 
@@ -71,11 +72,13 @@ def test_anything_else_ends_the_experiment_without_another_attempt(tmp_path: Pat
     with pytest.raises(OSError, match="No space left"):
         exp.run()
     assert len(jobs) == 1
-    assert exp.record[REPEATS]["0"][ATTEMPTS][0]["status"] == RepeatStatus.INTERRUPTED
+    assert exp.record.repeats["0"].attempts[0].status == RepeatStatus.INTERRUPTED
 
 
 def test_a_stack_handle_that_changes_mid_run_is_saved_at_once(tmp_path: Path) -> None:
     exp, jobs = experiment(tmp_path, [StackError("the SuperLink exited")], retries=0)
     exp.run()
-    (attempt,) = read_json(tmp_path / "exp" / EXPERIMENT_FILE)[REPEATS]["0"][ATTEMPTS]
-    assert attempt[STACK] == {"restarted": jobs[0].name}
+    (attempt,) = read_json(tmp_path / "exp" / EXPERIMENT_FILE)["repeats"]["0"]["attempts"]
+    assert attempt["stack"] == {"restarted": jobs[0].name}
+    saved = ExperimentRecord.from_json(read_json(tmp_path / "exp" / EXPERIMENT_FILE))
+    assert saved == exp.record, "experiment.json reads back as the record that was written"

@@ -341,14 +341,14 @@ def test_the_docs_list_every_case() -> None:
 
 DAMAGED_RECORDS = {
     "truncated": ('{"experiment-id": "exp", "backend": "lo', "it cannot be read as JSON"),
-    "not an object": ("[1, 2]", "it holds a JSON list, not an object"),
+    "not an object": ("[1, 2]", "the file is a JSON array, not an object"),
     "no run settings": (
-        '{"experiment-id": "exp", "backend": "local", "experiment": {}, "data": {}, "repeats": {}}',
-        "'config' is missing, not a JSON dict",
+        '{"experiment-id": "exp", "backend": "local", "created": "2026-12-05T09:00:00Z", "experiment": {}, "data": {}, "repeats": {}}',
+        "config is missing",
     ),
     "a repeat without attempts": (
-        '{"experiment-id": "exp", "backend": "local", "experiment": {}, "config": {}, "data": {}, "repeats": {"0": 3}}',
-        "repeats 0 are not objects with a list of attempts",
+        '{"experiment-id": "exp", "backend": "local", "created": "2026-12-05T09:00:00Z", "experiment": {}, "config": {}, "data": {}, "repeats": {"0": 3}}',
+        "repeats.0 is a JSON integer, not an object",
     ),
 }
 
