@@ -98,6 +98,22 @@ def round_breakdown(run: FedRun) -> RoundBreakdown:
     )
 
 
+def job_args(model: str, clients: int, rounds: int, data_source: Path, work: Path) -> list[str]:
+    """orchestrate.py's options for a bench run: model, clients, rounds, data, and shards under ``work``."""
+    return [
+        "--model",
+        model,
+        "--clients",
+        str(clients),
+        "--rounds",
+        str(rounds),
+        "--data-source",
+        str(data_source),
+        "--shards-dir",
+        str(work / "shards"),
+    ]
+
+
 def run_fedimdb(
     out: Path,
     args: Sequence[str],

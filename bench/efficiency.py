@@ -15,7 +15,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from bench.common import DEFAULT_IMDB, run_fedimdb, work_dir, write_result
+from bench.common import DEFAULT_IMDB, job_args, run_fedimdb, work_dir, write_result
 from fedimdb.data import client_dir_name, read_split
 from fedimdb.model import load_model, pick_device
 from fedimdb.training import seed_everything, train
@@ -60,18 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         "local-eval-rows": 32,
     }
     with work_dir("efficiency") as work:
-        args = [
-            "--model",
-            "minilm",
-            "--clients",
-            str(a.clients),
-            "--rounds",
-            str(a.rounds),
-            "--data-source",
-            str(a.data_source),
-            "--shards-dir",
-            str(work / "shards"),
-        ]
+        args = job_args("minilm", a.clients, a.rounds, a.data_source, work)
         run = run_fedimdb(work / "results", args, settings)
         rate = centralised_rate(work / "shards", 16 * a.steps, 16, a.max_length)
     rounds = []

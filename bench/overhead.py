@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import DEFAULT_IMDB, Variant, round_breakdown, run_fedimdb, work_dir, write_result
+from bench.common import DEFAULT_IMDB, Variant, job_args, round_breakdown, run_fedimdb, work_dir, write_result
 from fedimdb.artifacts import LOGS_DIR, read_json
 from fedimdb.config import RunConfig
 from fedimdb.deploy import flwr_cli
@@ -91,18 +91,7 @@ def baseline(model: str, clients: int, rounds: int, work: Path) -> Arm:
 
 def fedimdb_arm(variant: Variant, model: str, a: argparse.Namespace, work: Path) -> Arm:
     """fedimdb with this variant on ``a.backend``, from the rows it wrote."""
-    args = [
-        "--model",
-        model,
-        "--clients",
-        str(a.clients),
-        "--rounds",
-        str(a.rounds),
-        "--data-source",
-        str(a.data_source),
-        "--shards-dir",
-        str(work / "shards"),
-    ]
+    args = job_args(model, a.clients, a.rounds, a.data_source, work)
     run = run_fedimdb(work / "results", args, {**SETTINGS, **variant.settings}, variant.env, a.backend)
     traffic_per_round = traffic(read_json(run.run_dir / LOGS_DIR / FLWR_RUN_FILE)) / a.rounds
     return Arm(f"{variant.name}@{a.backend}", model, **asdict(round_breakdown(run)), bytes_per_round=traffic_per_round)

@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.common import DEFAULT_IMDB, run_fedimdb, work_dir, write_result
+from bench.common import DEFAULT_IMDB, job_args, run_fedimdb, work_dir, write_result
 
 GIB = 2**30
 
@@ -60,18 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     sampler = PeakMemory()
     started = time.monotonic()
     with work_dir("scale") as work:
-        args = [
-            "--model",
-            "tiny",
-            "--clients",
-            str(a.clients),
-            "--rounds",
-            str(a.rounds),
-            "--data-source",
-            str(a.data_source),
-            "--shards-dir",
-            str(work / "shards"),
-        ]
+        args = job_args("tiny", a.clients, a.rounds, a.data_source, work)
         sampler.start()
         try:
             run = run_fedimdb(work / "results", args, settings, env)

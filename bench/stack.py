@@ -24,7 +24,7 @@ from pathlib import Path
 
 import docker
 
-from bench.common import DEFAULT_IMDB, run_fedimdb, work_dir, write_result
+from bench.common import DEFAULT_IMDB, job_args, run_fedimdb, work_dir, write_result
 from fedimdb.artifacts import LOGS_DIR
 from fedimdb.deploy.docker_backend import COMPOSE_LOG
 
@@ -141,18 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = {"max-steps": 1, "batch-size": 16, "max-length": 32, "eval-rows": 200, "local-eval-rows": 50}
     sampler = MemorySampler(a.sample_seconds)
     with work_dir("stack") as work:
-        args = [
-            "--model",
-            a.model,
-            "--clients",
-            str(a.clients),
-            "--rounds",
-            str(a.rounds),
-            "--data-source",
-            str(a.data_source),
-            "--shards-dir",
-            str(work / "shards"),
-        ]
+        args = job_args(a.model, a.clients, a.rounds, a.data_source, work)
         sampler.start()
         try:
             run = run_fedimdb(work / "results", args, settings, backend="docker")
