@@ -7,7 +7,6 @@ server can record per-client rows. Keys: fedimdb/protocol.py.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,6 @@ from typing import TYPE_CHECKING, Any, cast
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedimdb import faults
 from fedimdb.config import ConfigError, RunConfig
 from fedimdb.data import Examples, read_split
 from fedimdb.finetune import Tuned
@@ -127,8 +125,6 @@ def train(msg: Message, context: Context) -> Message:
     start = time.perf_counter()
     task = _prepare(msg, context, "train")
     cfg = task.cfg
-    fault = faults.for_partition(os.environ, task.partition_id)  # tests only; faults.NONE otherwise
-    fault.before_training()
     received_eval: dict[str, int | float] = {}
     if config_of(msg.content).get(EVALUATE_RECEIVED, False):  # before training: the global model as received
         res = _validate(task, read_split(task.shard, "val"))
@@ -151,10 +147,9 @@ def train(msg: Message, context: Context) -> Message:
     task.model.cpu()
     trained = task.tuned.travelling()
     task.metrics.trained(server_round_of(msg.content), result, update_norm(trained, task.global_state))
-    state = fault.state(trained, task.global_state)
     metrics = TrainMetrics(
         partition_id=task.partition_id,
-        num_examples=fault.examples(result.num_examples),
+        num_examples=result.num_examples,
         loss=result.loss,
         steps=result.steps,
         seconds=result.seconds,
@@ -163,7 +158,7 @@ def train(msg: Message, context: Context) -> Message:
     )
     record = MetricRecord({**metrics.as_metrics(), **received_eval})
     content = RecordDict(
-        {ARRAYS: transport_arrays(state, cfg.weight_transport, reference=task.global_state), METRICS: record}
+        {ARRAYS: transport_arrays(trained, cfg.weight_transport, reference=task.global_state), METRICS: record}
     )
     return Message(content=content, reply_to=msg)
 

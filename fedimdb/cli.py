@@ -39,7 +39,7 @@ from fedimdb.preflight import preflight
 
 RUN_OPTIONS = ("num_rounds", "num_clients", "model", "strategy", "seed")
 DATA_OPTIONS = ("data_source", "partitioner", "alpha", "shards_dir")
-EXPERIMENT_OPTIONS = ("backend", "repeats", "retries", "on_failure", "metrics_port", "monitoring")
+EXPERIMENT_OPTIONS = ("backend", "repeats", "retries", "on_failure", "metrics_port", "monitoring", "app_dir")
 RESUMABLE_OPTIONS = ("retries", "on_failure", "metrics_port", "monitoring")  # what --resume may change
 
 
@@ -84,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
         const=True,
         help="docker backend: keep one Prometheus (localhost:9090) and Grafana (localhost:3000) up across the "
         "repeats, scraping them all (FEDIMDB_MONITORING)",
+    )
+    add(
+        "--app-dir",
+        help="run this Flower App instead of fedimdb's own: a folder with its pyproject.toml, e.g. fedimdb's "
+        "ClientApp with client mods of your own (FEDIMDB_APP_DIR)",
     )
     add(
         "--resume",

@@ -30,6 +30,7 @@ from dotenv import dotenv_values
 
 ENV_PREFIX = "FEDIMDB_"
 ENV_FILE = Path(".env")
+APP_CONFIG = "pyproject.toml"  # a Flower App's configuration, FAB contents (``fab-include``) included
 STRATEGIES = (
     "fedavg",
     "fedavgm",
@@ -380,6 +381,21 @@ class ExperimentConfig(_Settings):
     client_metrics_port: int = setting(
         9103, "Compose: port of each client container's /metrics, on the stack's network (0 = off)", low=0, high=65535
     )
+    app_dir: str = setting(
+        "",
+        "The Flower App to run: a folder with its pyproject.toml and the files its fab-include names "
+        "(empty: fedimdb's own app, this repository); e.g. fedimdb's ClientApp with client mods of your own. "
+        "The docker backend mounts it into the runner",
+    )
+
+    def validate(self) -> None:
+        """Ranges, then an app folder, if given, must hold a Flower App's pyproject.toml."""
+        super().validate()
+        if self.app_dir and not (Path(self.app_dir).expanduser() / APP_CONFIG).is_file():
+            raise ConfigError(
+                f"app-dir: {self.app_dir!r} holds no {APP_CONFIG}; point it at a Flower App's folder "
+                "(one with [tool.flwr.app.components] in its pyproject.toml), or leave it empty for fedimdb's own"
+            )
 
 
 def check_env_file(path: Path, given: bool) -> None:

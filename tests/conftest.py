@@ -15,6 +15,7 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 import contextlib
 import importlib.util
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,8 +31,10 @@ import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import tomli_w
+import tomllib
 
-from fedimdb.config import DataConfig
+from fedimdb.config import APP_CONFIG, DataConfig
 from fedimdb.data import prepare_shards
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,6 +138,39 @@ def build_script(name: str) -> ModuleType:
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
+
+
+FAULT_APP = ROOT / "tests" / "fault_app"
+FAULT_CLIENTAPP = f"{FAULT_APP.name}.client_app:app"
+
+
+def fault_app(plan: str, dest: Path) -> Path:
+    """A Flower App folder for ``--app-dir``: fedimdb's own files, its ClientApp behind the fault mod.
+
+    Parameters
+    ----------
+    plan
+        The faults, ``"PARTITION:KIND[,PARTITION:KIND ...]"`` (tests/fault_app/faults.py).
+    dest
+        A new folder to write the app into.
+
+    Returns
+    -------
+    Path
+        ``dest``, holding pyproject.toml (the ClientApp component the fault app's), fedimdb's
+        ``fab-include`` files, and tests/fault_app with this plan.
+    """
+    from fedimdb.deploy.flwr_cli import stage_app
+
+    stage_app(ROOT, dest)
+    shutil.copytree(FAULT_APP, dest / FAULT_APP.name, ignore=shutil.ignore_patterns("__pycache__"))
+    (dest / FAULT_APP.name / "plan.py").write_text(f"PLAN = {plan!r}\n")
+    project = tomllib.loads((dest / APP_CONFIG).read_text())
+    app = project["tool"]["flwr"]["app"]
+    app["components"]["clientapp"] = FAULT_CLIENTAPP
+    app["fab-include"].append(f"{FAULT_APP.name}/**/*.py")
+    (dest / APP_CONFIG).write_text(tomli_w.dumps(project))
+    return dest
 
 
 def require_docker() -> None:

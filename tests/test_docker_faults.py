@@ -2,7 +2,7 @@
 mid-round come back and rejoin, and their silence raises an alert.
 
 ``orchestrate.py --backend docker --monitoring`` with 10 client containers; partitions 1, 4 and 7
-are slowed (``FEDIMDB_TEST_FAULT``) so that round 2 is still going on when their containers' main
+are slowed (the tests' fault app, tests/fault_app) so that round 2 is still going on when their containers' main
 processes are SIGKILLed from the host, as a crash would (``docker kill`` would count as a
 deliberate stop, which Docker's restart policy leaves alone). The monitoring project's Prometheus
 (the host's Debian binary in an image; Grafana cannot run here, a sleeping container stands in)
@@ -18,14 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from fedimdb import faults
 from fedimdb.artifacts import ROUNDS_COMPLETED, read_csv, verify_run
 from fedimdb.deploy.docker_artifacts import RUNNER_SERVICE, read_run_file, service_containers
 from fedimdb.deploy.local import free_port
 from fedimdb.deploy.monitoring import MONITORING_PROFILE, MONITORING_PROJECT
 from monitoring.dashboard import render
 from server.records import ClientStatus
-from tests.conftest import ROOT, Orchestrator, compose, require_docker
+from tests.conftest import ROOT, Orchestrator, compose, fault_app, require_docker
 from tests.monitoring_checks import (
     DASHBOARD,
     build_monitoring_images,
@@ -112,9 +111,9 @@ def test_crashed_client_containers_restart_and_rejoin(imdb_dir: Path, tmp_path: 
         "--out",
         str(tmp_path / "results"),
     ] + [a for s in SETTINGS for a in ("--set", s)]
-    fault = ",".join(f"{k}:slow=10" for k in KILLED)
+    app = fault_app(",".join(f"{k}:slow=10" for k in KILLED), tmp_path / "app")
     start = time.time()
-    with Orchestrator(*args, env={faults.FAULT_VAR: fault, **monitoring}) as run:
+    with Orchestrator(*args, "--app-dir", str(app), env=monitoring) as run:
         deadline = time.monotonic() + 900
         project = _running_project(client, deadline)
         _wait_for_round(client, project, 1, deadline)

@@ -1,5 +1,5 @@
 """Bad updates and failed rounds: the server's checks on synthetic replies, then real local runs
-(SuperLink + 3 SuperNodes over gRPC) whose clients are told to misbehave (fedimdb/faults.py)."""
+(SuperLink + 3 SuperNodes over gRPC) whose clients misbehave as the tests' fault app tells them (tests/fault_app)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ import torch
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from safetensors.torch import load_file
 
-from fedimdb import faults
 from fedimdb.artifacts import CLIENT_UPDATES_FILE, ROUNDS_COMPLETED, WEIGHT_STATS_FILE, read_csv, read_json, verify_run
 from fedimdb.config import DataConfig, ExperimentConfig, RunConfig
 from fedimdb.data import SERVER_DIR
@@ -32,7 +31,8 @@ from fedimdb.protocol import ARRAYS, METRICS, NUM_EXAMPLES, PARTITION_ID, TrainM
 from server.checks import Expected, examples_problem, train_reply_problem
 from server.loop import RoundPolicy
 from server.records import ClientStatus, RoundLog
-from tests.conftest import Orchestrator, local_run_args, marked_processes, orchestrate
+from tests.conftest import Orchestrator, fault_app, local_run_args, marked_processes, orchestrate
+from tests.fault_app import faults
 
 # Run settings of the faulty runs: a capped budget (2 steps of 32) bounds the believable example count.
 SETTINGS = [
@@ -102,7 +102,7 @@ def test_scale_fault_multiplies_the_update(tiny_state: dict) -> None:
 
 def test_fault_flag_parsing() -> None:
     assert faults.parse("1:nan, 3:scale=10") == {1: faults.Fault("nan"), 3: faults.Fault("scale", 10.0)}
-    assert faults.for_partition({}, 0) is faults.NONE
+    assert faults.parse("") == {}
     for bad in ("nan", "x:nan", "1:melt", "1:scale", "1:nan=2"):
         with pytest.raises(ValueError, match="PARTITION:KIND"):
             faults.parse(bad)
@@ -153,7 +153,8 @@ class _Reply:
 def _faulty_run(tmp: Path, shards: Path, imdb: Path, fault: str, *settings: str) -> tuple[int, Path]:
     """orchestrate.py with one attempt, 3 clients, 2 rounds; its exit code and experiment folder."""
     args = local_run_args(tmp / "results", shards, imdb, clients=3, rounds=2, settings=[*SETTINGS, *settings])
-    run = orchestrate(*args, "--retries", "0", "--seed", "7", env={faults.FAULT_VAR: fault}, timeout=600)
+    app = fault_app(fault, tmp / "app")
+    run = orchestrate(*args, "--retries", "0", "--seed", "7", "--app-dir", str(app), timeout=600)
     (exp,) = (tmp / "results").iterdir()
     return run.returncode, exp
 
@@ -291,9 +292,8 @@ def test_a_killed_supernode_is_restarted_and_rejoins(shards: Path, imdb_dir: Pat
     args = local_run_args(
         tmp_path / "results", shards, imdb_dir, clients=3, rounds=ROUNDS_AFTER_KILL, settings=SETTINGS
     )
-    with Orchestrator(
-        *args, "--retries", "0", "--metrics-port", "0", env={faults.FAULT_VAR: f"1:slow=15,{PACE}"}
-    ) as run:
+    app = fault_app(f"1:slow=15,{PACE}", tmp_path / "app")
+    with Orchestrator(*args, "--retries", "0", "--metrics-port", "0", "--app-dir", str(app)) as run:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and run.returncode is None:
             run_files = list((tmp_path / "results").glob("*/repeat-0/run.json"))
@@ -341,13 +341,16 @@ def robust_runs(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
             "trimmed-beta": 0.2,
         }
     )
-    env = {**process_env(RunConfig.from_mapping(settings), tmp / "flwr-home"), faults.FAULT_VAR: f"0:scale={POISON:g}"}
+    env = process_env(RunConfig.from_mapping(settings), tmp / "flwr-home")
+    app = fault_app(f"0:scale={POISON:g}", tmp / "app")
     runs = {}
     with LocalFederation(shards, ROBUST_CLIENTS, tmp / "logs", env) as fed:
         for strategy in ROBUST:
             run = RunConfig.from_mapping({**settings, "strategy": strategy}).as_dict()
             run.update({"held-out-dir": str(shards / SERVER_DIR), "output-dir": str(tmp / strategy)})
-            flwr_cli.run_to_completion(LOCAL_CONNECTION, run, fed.env, log=lambda _: None, check=fed.check_alive)
+            flwr_cli.run_to_completion(
+                LOCAL_CONNECTION, run, fed.env, log=lambda _: None, check=fed.check_alive, app_dir=app
+            )
             verify_run(tmp / strategy)
             runs[strategy] = tmp / strategy
     return runs

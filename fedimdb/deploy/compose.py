@@ -24,13 +24,14 @@ from fedimdb.config import ConfigError, DataConfig, RunConfig, check_clients_fit
 from fedimdb.data import client_dir_name
 from fedimdb.deploy import APP_DIR
 from fedimdb.deploy.monitoring import CLIENTS_ALIAS, MONITORING_NETWORK
-from fedimdb.deploy.topology import CLIENT_SHARD_MOUNT, CREDENTIALS_MOUNT, SERVER_HOST
+from fedimdb.deploy.topology import APP_MOUNT, CLIENT_SHARD_MOUNT, CREDENTIALS_MOUNT, SERVER_HOST
 
 COMPOSE_FILE = APP_DIR / "docker-compose.yml"
 DECLARED_CLIENTS = 10  # client-0 ... client-9 in docker-compose.yml
 CONTAINER_SOURCE = "/imdb"  # where the prepare service mounts a local IMDB folder
 SHARDS_DIR_VAR = env_name("shards_dir")  # docker-compose.yml mounts the shards from this host folder
 CREDENTIALS_DIR_VAR = "CREDENTIALS_DIR"  # ... and the credentials from this one (Compose only)
+APP_DIR_VAR = env_name("app_dir")  # the runner submits the Flower App in this folder
 
 
 def _env(settings: dict[str, Any]) -> dict[str, str]:
@@ -46,12 +47,14 @@ def build_override(
     run_name: str | None = None,
     client_services: bool = True,
     monitoring: bool = False,
+    app_dir: Path | None = None,
 ) -> dict[str, Any]:
     """The override as a dict; validates the settings against fedimdb/config.py first.
 
     ``client_services=False``: for docker-compose.server.yml, whose clients are sites of their own.
     ``monitoring``: the server and the clients also join the network of the experiment's Prometheus
-    (fedimdb/deploy/monitoring.py).
+    (fedimdb/deploy/monitoring.py). ``app_dir``: a Flower App of this host's to run instead of the
+    image's own, mounted read-only into the runner, which submits it (the ``app-dir`` setting).
     """
     RunConfig.from_mapping({**run_settings, "num-clients": num_clients}, origin="compose override")
     data = dict(data_settings)
@@ -71,6 +74,9 @@ def build_override(
     if run_name:
         runner_env["RUN_NAME"] = run_name
     services["runner"] = {"environment": runner_env}
+    if app_dir is not None:
+        runner_env[APP_DIR_VAR] = APP_MOUNT
+        services["runner"]["volumes"] = [f"{app_dir.resolve()}:{APP_MOUNT}:ro"]
     if not client_services:
         return {"services": services}
     for i in range(num_clients, DECLARED_CLIENTS):

@@ -118,8 +118,9 @@ class DockerStack(Stack):
         run_settings = {k: v for k, v in job.run.as_dict().items() if k not in ("held-out-dir", "output-dir")}
         data_settings = {k: v for k, v in job.data.as_dict().items() if k != "shards-dir"}
         monitoring = job.nodes.monitoring
+        app_dir = Path(job.nodes.app_dir).expanduser() if job.nodes.app_dir else None
         override = build_override(
-            job.run.num_clients, run_settings, data_settings, job.run_dir.name, monitoring=monitoring
+            job.run.num_clients, run_settings, data_settings, job.run_dir.name, monitoring=monitoring, app_dir=app_dir
         )
         if monitoring:
             with stack_failures("starting Prometheus and Grafana"):

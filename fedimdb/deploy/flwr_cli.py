@@ -33,11 +33,11 @@ from fedimdb.artifacts import (
     read_json,
     write_json_atomic,
 )
+from fedimdb.config import APP_CONFIG
 from fedimdb.deploy import APP_DIR
 from fedimdb.deploy.backend import StackError
 from fedimdb.waiting import patiently, wait_until
 
-FAB_CONFIG = "pyproject.toml"  # the Flower App's configuration, FAB contents (``fab-include``) included
 SERVERAPP_LOG = "serverapp.log"  # in the run folder's logs/
 FLWR_RUN_FILE = "flwr-run.json"  # in logs/ too: the run's final ``flwr ls`` entry (bytes in/out, compute time)
 FINISHED_PREFIX = "finished:"
@@ -97,15 +97,20 @@ def _flwr(args: list[str], env: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
+def app_folder(app_dir: str) -> Path:
+    """The Flower App an ``app-dir`` setting names: that folder, or fedimdb's own (:data:`APP_DIR`) if empty."""
+    return Path(app_dir).expanduser().resolve() if app_dir else APP_DIR
+
+
 def stage_app(app_dir: Path, dest: Path) -> Path:
     """Copy into ``dest`` only what the app's FAB holds: pyproject.toml and its ``fab-include`` files.
 
     ``flwr run`` lists every file under the folder it is given before it filters them; in a checkout
     that is the virtual environment, the wheelhouse and the data too (~50,000 files: bench/submit.py).
     """
-    pyproject = app_dir / FAB_CONFIG
+    pyproject = app_dir / APP_CONFIG
     dest.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(pyproject, dest / FAB_CONFIG)
+    shutil.copy2(pyproject, dest / APP_CONFIG)
     for pattern in tomllib.loads(pyproject.read_text())["tool"]["flwr"]["app"]["fab-include"]:
         for path in app_dir.glob(pattern):
             target = dest / path.relative_to(app_dir)
@@ -220,8 +225,9 @@ def run_to_completion(
     log: Callable[[str], None],
     check: Callable[[], None] | None = None,
     on_round: Callable[[int], None] | None = None,
+    app_dir: Path = APP_DIR,
 ) -> dict[str, Any]:
-    """Submit the app, follow it round by round, save the ServerApp log.
+    """Submit the app (``app_dir``: fedimdb's own unless told), follow it round by round, save the ServerApp log.
 
     ``run_config`` must hold ``output-dir`` (where the ServerApp writes, readable from here).
     Progress comes from the ServerApp's run.json (``rounds-completed``). Returns the final
@@ -231,7 +237,7 @@ def run_to_completion(
     run_dir = Path(run_config["output-dir"])
     num_rounds = int(run_config["num-rounds"])
     with tempfile.TemporaryDirectory(prefix="fedimdb-submit-") as tmp:
-        run_id = submit_run(APP_DIR, connection, run_config, env, Path(tmp))
+        run_id = submit_run(app_dir, connection, run_config, env, Path(tmp))
     log(
         f"run {run_id} submitted: {num_rounds} rounds of {run_config['strategy']} on model {run_config['model']}, "
         f"{run_config['num-clients']} clients; artifacts go to {run_dir}"

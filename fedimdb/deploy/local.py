@@ -222,7 +222,13 @@ class LocalStack(Stack):
             "output-dir": str(job.run_dir.resolve()),
         }
         flwr_cli.run_to_completion(
-            LOCAL_CONNECTION, run_config, self.env, log=self.log, check=fed.check_alive, on_round=on_round
+            LOCAL_CONNECTION,
+            run_config,
+            self.env,
+            log=self.log,
+            check=fed.check_alive,
+            on_round=on_round,
+            app_dir=flwr_cli.app_folder(job.nodes.app_dir),
         )
 
     def collect(self) -> None:

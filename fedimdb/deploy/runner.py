@@ -33,7 +33,7 @@ def main() -> int:
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     try:
         cfg = RunConfig.from_env(env_file=None)
-        tls = ExperimentConfig.from_env(env_file=None).tls_auth
+        deployment = ExperimentConfig.from_env(env_file=None)
     except ConfigError as exc:
         log(f"error: {exc}")
         return 2
@@ -45,12 +45,16 @@ def main() -> int:
     address = f"{SERVER_HOST}:{CONTROL_PORT}"
     with tempfile.TemporaryDirectory(prefix="fedimdb-flwr-") as flwr_home:
         env = {"FLWR_HOME": flwr_home}
-        ca = Path(CREDENTIALS_MOUNT) / CA_CERT if tls else None  # the Control API serves TLS under this CA
+        ca = (
+            Path(CREDENTIALS_MOUNT) / CA_CERT if deployment.tls_auth else None
+        )  # the Control API serves TLS under this CA
         flwr_cli.write_connection(Path(flwr_home), COMPOSE_CONNECTION, address, ca)
         try:
             wait_for_port(address, 120, step=1.0)  # healthy, but a slow DNS or restart gets patience
             run_config = {**cfg.as_dict(), "held-out-dir": HELD_OUT_MOUNT, "output-dir": str(run_dir)}
-            entry = flwr_cli.run_to_completion(COMPOSE_CONNECTION, run_config, env, log=log)
+            entry = flwr_cli.run_to_completion(
+                COMPOSE_CONNECTION, run_config, env, log=log, app_dir=flwr_cli.app_folder(deployment.app_dir)
+            )
             verify_run(run_dir)
         except (StackError, ArtifactError) as exc:
             log(f"run failed: {exc}")

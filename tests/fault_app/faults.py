@@ -1,9 +1,8 @@
-"""Test-only faults: a client told to misbehave, so the server's defences can be checked end to end.
+"""Faults a client commits, as a Flower client mod: the tests' way to make a node misbehave.
 
-``FEDIMDB_TEST_FAULT="PARTITION:KIND[,PARTITION:KIND ...]"`` in a node's environment makes the
-ClientApp serving that partition commit the fault in every train reply. It is read by the
-ClientApp only, never by the server, and no setting of fedimdb/config.py enables it: it exists
-for the tests. The kinds:
+The fault plan, ``"PARTITION:KIND[,PARTITION:KIND ...]"`` (tests/fault_app/plan.py, written by
+:func:`tests.conftest.fault_app`), names the partitions whose ClientApp commits a fault in every
+train reply; :func:`fault_mod` wraps fedimdb's ClientApp (tests/fault_app/client_app.py). The kinds:
 
 ``nan``
     one floating-point tensor of the update holds NaN;
@@ -21,6 +20,8 @@ for the tests. The kinds:
     the update (returned − received weights) is multiplied by K;
 ``slow=S``
     the ClientApp waits S seconds before training (a slow site; a window to kill a node mid-round).
+
+The weights are changed as they travel in float32 or float16 (not int8: its codes are not weights).
 """
 
 from __future__ import annotations
@@ -28,12 +29,23 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # imported where a fault is committed: parsing stays import-light
-    import torch
+import torch
+from flwr.app import ArrayRecord, Context, Message, MessageType
+from flwr.clientapp.typing import ClientAppCallable
 
-FAULT_VAR = "FEDIMDB_TEST_FAULT"
+from fedimdb.protocol import (
+    ARRAYS,
+    NODE_PARTITION_ID,
+    NUM_EXAMPLES,
+    REFERENCE_DIGEST,
+    arrays_of,
+    metrics_of,
+    received_state,
+)
+
+from .plan import PLAN
+
 KINDS = ("nan", "shape", "dtype", "missing", "examples", "raise", "scale", "slow")
 VALUED_KINDS = ("scale", "slow")  # written KIND=VALUE
 NO_FAULT = "none"
@@ -54,7 +66,7 @@ class Fault:
     def before_training(self) -> None:
         """``raise``: fail the message before any work; ``slow``: wait first."""
         if self.kind == "raise":
-            raise FaultError(f"test fault ({FAULT_VAR}): this client fails every train message")
+            raise FaultError("test fault (tests/fault_app): this client fails every train message")
         if self.kind == "slow":
             time.sleep(self.value)
 
@@ -96,13 +108,26 @@ def parse(text: str) -> dict[int, Fault]:
         kind, _, value = spec.partition("=")
         if not partition.strip().isdigit() or kind not in KINDS or (kind in VALUED_KINDS) != bool(value):
             raise ValueError(
-                f"{FAULT_VAR}: {item!r} is not PARTITION:KIND; kinds: {', '.join(KINDS)} "
+                f"fault plan: {item!r} is not PARTITION:KIND; kinds: {', '.join(KINDS)} "
                 f"({' and '.join(VALUED_KINDS)} as KIND=NUMBER)"
             )
         faults[int(partition)] = Fault(kind, float(value) if value else 1.0)
     return faults
 
 
-def for_partition(environ: Mapping[str, str], partition_id: int) -> Fault:
-    """The fault this partition's client is told to commit (:data:`NONE` if none)."""
-    return parse(environ.get(FAULT_VAR, "")).get(partition_id, NONE)
+def fault_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Flower client mod: this node's partition commits its planned fault in every train reply."""
+    if msg.metadata.message_type.split(".")[0] != MessageType.TRAIN:
+        return call_next(msg, context)
+    fault = parse(PLAN).get(int(context.node_config[NODE_PARTITION_ID]), NONE)
+    fault.before_training()
+    reply = call_next(msg, context)
+    if fault.kind == NO_FAULT or reply.has_error():
+        return reply
+    arrays, metrics = arrays_of(reply.content), metrics_of(reply.content)
+    if REFERENCE_DIGEST in arrays:
+        raise FaultError("the fault app changes weights that travel as float32 or float16, not int8")
+    received = received_state(arrays_of(msg.content))
+    reply.content[ARRAYS] = ArrayRecord(fault.state(arrays.to_torch_state_dict(), received))
+    metrics[NUM_EXAMPLES] = fault.examples(int(metrics[NUM_EXAMPLES]))
+    return reply
