@@ -18,8 +18,9 @@ import pytest
 import yaml
 
 from fedimdb.artifacts import read_csv, verify_run
-from fedimdb.deploy.compose import build_override
+from fedimdb.deploy.compose import APP_DIR_VAR, build_override
 from fedimdb.deploy.docker_artifacts import pull_artifacts, service_containers
+from fedimdb.deploy.topology import APP_MOUNT
 from tests.conftest import ROOT, build_script, compose, require_docker
 
 RUN_NAME = "compose-e2e"
@@ -268,6 +269,18 @@ def test_other_client_counts_by_override(tmp_path: Path, imdb_dir: Path) -> None
             (f"client-{n - 1}", "/data", True),
             (f"client-{n - 1}", "/credentials", True),
         ]
+
+
+def test_an_app_dir_of_the_hosts_is_mounted_into_the_runner_and_named_to_it(tmp_path: Path, imdb_dir: Path) -> None:
+    override = tmp_path / "override.yml"
+    override.write_text(yaml.safe_dump(build_override(3, {}, {"data-source": str(imdb_dir)}, app_dir=tmp_path)))
+    runner = json.loads(compose([ROOT / "docker-compose.yml", override], "config", "--format", "json").stdout)[
+        "services"
+    ]["runner"]
+    assert runner["environment"][APP_DIR_VAR] == APP_MOUNT
+    assert (str(tmp_path), APP_MOUNT, True) in [
+        (v["source"], v["target"], v.get("read_only", False)) for v in runner["volumes"]
+    ]
 
 
 def test_plaintext_is_an_explicit_opt_in() -> None:

@@ -81,6 +81,13 @@ def test_bad_data_values(tmp_path: Path) -> None:
     assert DataConfig.from_mapping({"data-source": "stanfordnlp/imdb"}).data_source == "stanfordnlp/imdb"
 
 
+def test_an_app_dir_must_hold_a_flower_app(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"app-dir: .* holds no pyproject.toml; point it at a Flower App's folder"):
+        ExperimentConfig.from_mapping({"app-dir": str(tmp_path)})
+    (tmp_path / "pyproject.toml").write_text("")
+    assert ExperimentConfig.from_mapping({"app-dir": str(tmp_path)}).app_dir == str(tmp_path)
+
+
 def test_more_clients_than_shards_is_refused() -> None:
     with pytest.raises(ConfigError, match="num-clients: 12 clients but only 10 shards"):
         check_clients_fit(RunConfig(num_clients=12), 10)

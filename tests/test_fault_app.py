@@ -3,11 +3,11 @@ only by the tests (``--app-dir``); fedimdb's own app carries none of it. Flower 
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
@@ -59,7 +59,9 @@ def _message(kind: str = MessageType.TRAIN) -> Message:
 
 
 def _context(partition: int) -> Context:
-    return Context(run_id=7, node_id=NODE, node_config={NODE_PARTITION_ID: partition}, state=RecordDict(), run_config={})
+    return Context(
+        run_id=7, node_id=NODE, node_config={NODE_PARTITION_ID: partition}, state=RecordDict(), run_config={}
+    )
 
 
 def _trained(msg: Message, context: Context) -> Message:

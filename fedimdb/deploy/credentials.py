@@ -198,14 +198,19 @@ def _load_or_make_ca(creds: Credentials, server_names: tuple[str, ...]) -> bytes
 
 def _make_node(creds: Credentials, partition_id: int, ca_pem: bytes) -> None:
     """SuperNode ``partition_id``'s folder and its public key in the server's ``nodes/``."""
-    node = creds.node(partition_id)
+    _make_key_pair(creds.node(partition_id), creds.server.node_public_key(partition_id), ca_pem)
+
+
+def _make_key_pair(node: NodeCredentials, public_copy: Path | None, ca_pem: bytes) -> None:
+    """A SuperNode's folder (the CA, a new key pair), and a copy of its public key at ``public_copy`` if given."""
     key = ec.generate_private_key(CURVE)
     openssh = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
     )
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     _write(node.ca, ca_pem, private=False)
-    _write(creds.server.node_public_key(partition_id), public + b"\n", private=False)
+    if public_copy is not None:
+        _write(public_copy, public + b"\n", private=False)
     _write(node.public_key, public + b"\n", private=False)
     _write(node.key, openssh, private=True)  # last: its presence means the node's files are complete
 
@@ -221,6 +226,17 @@ def make_credentials(root: Path, num_clients: int, server_names: tuple[str, ...]
         if not creds.node(k).key.exists():
             _make_node(creds, k, ca_pem)
     return creds
+
+
+def renew_node_key(creds: Credentials, partition_id: int, generation: int) -> NodeCredentials:
+    """A new key pair for SuperNode ``partition_id`` in a folder of its own (``client-K.rN``, N = ``generation``).
+
+    For a node that replaces a lost one, which the SuperLink knows by the old key. Its public key
+    is in the new folder (``auth.pub``); the server's ``nodes/`` keeps the keys it started with.
+    """
+    node = NodeCredentials(creds.root / f"{client_dir_name(partition_id)}.r{generation}")
+    _make_key_pair(node, None, creds.ca.read_bytes())
+    return node
 
 
 def server_names(*extra: str) -> tuple[str, ...]:

@@ -72,6 +72,11 @@ def register_nodes(connection: str, public_keys: list[Path], env: Mapping[str, s
         return [int(reply["node-id"]) for reply in replies]
 
 
+def unregister_node(connection: str, node_id: int, env: Mapping[str, str]) -> None:
+    """``flwr supernode unregister``: the node is offline at once, and its pending messages fail."""
+    _flwr(["supernode", "unregister", str(node_id), connection], env)
+
+
 def _flwr(args: list[str], env: Mapping[str, str]) -> dict[str, Any]:
     timeout = CALL_TIMEOUT
     try:

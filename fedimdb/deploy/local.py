@@ -24,17 +24,17 @@ from fedimdb.config import RunConfig
 from fedimdb.data import SERVER_DIR, client_dir_name
 from fedimdb.deploy import flwr_cli, forkserver
 from fedimdb.deploy.backend import RoundCallback, Stack, StackError
-from fedimdb.deploy.credentials import Credentials, make_credentials
+from fedimdb.deploy.credentials import Credentials, NodeCredentials, make_credentials, renew_node_key
 from fedimdb.deploy.proc import runs_one_of, stop_groups
-from fedimdb.deploy.processes import await_superlink, command_line, superlink_argv, supernode_argv
+from fedimdb.deploy.processes import await_superlink, superlink_argv, supernode_argv
 from fedimdb.deploy.topology import FLOWER_POLL_VAR, LOCAL_CONNECTION, LOOPBACK
 from fedimdb.metrics.exporter import MULTIPROC_VAR
 
 PROCESS_GROUPS = "process-groups"  # key of a stack handle
 
 MAX_NODE_RESTARTS = 5  # per SuperNode and attempt
-RESTART_BACKOFF = 5.0  # seconds before a SuperNode's first restart, doubling for each further one ...
-RESTART_BACKOFF_MAX = 20.0  # ... up to this: a node refused until its old session lapses is back soon after
+RESTART_BACKOFF = 2.0  # seconds before a SuperNode's first restart, doubling for each further one ...
+RESTART_BACKOFF_MAX = 20.0  # ... up to this: a node that keeps crashing is not restarted in a tight loop
 FLOWER_COMMANDS = ("flwr", "flower-superlink", "flower-supernode")
 
 
@@ -76,6 +76,7 @@ class LocalFederation:
         self.superlink: subprocess.Popen | None = None
         self.supernodes: list[subprocess.Popen] = []
         self.restarts = [0] * num_clients
+        self.node_ids: dict[int, int] = {}  # partition -> the node id its key is registered as (authentication on)
         self._restart_at: list[float | None] = [None] * num_clients  # when an exited SuperNode is started again
         self._logs: list[IO[bytes]] = []
 
@@ -99,13 +100,11 @@ class LocalFederation:
             server = creds.server if creds else None
             argv = superlink_argv(self.fleet_address, LOOPBACK, self.control_port, server)
             self.superlink = self._spawn(argv, "superlink.log")
-            await_superlink(self.superlink, (self.control_port, self.fleet_port), self.env, server)
+            registered = await_superlink(self.superlink, (self.control_port, self.fleet_port), self.env, server)
             for pid in range(self.num_clients):
-                shard = str(self.shards_dir / client_dir_name(pid))
-                argv = supernode_argv(self.fleet_address, pid, shard, free_port(), creds.node(pid) if creds else None)
-                if self.warm_clients:
-                    argv = forkserver.argv(argv)
-                self.supernodes.append(self._spawn(argv, f"supernode-{pid}.log"))
+                if server is not None:
+                    self.node_ids[pid] = registered[server.node_public_key(pid)]
+                self.supernodes.append(self._spawn(self._node_argv(pid), f"supernode-{pid}.log"))
         except BaseException:
             self.stop()
             raise
@@ -114,15 +113,22 @@ class LocalFederation:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def check_alive(self) -> None:
-        """Raise if the SuperLink exited; restart a SuperNode that exited, as a site restarts a crashed node.
+    def _node_argv(self, pid: int, key: NodeCredentials | None = None) -> list[str]:
+        """SuperNode ``pid``'s command line, signing in with ``key`` (default: its own credentials)."""
+        creds = self.credentials
+        key = key or (creds.node(pid) if creds else None)
+        argv = supernode_argv(self.fleet_address, pid, str(self.shards_dir / client_dir_name(pid)), free_port(), key)
+        return forkserver.argv(argv) if self.warm_clients else argv
 
-        Restarts back off (:data:`RESTART_BACKOFF` s, doubling up to :data:`RESTART_BACKOFF_MAX`), as
-        Docker's restart policy does: with SuperNode authentication a restarted node signs in with
-        the same key, so as the same node, and the SuperLink refuses it (Flower's exit code 305) until the old session's heartbeats
-        lapse (~60 s). Without authentication it registers as a new node. Either way it is sampled
-        in the rounds after it is online. One that exits more than :data:`MAX_NODE_RESTARTS` times
-        fails the attempt.
+    def check_alive(self) -> None:
+        """Raise if the SuperLink exited; replace a SuperNode that exited, as a site restarts a crashed node.
+
+        With SuperNode authentication the lost node is unregistered at once (its pending messages
+        fail now, not when its heartbeats lapse ~60 s later) and its replacement signs in with a new
+        key, registered first: a new node for the same partition, sampled from the next round on.
+        Without, the replacement registers itself as a new node and the lost one lapses. Restarts
+        back off (:data:`RESTART_BACKOFF` s, doubling up to :data:`RESTART_BACKOFF_MAX`); one that
+        exits more than :data:`MAX_NODE_RESTARTS` times fails the attempt.
         """
         link = self.superlink
         if link is not None and link.poll() is not None:
@@ -137,19 +143,30 @@ class LocalFederation:
                 )
             restart_at = self._restart_at[k]
             if restart_at is None:
+                self._unregister(k)
                 backoff = min(RESTART_BACKOFF * 2 ** self.restarts[k], RESTART_BACKOFF_MAX)
                 restart_at = self._restart_at[k] = time.monotonic() + backoff
             if time.monotonic() >= restart_at:
                 self._restart(k, proc)
 
+    def _unregister(self, k: int) -> None:
+        """Tell the SuperLink that SuperNode ``k``'s node is gone (authentication on: its node id is known)."""
+        if k in self.node_ids:
+            flwr_cli.unregister_node(LOCAL_CONNECTION, self.node_ids.pop(k), self.env)
+
     def _restart(self, k: int, exited: subprocess.Popen) -> None:
         self.restarts[k] += 1
         self._restart_at[k] = None
-        self.supernodes[k] = self._spawn(list(command_line(exited)), f"supernode-{k}.log", mode="ab")
+        key, how = None, ""
+        if self.credentials is not None:
+            key = renew_node_key(self.credentials, k, self.restarts[k])
+            self.node_ids[k] = flwr_cli.register_nodes(LOCAL_CONNECTION, [key.public_key], self.env)[0]
+            how = f" as node {self.node_ids[k]} (a new key; the lost node was unregistered)"
+        self.supernodes[k] = self._spawn(self._node_argv(k, key), f"supernode-{k}.log", mode="ab")
         self.on_restart()
         self.log(
             f"SuperNode {k} exited with code {exited.returncode}; restarted it "
-            f"({self.restarts[k]} of {MAX_NODE_RESTARTS} restarts)"
+            f"({self.restarts[k]} of {MAX_NODE_RESTARTS} restarts){how}"
         )
 
     def stop(self, grace: float = 10.0) -> None:

@@ -110,16 +110,19 @@ def await_superlink(
     ports: tuple[int, int],
     env: Mapping[str, str],
     credentials: ServerCredentials | None = None,
-) -> None:
+) -> dict[Path, int]:
     """Once the SuperLink listens on its (control, fleet) ``ports``: the flwr CLI's connection to it.
 
     The connection is :data:`LOCAL_CONNECTION` in ``env``'s FLWR_HOME; with ``credentials`` it trusts
     their CA, and every SuperNode public key in them is registered (SuperNode authentication).
+    Returns the node id each public key was registered as (none without ``credentials``).
     """
     control, fleet = ports
     wait_for_port(f"{LOOPBACK}:{control}", 60, superlink)
     wait_for_port(f"{LOOPBACK}:{fleet}", 60, superlink)
     ca = credentials.ca if credentials else None
     flwr_cli.write_connection(Path(env["FLWR_HOME"]), LOCAL_CONNECTION, f"{LOOPBACK}:{control}", ca)
-    if credentials:
-        flwr_cli.register_nodes(LOCAL_CONNECTION, credentials.node_public_keys(), env)
+    if not credentials:
+        return {}
+    keys = credentials.node_public_keys()
+    return dict(zip(keys, flwr_cli.register_nodes(LOCAL_CONNECTION, keys, env), strict=True))
