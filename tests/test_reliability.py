@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -244,8 +245,8 @@ def test_a_slow_control_api_is_waited_for(superlink: tuple) -> None:
 
 @pytest.mark.slow
 def test_a_restarted_supernode_is_recorded_so_a_resume_can_stop_it(tmp_path: Path) -> None:
-    """Real processes, no run: a SuperNode SIGKILLed and restarted by the stack's liveness check leads a new
-    process group; the stack hands the experiment its new handle at once, and stopping what that handle
+    """Real processes, no run: a SuperNode SIGKILLed is unregistered and restarted under a new key by the
+    stack's liveness check, and leads a new process group; the stack hands the experiment its new handle at once, and stopping what that handle
     names (what --resume does after a hard kill) leaves nothing of the restarted node running."""
     handles: list[dict] = []
     job = StackJob(
@@ -261,7 +262,7 @@ def test_a_restarted_supernode_is_recorded_so_a_resume_can_stop_it(tmp_path: Pat
     with stack:
         fed = stack.federation
         assert fed is not None
-        first = fed.supernodes[1].pid
+        first, lost = fed.supernodes[1].pid, fed.node_ids[1]
         os.killpg(first, signal.SIGKILL)
         deadline = time.monotonic() + 60
         while fed.supernodes[1].pid == first and time.monotonic() < deadline:
@@ -269,6 +270,16 @@ def test_a_restarted_supernode_is_recorded_so_a_resume_can_stop_it(tmp_path: Pat
             time.sleep(0.2)
         restarted = fed.supernodes[1].pid
         assert restarted != first and fed.supernodes[1].poll() is None, "the liveness check restarted the node"
+        listed = subprocess.run(
+            ["flwr", "supernode", "list", LOCAL_CONNECTION, "--format", "json"],
+            env=fed.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        status = {int(n["node-id"]): n["status"] for n in json.loads(listed.stdout)["nodes"]}
+        assert status[lost] == "unregistered", "the lost node was unregistered at once"
+        assert fed.node_ids[1] != lost and status[fed.node_ids[1]] in ("registered", "online"), "a new key"
         assert handles and restarted in handles[-1][PROCESS_GROUPS], "the new process group was handed on"
         said = stop_leftover(handles[-1], grace=5)
         assert "stopped the 3 process groups" in said, said
