@@ -21,10 +21,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from fedimdb.artifacts import read_csv, read_json, write_json_atomic
+from fedimdb.artifacts import RUN_FILE, read_csv, write_json_atomic
 from fedimdb.data import Examples, client_dir_name, read_split
 from fedimdb.deploy import APP_DIR
 from fedimdb.experiment import repeat_dir
+from fedimdb.run_record import RunRecord, read_run_record
 
 RESULTS_DIR = APP_DIR / "bench" / "results"
 DEFAULT_IMDB = APP_DIR.parent / "shared" / "data" / "imdb"
@@ -59,9 +60,9 @@ class FedRun:
     clients: list[dict[str, str]]
 
     @property
-    def meta(self) -> dict[str, Any]:
+    def meta(self) -> RunRecord:
         """run.json."""
-        return read_json(self.run_dir / "run.json")
+        return read_run_record(self.run_dir / RUN_FILE)
 
     @property
     def final_accuracy(self) -> float:

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     with work_dir("main-job") as work:
         args = ["--data-source", str(a.data_source), "--shards-dir", str(work / "shards"), "--repeats", "1"]
         run = run_fedimdb(work / "results", args, {}, backend=a.backend)
-        settings = run.meta["config"]
+        settings = run.meta.config
     total = time.monotonic() - started
     rounds = [
         {

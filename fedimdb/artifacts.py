@@ -12,7 +12,7 @@ Layout of one run folder::
     weights/clients/round-001-client-0.safetensors   (only with archive-client-weights)
     logs/                         the deployment's logs (not hashed: written around the run)
 
-run.json's keys are kebab-case, like Flower's run config and ``flwr ls``.
+run.json's keys are kebab-case, like Flower's run config and ``flwr ls``; its model: fedimdb/run_record.py.
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ import os
 import tempfile
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
+
+from fedimdb.run_record import RunRecord, RunStatus
 
 RUN_FILE = "run.json"
 RUN_HASH_FILE = RUN_FILE + ".sha256"  # protects run.json, which lists every other file's hash
@@ -38,20 +39,6 @@ CLIENT_UPDATES_FILE = "client_updates.csv"  # ... and per round and client
 WEIGHTS_DIR = "weights"
 FINAL_WEIGHTS = "model.safetensors"
 LOGS_DIR = "logs"
-
-# run.json keys read outside this module.
-STATUS = "status"
-RUN_ID = "run-id"
-SEED = "seed"
-ROUNDS_COMPLETED = "rounds-completed"
-
-
-class RunStatus(StrEnum):
-    """A run's status in run.json."""
-
-    RUNNING = "running"
-    COMPLETED = "completed"
-    FAILED = "failed"
 
 
 class ArtifactError(RuntimeError):
@@ -146,24 +133,23 @@ def client_weights_name(server_round: int, partition_id: int) -> str:
 
 
 class RunArtifacts:
-    """Writes one run's folder; every file's sha256 lands in run.json.
+    """Writes one run's folder; every file's sha256 lands in run.json (``record``, a RunRecord).
 
-    run.json is rewritten after each round, so a crashed run still says how far it got.
-    An existing run.json is never overwritten: each run needs a fresh folder.
+    run.json is rewritten by :meth:`save` (after each round), so a crashed run still says how far it
+    got. An existing run.json is never overwritten: each run needs a fresh folder.
     """
 
-    def __init__(self, folder: Path, header: Mapping[str, Any]) -> None:
+    def __init__(self, folder: Path, record: RunRecord) -> None:
         self.folder = Path(folder)
         if (self.folder / RUN_FILE).exists():
             raise ArtifactError(f"{self.folder} already holds a run ({RUN_FILE}); give each run a new output-dir")
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.files: dict[str, str] = {}
-        self.meta: dict[str, Any] = {**header, STATUS: RunStatus.RUNNING, "started": utc_now(), "ended": None}
-        self._write_run_file()
+        self.record = record
+        self.save()
 
     def write(self, name: str, data: bytes) -> None:
         """Write one file (relative name) atomically and record its hash."""
-        self.files[name] = write_bytes_atomic(self.folder / name, data)
+        self.record.files[name] = write_bytes_atomic(self.folder / name, data)
 
     def write_csv(self, name: str, columns: Iterable[str], rows: Iterable[Mapping[str, Any]]) -> None:
         self.write(name, csv_bytes(columns, rows))
@@ -180,28 +166,24 @@ class RunArtifacts:
             if path.is_file():
                 self.write(f"{into}/{path.relative_to(source)}", path.read_bytes())
 
-    def update(self, **fields: Any) -> None:
-        """Add fields to run.json and rewrite it."""
-        self.meta.update(fields)
-        self._write_run_file()
-
-    def finish(self, status: str, error: str | None = None) -> None:
+    def finish(self, status: RunStatus, error: str | None = None) -> None:
         """Final run.json: status completed or failed."""
-        self.meta.update(status=status, error=error, ended=utc_now())
-        self._write_run_file()
+        self.record.status, self.record.error, self.record.ended = status, error, utc_now()
+        self.save()
 
-    def _write_run_file(self) -> None:
-        digest = write_json_atomic(self.folder / RUN_FILE, {**self.meta, "files": dict(sorted(self.files.items()))})
+    def save(self) -> None:
+        """Rewrite run.json (files in name order) and its sidecar hash."""
+        self.record.files = dict(sorted(self.record.files.items()))
+        digest = write_json_atomic(self.folder / RUN_FILE, self.record.to_json())
         write_bytes_atomic(self.folder / RUN_HASH_FILE, f"{digest}  {RUN_FILE}\n".encode())
 
 
-def verify_run(folder: Path, require_completed: bool = True) -> dict[str, Any]:
-    """Check run.json against its sidecar hash, then every hash it lists; return run.json. Raises ArtifactError."""
+def verify_run(folder: Path, require_completed: bool = True) -> RunRecord:
+    """Check run.json against its sidecar hash, read it (typed), then check every hash it lists. Raises ArtifactError."""
     folder = Path(folder)
     try:
         raw = (folder / RUN_FILE).read_bytes()
-        meta = json.loads(raw)
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
         raise ArtifactError(f"{folder}: no readable {RUN_FILE} ({exc})") from exc
     try:
         recorded = (folder / RUN_HASH_FILE).read_text().split()[0]
@@ -209,18 +191,22 @@ def verify_run(folder: Path, require_completed: bool = True) -> dict[str, Any]:
         raise ArtifactError(f"{folder}: {RUN_HASH_FILE}: missing; {RUN_FILE} cannot be checked") from None
     if sha256_bytes(raw) != recorded:
         raise ArtifactError(f"{folder}: {RUN_FILE}: sha256 mismatch (against {RUN_HASH_FILE})")
-    if require_completed and meta.get(STATUS) != RunStatus.COMPLETED:
-        raise ArtifactError(f"{folder}: run status is {meta.get(STATUS)!r}: {meta.get('error')}")
+    try:
+        record = RunRecord.from_json(json.loads(raw))
+    except ValueError as exc:
+        raise ArtifactError(f"{folder}: {RUN_FILE} is not a run record: {exc}") from exc
+    if require_completed and record.status != RunStatus.COMPLETED:
+        raise ArtifactError(f"{folder}: run status is {record.status!r}: {record.error}")
     problems = []
-    for name, digest in meta.get("files", {}).items():
+    for name, digest in record.files.items():
         path = folder / name
         if not path.is_file():
             problems.append(f"{name}: missing")
         elif sha256_file(path) != digest:
             problems.append(f"{name}: sha256 mismatch")
     for required in (ROUNDS_FILE, CLIENTS_FILE, f"{WEIGHTS_DIR}/{FINAL_WEIGHTS}") if require_completed else ():
-        if required not in meta.get("files", {}):
+        if required not in record.files:
             problems.append(f"{required}: not recorded in {RUN_FILE}")
     if problems:
         raise ArtifactError(f"{folder}: " + "; ".join(problems))
-    return meta
+    return record

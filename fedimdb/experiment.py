@@ -41,7 +41,6 @@ from rich.table import Table
 
 from fedimdb.artifacts import (
     ROUNDS_FILE,
-    RUN_ID,
     ArtifactError,
     read_csv,
     read_json,
@@ -58,11 +57,12 @@ from fedimdb.experiment_record import (
     ExperimentRecord,
     ExperimentStatus,
     Orchestrator,
-    RecordError,
     Repeat,
     RepeatStatus,
 )
+from fedimdb.json_model import RecordError
 from fedimdb.metrics.experiment import ExperimentMetrics
+from fedimdb.run_record import RunRecord
 from fedimdb.summary import write_summary
 
 RUN_FAILURES = (StackError, ArtifactError)
@@ -305,11 +305,11 @@ class Experiment:
         self._record_verified(k, rep, entry, meta, round(time.monotonic() - t0, 1))
         return True
 
-    def _record_verified(self, k: int, rep: Repeat, entry: Attempt, meta: dict[str, Any], seconds: float) -> None:
+    def _record_verified(self, k: int, rep: Repeat, entry: Attempt, meta: RunRecord, seconds: float) -> None:
         final = read_csv(repeat_dir(self.exp_dir, k) / ROUNDS_FILE)[-1]
         accuracy, loss = float(final["central_accuracy"]), float(final["central_loss"])
         entry.status, entry.seconds = RepeatStatus.VERIFIED, seconds
-        rep.status, rep.seconds, rep.run_id = RepeatStatus.VERIFIED, seconds, meta.get(RUN_ID)
+        rep.status, rep.seconds, rep.run_id = RepeatStatus.VERIFIED, seconds, meta.run_id
         rep.final_accuracy, rep.final_loss = accuracy, loss
         self.save()
         self.metrics.repeat_finished(k, seconds, accuracy, loss)

@@ -22,24 +22,22 @@ from fedimdb.artifacts import (
     CLIENT_UPDATES_FILE,
     CLIENTS_FILE,
     FINAL_WEIGHTS,
-    ROUNDS_COMPLETED,
     ROUNDS_FILE,
-    RUN_ID,
-    SEED,
     WEIGHT_STATS_FILE,
     WEIGHTS_DIR,
     RunArtifacts,
-    RunStatus,
     client_weights_name,
     read_json,
     round_weights_name,
     software_versions,
+    utc_now,
 )
 from fedimdb.config import LOCAL_EVAL_WITH_TRAIN, ConfigError, RunConfig, check_clients_fit
 from fedimdb.data import MANIFEST, Examples, read_split
 from fedimdb.finetune import Tuned
 from fedimdb.metrics.server import ServerMetrics
 from fedimdb.model import load_model, pick_device
+from fedimdb.run_record import RunRecord, RunStatus
 from fedimdb.training import EvalResult, evaluate, seed_everything
 from fedimdb.weights import CLIENT_UPDATE_COLUMNS, WEIGHT_STATS_COLUMNS
 from server.grid import PollingGrid
@@ -65,14 +63,15 @@ def main(grid: Grid, context: Context) -> None:
     data_recipe = read_json(Path(cfg.held_out_dir) / MANIFEST)["recipe"]
     check_clients_fit(cfg, int(data_recipe["num-partitions"]))
     output = Path(cfg.output_dir or f"artifacts/run-{context.run_id}")
-    header = {
-        RUN_ID: context.run_id,
-        SEED: cfg.seed,
-        "config": cfg.as_dict(),
-        "data": data_recipe,
-        "versions": software_versions(),
-    }
-    artifacts = RunArtifacts(output, header)
+    record = RunRecord(
+        run_id=context.run_id,
+        seed=cfg.seed,
+        config=cfg.as_dict(),
+        data=data_recipe,
+        versions=software_versions(),
+        started=utc_now(),
+    )
+    artifacts = RunArtifacts(output, record)
     metrics = ServerMetrics(context.run_id, cfg)
     try:
         run_federation(grid, cfg, artifacts, metrics)
@@ -137,11 +136,13 @@ class RoundEnd:
         """The initial evaluation goes to run.json; a round's rows to rounds.csv and clients.csv; both to metrics."""
         self.metrics.evaluated(res.loss, res.accuracy)
         if server_round == 0:
-            self.artifacts.update(**{"initial-evaluation": res.as_dict()})
+            self.artifacts.record.initial_evaluation = res.as_dict()
+            self.artifacts.save()
             return
         self.metrics.round_finished(self.round_log.finish_round(server_round, res, seconds))
         self.write_tables()
-        self.artifacts.update(**{ROUNDS_COMPLETED: server_round})
+        self.artifacts.record.rounds_completed = server_round
+        self.artifacts.save()
 
     def write_tables(self) -> None:
         """rounds.csv and clients.csv as the round log has them now; weight_stats.csv and client_updates.csv too."""
@@ -194,4 +195,5 @@ def run_federation(grid: Grid, cfg: RunConfig, artifacts: RunArtifacts, metrics:
     artifacts.write_weights(f"{WEIGHTS_DIR}/{FINAL_WEIGHTS}", tuned.whole())
     if cfg.final_eval_full:
         res = round_end.evaluate(round_end.held_out)
-        artifacts.update(**{"final-evaluation": res.as_dict()})
+        artifacts.record.final_evaluation = res.as_dict()
+        artifacts.save()

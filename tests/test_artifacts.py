@@ -18,8 +18,11 @@ from fedimdb.artifacts import (
     WEIGHTS_DIR,
     ArtifactError,
     RunArtifacts,
+    utc_now,
     verify_run,
+    write_json_atomic,
 )
+from fedimdb.run_record import RunRecord, RunStatus
 
 pytestmark = pytest.mark.timeout(60)
 WEIGHTS = f"{WEIGHTS_DIR}/{FINAL_WEIGHTS}"
@@ -28,11 +31,12 @@ WEIGHTS = f"{WEIGHTS_DIR}/{FINAL_WEIGHTS}"
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small completed run: weights, both CSVs, run.json and its sidecar."""
-    run = RunArtifacts(tmp_path_factory.mktemp("artifacts") / "run", {"seed": 7, "config": {"model": "tiny"}})
+    record = RunRecord(run_id=1, seed=7, config={"model": "tiny"}, data={}, versions={}, started=utc_now())
+    run = RunArtifacts(tmp_path_factory.mktemp("artifacts") / "run", record)
     run.write_weights(WEIGHTS, {"layer.weight": torch.arange(64, dtype=torch.float32).reshape(8, 8)})
     run.write_csv(ROUNDS_FILE, ["round", "central_accuracy"], [{"round": 1, "central_accuracy": 0.5}])
     run.write_csv(CLIENTS_FILE, ["round", "partition_id"], [{"round": 1, "partition_id": 0}])
-    run.finish("completed")
+    run.finish(RunStatus.COMPLETED)
     return run.folder
 
 
@@ -44,8 +48,8 @@ def copy(run_dir: Path, tmp_path: Path) -> Path:
 
 def test_untouched_run_verifies(run_dir: Path) -> None:
     meta = verify_run(run_dir)
-    assert meta["status"] == "completed" and meta["seed"] == 7
-    assert set(meta["files"]) == {WEIGHTS, ROUNDS_FILE, CLIENTS_FILE}
+    assert meta.status == "completed" and meta.seed == 7
+    assert set(meta.files) == {WEIGHTS, ROUNDS_FILE, CLIENTS_FILE}
     assert (run_dir / RUN_HASH_FILE).read_text().endswith(f"  {RUN_FILE}\n")  # sha256sum -c format
 
 
@@ -60,6 +64,27 @@ def test_changed_weight_file_fails(copy: Path) -> None:
 def test_deleted_file_fails(copy: Path) -> None:
     (copy / CLIENTS_FILE).unlink()
     with pytest.raises(ArtifactError, match=rf"{CLIENTS_FILE}: missing"):
+        verify_run(copy)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        ("rounds-completed", "3", "rounds-completed is a JSON string, not an integer"),
+        ("status", "done", "status is 'done', not one of running, completed, failed"),
+        ("seed", None, "seed is missing"),
+    ],
+)
+def test_a_run_json_that_is_no_run_record_is_named(copy: Path, key: str, value: object, problem: str) -> None:
+    """Hashes that match, contents that do not fit the model (fedimdb/run_record.py): the field is named."""
+    meta = json.loads((copy / RUN_FILE).read_text())
+    if value is None:
+        del meta[key]
+    else:
+        meta[key] = value
+    digest = write_json_atomic(copy / RUN_FILE, meta)
+    (copy / RUN_HASH_FILE).write_text(f"{digest}  {RUN_FILE}\n")
+    with pytest.raises(ArtifactError, match=f"{RUN_FILE} is not a run record: {problem}"):
         verify_run(copy)
 
 

@@ -118,7 +118,7 @@ def test_compose_run_completes_and_artifacts_verify(stack) -> None:
     assert up.returncode == 0, (up.stdout + up.stderr)[-6000:]
     assert "run completed (finished:completed)" in up.stdout
     meta = verify_run(stack["run_dir"])
-    assert meta["config"]["num-clients"] == 10 and meta["config"]["held-out-dir"] == "/held-out"
+    assert meta.config["num-clients"] == 10 and meta.config["held-out-dir"] == "/held-out"
     assert [int(r["round"]) for r in read_csv(stack["run_dir"] / "rounds.csv")] == [1, 2]
     clients = read_csv(stack["run_dir"] / "clients.csv")
     assert sorted((int(r["round"]), int(r["partition_id"])) for r in clients) == [

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from fedimdb.artifacts import ROUNDS_COMPLETED, read_csv, verify_run
+from fedimdb.artifacts import read_csv, verify_run
 from fedimdb.deploy.docker_artifacts import RUNNER_SERVICE, read_run_file, service_containers
 from fedimdb.deploy.local import free_port
 from fedimdb.deploy.monitoring import MONITORING_PROFILE, MONITORING_PROJECT
@@ -59,7 +59,7 @@ def _running_project(client, deadline: float) -> str:
 def _wait_for_round(client, project: str, rounds: int, deadline: float) -> None:
     (runner,) = service_containers(client, project, RUNNER_SERVICE)
     while time.monotonic() < deadline:
-        if (read_run_file(runner, "repeat-0") or {}).get(ROUNDS_COMPLETED, 0) >= rounds:
+        if ((record := read_run_file(runner, "repeat-0")) and record.rounds_completed) >= rounds:
             return
         time.sleep(0.5)
     raise AssertionError(f"round {rounds} did not complete in time")

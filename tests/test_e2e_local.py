@@ -44,8 +44,8 @@ def run_dir(e2e_runs: dict) -> Path:
 
 def test_local_run_writes_verified_artifact_set(run_dir: Path) -> None:
     meta = verify_run(run_dir)
-    assert meta["status"] == "completed"
-    assert meta["config"]["num-rounds"] == E2E_ROUNDS and meta["config"]["model"] == "tiny"
+    assert meta.status == "completed"
+    assert meta.config["num-rounds"] == E2E_ROUNDS and meta.config["model"] == "tiny"
     assert [int(r["round"]) for r in read_csv(run_dir / "rounds.csv")] == list(range(1, E2E_ROUNDS + 1))
     clients = read_csv(run_dir / "clients.csv")
     assert len(clients) == E2E_CLIENTS * E2E_ROUNDS
@@ -54,7 +54,7 @@ def test_local_run_writes_verified_artifact_set(run_dir: Path) -> None:
     }
     assert all(r["status"] == "ok" and int(r["num_examples"]) > 0 for r in clients)
     for rnd in range(E2E_ROUNDS + 1):
-        assert f"weights/round-{rnd:03d}.safetensors" in meta["files"]
+        assert f"weights/round-{rnd:03d}.safetensors" in meta.files
     assert (run_dir / "logs" / "serverapp.log").stat().st_size > 0
 
 
@@ -161,10 +161,10 @@ def test_lora_sends_a_sliver_and_archives_whole_models(e2e_runs: dict, run_dir: 
     embeddings stay as loaded; only the adapters and the head travel."""
     (lora_dir,) = _run_dirs(e2e_runs["lora_results"])
     meta = verify_run(lora_dir)
-    config = meta["config"]
+    config = meta.config
     assert config["fine-tune"] == "lora"
     held_out = read_split(e2e_runs["shards"] / SERVER_DIR, "test").head(config["eval-rows"])
-    losses = [meta["initial-evaluation"]["loss"]] + [
+    losses = [(meta.initial_evaluation or {})["loss"]] + [
         float(r["central_loss"]) for r in read_csv(lora_dir / "rounds.csv")
     ]
     _, tokenizer = load_model("tiny", 0)

@@ -102,7 +102,7 @@ def test_two_repeats_on_compose_stacks_survive_a_killed_server(imdb_dir: Path, t
     assert _digests(exp / "repeat-0") == killer.repeat_0, "repeat 0's files were left as they were"
     for k in (0, 1):
         run = verify_run(exp / f"repeat-{k}")
-        assert run["seed"] == 42 + k and run["config"]["num-clients"] == CLIENTS
+        assert run.seed == 42 + k and run.config["num-clients"] == CLIENTS
         assert (exp / f"repeat-{k}" / "logs" / "compose.log").is_file()
         assert len(read_csv(exp / f"repeat-{k}" / "clients.csv")) == CLIENTS
     # The round reached the orchestrator through run.json in the volume (its last value stays exported).

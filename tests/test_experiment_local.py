@@ -139,7 +139,7 @@ def test_resume_finishes_without_touching_verified_repeats(resumed: dict) -> Non
     assert record["status"] == "completed"
     assert len(record["repeats"]["0"]["attempts"]) == 1
     assert [a["status"] for a in record["repeats"]["1"]["attempts"]][-1] == "verified"
-    assert verify_run(exp / "repeat-1")["seed"] == record["seeds"][1] == record["seeds"][0] + 1
+    assert verify_run(exp / "repeat-1").seed == record["seeds"][1] == record["seeds"][0] + 1
     summary = read_csv(exp / "summary.csv")
     acc = [r for r in summary if r["metric"] == "central_accuracy"]
     assert acc and acc[0]["n"] == "2" and acc[0]["ci95_low"] not in ("", "nan")

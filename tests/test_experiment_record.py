@@ -14,10 +14,10 @@ from fedimdb.experiment_record import (
     ExperimentRecord,
     ExperimentStatus,
     Orchestrator,
-    RecordError,
     Repeat,
     RepeatStatus,
 )
+from fedimdb.json_model import RecordError
 
 
 def full_record() -> ExperimentRecord:

@@ -28,6 +28,7 @@ from fedimdb.artifacts import (
     csv_bytes,
     round_weights_name,
     sha256_file,
+    utc_now,
     write_bytes_atomic,
     write_json_atomic,
 )
@@ -51,6 +52,7 @@ from fedimdb.inspect.report import (
     render_text,
 )
 from fedimdb.model import load_model
+from fedimdb.run_record import RunRecord
 from fedimdb.tokens import CACHE_VAR
 from fedimdb.training import evaluate, load_state
 from fedimdb.weights import CLIENT_UPDATE_COLUMNS, GROUP, MODEL, TENSOR, WEIGHT_STATS_COLUMNS, WHOLE_MODEL
@@ -381,7 +383,8 @@ def synthetic_run(run_dir: Path, held_out: Path, final: bool = True) -> dict[int
     config = RunConfig(
         model="tiny", device="cpu", held_out_dir=str(held_out), **{k.replace("-", "_"): v for k, v in EVAL.items()}
     )
-    artifacts = RunArtifacts(run_dir, {"config": config.as_dict(), "data": RECIPE})
+    record = RunRecord(run_id=1, seed=3, config=config.as_dict(), data=RECIPE, versions={}, started=utc_now())
+    artifacts = RunArtifacts(run_dir, record)
     with tempfile.TemporaryDirectory() as tmp:
         model.config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -408,7 +411,8 @@ def synthetic_run(run_dir: Path, held_out: Path, final: bool = True) -> dict[int
             max_length=EVAL["max-length"],
             device=torch.device("cpu"),
         )
-    artifacts.update(**{"initial-evaluation": results[0].as_dict()})
+    artifacts.record.initial_evaluation = results[0].as_dict()
+    artifacts.save()
     row = {
         **dict.fromkeys(ROUND_COLUMNS, ""),
         "round": 1,

@@ -37,6 +37,6 @@ def test_minilm_accuracy_rises_round_by_round(imdb_dir: Path, tmp_path: Path) ->
     meta = verify_run(run_dir)
     initial = read_json(run_dir / "run.json")["initial-evaluation"]["accuracy"]
     accuracy = [initial] + [float(r["central_accuracy"]) for r in read_csv(run_dir / "rounds.csv")]
-    assert meta["config"]["model"] == "minilm" and len(accuracy) == ROUNDS + 1
+    assert meta.config["model"] == "minilm" and len(accuracy) == ROUNDS + 1
     assert accuracy[-1] >= accuracy[0] + 0.1, f"central accuracy by round: {accuracy}"  # measured: 0.48 -> 0.665
     assert accuracy[-1] > accuracy[1], f"no gain after round 1: {accuracy}"

@@ -18,7 +18,7 @@ import torch
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from safetensors.torch import load_file
 
-from fedimdb.artifacts import CLIENT_UPDATES_FILE, ROUNDS_COMPLETED, WEIGHT_STATS_FILE, read_csv, read_json, verify_run
+from fedimdb.artifacts import CLIENT_UPDATES_FILE, RUN_FILE, WEIGHT_STATS_FILE, read_csv, read_json, verify_run
 from fedimdb.config import DataConfig, ExperimentConfig, RunConfig
 from fedimdb.data import SERVER_DIR
 from fedimdb.deploy import flwr_cli
@@ -29,6 +29,7 @@ from fedimdb.inspect.evaluate import evaluate_round
 from fedimdb.inspect.report import read_run, render_text
 from fedimdb.model import load_model
 from fedimdb.protocol import ARRAYS, METRICS, NUM_EXAMPLES, PARTITION_ID, TrainMetrics, transport_arrays
+from fedimdb.run_record import read_run_record
 from server.checks import Expected, examples_problem, train_reply_problem
 from server.loop import RoundPolicy
 from server.records import ClientStatus, RoundLog
@@ -197,10 +198,10 @@ def test_too_few_usable_updates_fail_the_run_with_the_reason(shards: Path, imdb_
     code, exp = _faulty_run(tmp_path, shards, imdb_dir, "2:raise", "min-reply-fraction=1.0", "round-retries=1")
     assert code != 0
     run_dir = exp / "repeat-0.failed-1"  # a failed attempt's folder is set aside, never deleted
-    meta = read_json(run_dir / "run.json")
-    assert meta["status"] == "failed"
-    assert "round 1: 2 usable updates from 3 sampled clients, 3 needed" in meta["error"]
-    assert "error reply" in meta["error"] and "lower min-reply-fraction" in meta["error"]
+    meta = read_run_record(run_dir / RUN_FILE)
+    assert meta.status == "failed" and meta.error is not None
+    assert "round 1: 2 usable updates from 3 sampled clients, 3 needed" in meta.error
+    assert "error reply" in meta.error and "lower min-reply-fraction" in meta.error
     (row,) = read_csv(run_dir / "rounds.csv")
     assert (row["round"], row["retries"], row["clients_failed"], row["central_accuracy"]) == ("1", "1", "1", "")
     failed = [r for r in read_csv(run_dir / "clients.csv") if r["status"] == ClientStatus.FAILED]
@@ -309,7 +310,7 @@ def test_a_killed_supernode_is_restarted_and_rejoins(shards: Path, imdb_dir: Pat
         while time.monotonic() < deadline and run.returncode is None:
             run_files = list((tmp_path / "results").glob("*/repeat-0/run.json"))
             with contextlib.suppress(OSError, ValueError):
-                if run_files and read_json(run_files[0]).get(ROUNDS_COMPLETED, 0) >= 1:
+                if run_files and read_run_record(run_files[0]).rounds_completed >= 1:
                     break
             time.sleep(0.5)
         node_1 = [p for p in marked_processes(run.mark) if "partition-id=1" in " ".join(p.cmdline())]
@@ -380,7 +381,7 @@ def test_robust_strategies_resist_a_poisoned_finite_update(strategy: str, robust
     FedAvg of the same replies would move the model ~10 times as far as an honest client; each robust
     strategy keeps the global update within the honest clients' (Krum picks one honest client)."""
     run_dir = robust_runs[strategy]
-    assert verify_run(run_dir)["config"]["strategy"] == strategy
+    assert verify_run(run_dir).config["strategy"] == strategy
     start, global_1 = (load_file(run_dir / f"weights/round-00{r}.safetensors") for r in (0, 1))
     clients = {
         k: load_file(run_dir / f"weights/clients/round-001-client-{k}.safetensors") for k in range(ROBUST_CLIENTS)
@@ -406,7 +407,7 @@ def test_weight_scrutiny_flags_the_poisoned_client_and_no_other(strategy: str, r
     files are hashed in the manifest; weight_stats.csv describes rounds 0 and 1."""
     run_dir = robust_runs[strategy]
     meta = verify_run(run_dir)
-    assert {WEIGHT_STATS_FILE, CLIENT_UPDATES_FILE} <= set(meta["files"])
+    assert {WEIGHT_STATS_FILE, CLIENT_UPDATES_FILE} <= set(meta.files)
     rows = read_csv(run_dir / CLIENT_UPDATES_FILE)
     assert sorted(int(r["partition_id"]) for r in rows) == list(range(ROBUST_CLIENTS))
     flagged = [int(r["partition_id"]) for r in rows if r["outlier"] == "True"]

@@ -19,6 +19,7 @@ import docker
 
 from fedimdb.artifacts import RUN_FILE
 from fedimdb.deploy.topology import ARTIFACTS_MOUNT
+from fedimdb.run_record import RunRecord
 
 RUNNER_SERVICE = "runner"
 
@@ -59,11 +60,11 @@ def pull_artifacts(project: str, run_name: str, dest: Path, client: Any | None =
     return target
 
 
-def read_run_file(container: Any, run_name: str) -> dict[str, Any] | None:
+def read_run_file(container: Any, run_name: str) -> RunRecord | None:
     """The run's run.json as it stands now in the artifacts volume; None before it is there."""
     try:
         with _archive(container, f"{ARTIFACTS_MOUNT}/{run_name}/{RUN_FILE}") as tar:
             member = tar.extractfile(RUN_FILE)
-            return json.loads(member.read()) if member is not None else None
+            return RunRecord.from_json(json.loads(member.read())) if member is not None else None
     except (docker.errors.NotFound, ValueError):
         return None

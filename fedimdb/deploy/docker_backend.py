@@ -22,7 +22,7 @@ import docker
 import requests
 import yaml
 
-from fedimdb.artifacts import LOGS_DIR, ROUNDS_COMPLETED
+from fedimdb.artifacts import LOGS_DIR
 from fedimdb.deploy.backend import Log, RoundCallback, Stack, StackError, StackJob
 from fedimdb.deploy.compose import COMPOSE_FILE, CREDENTIALS_DIR_VAR, SHARDS_DIR_VAR, build_override
 from fedimdb.deploy.docker_artifacts import RUNNER_SERVICE, pull_artifacts, read_run_file, service_containers
@@ -36,6 +36,7 @@ from fedimdb.deploy.topology import (
     TLS_AUTH_VAR,
     WARM_CLIENTS_VAR,
 )
+from fedimdb.run_record import RunRecord
 from fedimdb.waiting import patiently
 
 COMPOSE_LOG = "compose.log"  # in the run folder's logs/
@@ -147,7 +148,7 @@ class DockerStack(Stack):
             raise ComposeRunError(f"expected one runner container in project {self.job.name}, found {len(runners)}")
         return runners[0]
 
-    def _status(self, runner: Any) -> dict[str, Any] | None:
+    def _status(self, runner: Any) -> RunRecord | None:
         """Refresh the runner's state; the run's run.json as it stands (None before it is written).
 
         A server container that exited (crashed, killed) ends the attempt at once: the runner would
@@ -179,7 +180,7 @@ class DockerStack(Stack):
                 give_up=ComposeRunError,
                 log=self.log,
             )
-            progress.update(int((meta or {}).get(ROUNDS_COMPLETED, 0)))
+            progress.update(meta.rounds_completed if meta else 0)
             if runner.status not in ("created", "running", "restarting"):
                 break
             time.sleep(POLL_SECONDS)

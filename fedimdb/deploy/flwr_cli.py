@@ -26,16 +26,13 @@ import tomllib
 
 from fedimdb.artifacts import (
     LOGS_DIR,
-    ROUNDS_COMPLETED,
     RUN_FILE,
-    STATUS,
-    RunStatus,
-    read_json,
     write_json_atomic,
 )
 from fedimdb.config import APP_CONFIG
 from fedimdb.deploy import APP_DIR
 from fedimdb.deploy.backend import StackError
+from fedimdb.run_record import RunRecord, RunStatus, read_run_record
 from fedimdb.waiting import patiently, wait_until
 
 SERVERAPP_LOG = "serverapp.log"  # in the run folder's logs/
@@ -200,12 +197,12 @@ def run_log(connection: str, run_id: int, env: Mapping[str, str]) -> str:
     return proc.stdout + proc.stderr
 
 
-def run_record(run_dir: Path) -> dict[str, Any]:
-    """The ServerApp's run.json as it stands ({} before it is written): rounds completed, status."""
+def run_record(run_dir: Path) -> RunRecord | None:
+    """The ServerApp's run.json as it stands (None before it is written): rounds completed, status."""
     try:
-        return read_json(run_dir / RUN_FILE)
+        return read_run_record(run_dir / RUN_FILE)
     except (OSError, ValueError):
-        return {}
+        return None
 
 
 class RoundProgress:
@@ -259,8 +256,8 @@ def run_to_completion(
         if check is not None:
             check()
         record = run_record(run_dir)
-        progress.update(int(record.get(ROUNDS_COMPLETED, 0)))
-        return record.get(STATUS, RunStatus.RUNNING) != RunStatus.RUNNING
+        progress.update(record.rounds_completed if record else 0)
+        return record is not None and record.status != RunStatus.RUNNING
 
     server_log = run_dir / LOGS_DIR / SERVERAPP_LOG
     try:

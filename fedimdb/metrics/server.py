@@ -14,8 +14,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from fedimdb.artifacts import RunStatus
 from fedimdb.config import RunConfig
+from fedimdb.run_record import RunStatus
 
 RUN_LABEL = "run"
 ROUND_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 3600, float("inf"))
