@@ -93,7 +93,6 @@ class RoundLog:
         self._started: dict[int, float] = {}
         self._sampled: dict[int, int] = {}
         self._retries: dict[int, int] = {}
-        self._partition_of: dict[int, int] = {}  # node id -> partition id, from its replies
 
     def start_round(self, server_round: int, sampled: int) -> None:
         """A round's train messages went out to ``sampled`` clients."""
@@ -106,10 +105,6 @@ class RoundLog:
 
     def _row(self, server_round: int, partition_id: int | None, node_id: int) -> dict[str, Any]:
         """The client's row of the round (by partition, or by node while its partition is unknown)."""
-        if partition_id is None:
-            partition_id = self._partition_of.get(node_id)
-        else:
-            self._partition_of[node_id] = partition_id
         for row in self.clients:
             if row["round"] == server_round and (
                 row["partition_id"] == partition_id or (row["partition_id"] == "" and row["node_id"] == node_id)
@@ -132,7 +127,7 @@ class RoundLog:
         """A train reply that is not aggregated: an error reply (``FAILED``) or a refused update (``REFUSED``).
 
         ``node_id`` is the node the train message went to; ``partition_id`` is None while no reply of
-        that node has named it.
+        that node has named it (the round loop keeps that map: server/loop.py).
         """
         self._row(server_round, partition_id, node_id).update(status=status, reason=reason)
 

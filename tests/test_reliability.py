@@ -131,19 +131,6 @@ def test_a_retried_client_keeps_one_row_per_round() -> None:
     assert (row["clients_failed"], row["clients_participating"], row["central_accuracy"]) == (0, 1, "")
 
 
-def test_a_dead_nodes_failure_is_named_by_its_partition() -> None:
-    """A dead node's error reply names no partition: the row has the one that node trained in an earlier round."""
-    log = RoundLog()
-    log.start_round(1, 1)
-    log.record_train(1, [_Reply(3, node=5)])
-    log.finish_round(1, None, 0.0)
-    log.start_round(2, 1)
-    log.record_failure(2, 5, None, ClientStatus.FAILED, "error reply 2: node unavailable")
-    assert [(r["partition_id"], r["node_id"], r["status"]) for r in log.clients if r["round"] == 2] == [
-        (3, 5, ClientStatus.FAILED)
-    ]
-
-
 class _Reply:
     """What RoundLog reads of a train reply (a real Message: tests/test_round_loop.py)."""
 

@@ -219,6 +219,7 @@ def test_a_client_that_is_gone_is_not_asked_again_and_is_named_by_its_partition(
         run(num_rounds=2)
     assert run.grid.sent("train") == [11, 11, 12, 12, 13, 13]
     assert run.log.rounds[-1]["retries"] == 1
+    assert run.clients(2)[2] == (ClientStatus.FAILED, "error reply 2: node gone"), "its row names its partition"
 
 
 def test_with_train_evaluation_rides_on_train_messages_and_one_exchange_ends_the_run() -> None:
