@@ -200,7 +200,7 @@ ROWS: tuple[tuple[str, tuple[PanelSpec, ...]], ...] = (
             PanelSpec(
                 "Repeats",
                 (
-                    Query(selected("fedimdb_repeats_total", EXPERIMENT), "planned"),
+                    Query(selected("fedimdb_repeats_planned", EXPERIMENT), "planned"),
                     Query(selected("fedimdb_repeats_completed_total", EXPERIMENT), "completed"),
                     Query(selected("fedimdb_repeats_failed_total", EXPERIMENT), "failed attempts"),
                 ),
@@ -219,7 +219,7 @@ ROWS: tuple[tuple[str, tuple[PanelSpec, ...]], ...] = (
         ),
     ),
 )
-VARIABLES = ((RUN, "Run", "fedimdb_server_run_info"), (EXPERIMENT, "Experiment", "fedimdb_repeats_total"))
+VARIABLES = ((RUN, "Run", "fedimdb_server_run_info"), (EXPERIMENT, "Experiment", "fedimdb_repeats_planned"))
 
 
 def datasource(path: Path = DATASOURCES) -> DataSourceRef:

@@ -64,7 +64,7 @@ ORCHESTRATOR_METRICS = {
     **{
         name: {EXPERIMENT}
         for name in (
-            "fedimdb_repeats_total",
+            "fedimdb_repeats_planned",
             "fedimdb_repeats_completed_total",
             "fedimdb_repeats_failed_total",
             "fedimdb_current_repeat",
@@ -227,3 +227,32 @@ def fired(url: str, alertname: str) -> set[str]:
     """Partitions for which ``alertname`` fired in the last hour."""
     expr = f'max_over_time(ALERTS{{alertname="{alertname}",alertstate="firing"}}[1h])'
     return {s["metric"].get(PARTITION, "") for s in query(url, expr)}
+
+
+class ExpositionWatch:
+    """Watches a running orchestrator's ``/metrics``; keeps the last text that holds the ServerApp's and
+    the ClientApps' series beside the orchestrator's (the local backend serves all three)."""
+
+    def __init__(self, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}/metrics"
+        self.text = ""
+
+    def __call__(self, proc: subprocess.Popen) -> None:
+        while proc.poll() is None:
+            try:
+                with urllib.request.urlopen(self.url, timeout=5) as reply:
+                    text = reply.read().decode()
+            except OSError:
+                text = ""
+            if all(f"\n{prefix}" in text for prefix in EXPOSITION_PREFIXES):
+                self.text = text
+            time.sleep(1)
+
+
+EXPOSITION_PREFIXES = ("fedimdb_repeats_", "fedimdb_server_", "fedimdb_client_")
+
+
+def check_exposition(text: str) -> None:
+    """``promtool check metrics`` finds nothing to say of a /metrics text (names, suffixes, help, types)."""
+    done = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and not (done.stdout + done.stderr).strip(), done.stdout + done.stderr

@@ -121,7 +121,7 @@ def test_interrupt_keeps_what_was_collected(interrupted: dict) -> None:
 
 def test_metrics_were_served_while_running(interrupted: dict) -> None:
     scrapes = interrupted["scrapes"]
-    assert scrapes and all(s["fedimdb_repeats_total"] == 2 for s in scrapes)
+    assert scrapes and all(s["fedimdb_repeats_planned"] == 2 for s in scrapes)
     # The round gauge rises while repeat 0 runs ...
     progress = [(s["fedimdb_current_repeat"], s["fedimdb_current_round"]) for s in scrapes]
     assert (0, 1) in progress, f"(repeat, round) as scraped: {progress}"

@@ -28,8 +28,10 @@ from tests.monitoring_checks import (
     ALL_METRICS,
     DASHBOARD,
     PROMETHEUS_DIR,
+    ExpositionWatch,
     Prometheus,
     check_dashboard,
+    check_exposition,
     check_federation_metrics,
     eventually,
     local_config,
@@ -79,15 +81,19 @@ def test_dashboard_shows_every_metric() -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_local_federation_in_a_real_prometheus(shards: Path, imdb_dir: Path, tmp_path: Path) -> None:
-    """10 local clients, 2 rounds: every metric with its labels, all 10 partitions, every panel has data."""
+    """10 local clients, 2 rounds: every metric with its labels, all 10 partitions, every panel has data;
+    promtool accepts the /metrics text of the orchestrator, the ServerApp and the ClientApps."""
     require_prometheus()
     port = free_port()
     args = local_run_args(tmp_path / "results", shards, imdb_dir, clients=CLIENTS, rounds=ROUNDS, settings=SETTINGS)
     with Prometheus(local_config(port, tmp_path), free_port(), tmp_path) as prom:
         start = time.time()
         plaintext = {"FEDIMDB_TLS_AUTH": "false"}  # saves registering 10 keys; TLS runs: tests/test_security.py
-        run = orchestrate(*args, "--metrics-port", str(port), env=plaintext, timeout=800)
+        exposition = ExpositionWatch(port)
+        run = orchestrate(*args, "--metrics-port", str(port), env=plaintext, timeout=800, watch=exposition)
         assert run.returncode == 0, run.stderr[-4000:]
+        assert exposition.text, "the orchestrator served its own, the ServerApp's and the ClientApps' metrics"
+        check_exposition(exposition.text)
         eventually(lambda: check_federation_metrics(prom.url, CLIENTS, ROUNDS), timeout=60)  # the last scrape
         end = time.time()
         check_dashboard(prom.url, {"run": ".*", "experiment": ".*"}, start, end)
@@ -123,7 +129,7 @@ def test_the_orchestrator_stays_up_for_the_next_scrape_only_when_scraped(tmp_pat
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
             return reply.read().decode()
 
-    assert "fedimdb_repeats_total" in scrape()
+    assert "fedimdb_repeats_planned" in scrape()
     threading.Timer(1.0, scrape).start()
     start = time.monotonic()
     metrics.wait_for_last_scrape()

@@ -83,7 +83,7 @@ class ExperimentMetrics:
         self.rounds = rounds
         self.served: ScrapedRegistry | None = None
         self._clock = Progress()
-        self.repeats_total = gauge("fedimdb_repeats_total", "Repeats planned in the experiment")
+        self.repeats_planned = gauge("fedimdb_repeats_planned", "Repeats planned in the experiment")
         self.repeats_done = counter("fedimdb_repeats_completed", "Repeats completed and verified")
         self.repeats_failed = counter("fedimdb_repeats_failed", "Repeat attempts that failed")
         self.current_repeat = gauge("fedimdb_current_repeat", "Repeat in progress (-1: none)")
@@ -114,7 +114,7 @@ class ExperimentMetrics:
 
     def start(self, total: int, done: int) -> None:
         self._clock.left = (total - done) * self.rounds
-        self.repeats_total.labels(self.experiment_id).set(total)
+        self.repeats_planned.labels(self.experiment_id).set(total)
         self.repeats_done.labels(self.experiment_id).inc(done)
         self.repeats_failed.labels(self.experiment_id).inc(0)
         self.current_repeat.labels(self.experiment_id).set(-1)
