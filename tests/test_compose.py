@@ -8,10 +8,12 @@ skipped, unless FEDIMDB_REQUIRE_DOCKER=1 (as in CI), which turns a missing daemo
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import secrets
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -19,8 +21,9 @@ import yaml
 
 from fedimdb.artifacts import read_csv, verify_run
 from fedimdb.deploy.compose import APP_DIR_VAR, build_override
+from fedimdb.deploy.container import ACCESS_LOGGER
 from fedimdb.deploy.docker_artifacts import pull_artifacts, service_containers
-from fedimdb.deploy.topology import APP_MOUNT
+from fedimdb.deploy.topology import ACCESS_LOG, APP_MOUNT
 from tests.conftest import ROOT, build_script, compose, require_docker
 
 RUN_NAME = "compose-e2e"
@@ -154,6 +157,18 @@ def test_each_client_sees_only_its_own_shard_and_key_read_only(stack) -> None:
         assert probe.returncode == 0, probe.stderr
         seen = json.loads(probe.stdout.strip().splitlines()[-1])
         assert seen == {"seen": ["/data/train.parquet", "/data/val.parquet"], "writable": False, "partition": pid}
+
+
+def test_the_output_shows_the_run_and_keeps_the_access_log_apart(stack) -> None:
+    """What `up` prints is the run; the SuperLink's access log (a line per request) is in its own file."""
+    out = stack["up"].stdout
+    assert ACCESS_LOGGER not in out and "round 2/2 done" in out, out[-3000:]
+    (server,) = service_containers(stack["docker"], stack["project"], "server")
+    stream, _ = server.get_archive(str(ACCESS_LOG))
+    with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+        member = tar.extractfile(ACCESS_LOG.name)
+        kept = member.read().decode() if member else ""
+    assert kept.count(ACCESS_LOGGER) > 100 and "/v1/runtime/pull-object" in kept, kept[:2000]
 
 
 def test_supernodes_reach_the_grpc_fleet_port_on_the_compose_network(stack) -> None:

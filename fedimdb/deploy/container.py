@@ -14,6 +14,8 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
+from collections.abc import Iterable
 from pathlib import Path
 
 from fedimdb.config import ExperimentConfig
@@ -21,6 +23,8 @@ from fedimdb.deploy import flwr_cli, forkserver
 from fedimdb.deploy.credentials import NodeCredentials, ServerCredentials
 from fedimdb.deploy.processes import await_superlink, superlink_argv, supernode_argv
 from fedimdb.deploy.topology import (
+    ACCESS_LOG,
+    ACCESS_LOG_VAR,
     CLIENT_SHARD_MOUNT,
     CONTROL_PORT,
     CREDENTIALS_MOUNT,
@@ -33,6 +37,8 @@ from fedimdb.deploy.topology import (
     SUPERLINK_ADDRESS_VAR,
 )
 from fedimdb.metrics import exporter
+
+ACCESS_LOGGER = "[uvicorn.access]"  # how Flower's SuperLink marks its access log lines
 
 
 def serve_superlink(credentials: ServerCredentials | None, metrics_port: int = 0) -> int:
@@ -47,7 +53,11 @@ def serve_superlink(credentials: ServerCredentials | None, metrics_port: int = 0
         return 1
     cmd = superlink_argv(f"0.0.0.0:{FLEET_PORT}", "0.0.0.0", CONTROL_PORT, credentials)
     print(" ".join(cmd), flush=True)
-    superlink = subprocess.Popen(cmd, env={**os.environ, **exporter.start(metrics_port)})
+    env = {**os.environ, **exporter.start(metrics_port)}
+    superlink = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    show_access = os.environ.get(ACCESS_LOG_VAR, "false").lower() == "true"
+    assert superlink.stdout is not None
+    threading.Thread(target=relay, args=(superlink.stdout, ACCESS_LOG, show_access), daemon=True).start()
     for sig in (signal.SIGTERM, signal.SIGINT):  # PID 1 in its container: pass a stop on
         signal.signal(sig, lambda *_: superlink.terminate())
     how = "TLS, SuperNode authentication" if credentials else "plaintext"
@@ -62,6 +72,19 @@ def serve_superlink(credentials: ServerCredentials | None, metrics_port: int = 0
     print(f"SuperLink ready ({how}; {keys} SuperNode keys registered)", flush=True)
     READY_FILE.touch()
     return superlink.wait()
+
+
+def relay(lines: Iterable[str], access_log: Path, show_access: bool) -> None:
+    """The SuperLink's output to this container's: its HTTP access log (a line per request of every
+    ServerApp and flwr call, thousands a run) to ``access_log``, and there only unless ``show_access``."""
+    with open(access_log, "a", buffering=1) as kept:
+        for line in lines:
+            is_access = ACCESS_LOGGER in line
+            if is_access:
+                kept.write(line)
+            if show_access or not is_access:
+                sys.stdout.write(line)
+                sys.stdout.flush()
 
 
 def healthcheck() -> int:
