@@ -59,7 +59,8 @@ def _running_project(client, deadline: float) -> str:
 def _wait_for_round(client, project: str, rounds: int, deadline: float) -> None:
     (runner,) = service_containers(client, project, RUNNER_SERVICE)
     while time.monotonic() < deadline:
-        if ((record := read_run_file(runner, "repeat-0")) and record.rounds_completed) >= rounds:
+        record = read_run_file(runner, "repeat-0")  # None until the ServerApp wrote it
+        if record is not None and record.rounds_completed >= rounds:
             return
         time.sleep(0.5)
     raise AssertionError(f"round {rounds} did not complete in time")
