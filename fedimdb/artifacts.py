@@ -10,6 +10,8 @@ Layout of one run folder::
     weights/model.safetensors     the final global model; with config.json and the
                                   tokenizer files beside it, weights/ loads with from_pretrained
     weights/clients/round-001-client-0.safetensors   (only with archive-client-weights)
+    state/round-003.safetensors   the server's state after the last round (to continue from it;
+                                  server/continuation.py): only the latest round's is kept
     logs/                         the deployment's logs (not hashed: written around the run)
 
 run.json's keys are kebab-case, like Flower's run config and ``flwr ls``; its model: fedimdb/run_record.py.
@@ -38,6 +40,7 @@ WEIGHT_STATS_FILE = "weight_stats.csv"  # fedimdb/weights.py: per round, tensor,
 CLIENT_UPDATES_FILE = "client_updates.csv"  # ... and per round and client
 WEIGHTS_DIR = "weights"
 FINAL_WEIGHTS = "model.safetensors"
+STATE_DIR = "state"
 LOGS_DIR = "logs"
 
 
@@ -132,6 +135,10 @@ def client_weights_name(server_round: int, partition_id: int) -> str:
     return f"{WEIGHTS_DIR}/clients/round-{server_round:03d}-client-{partition_id}.safetensors"
 
 
+def server_state_name(server_round: int) -> str:
+    return f"{STATE_DIR}/round-{server_round:03d}.safetensors"
+
+
 class RunArtifacts:
     """Writes one run's folder; every file's sha256 lands in run.json (``record``, a RunRecord).
 
@@ -160,6 +167,16 @@ class RunArtifacts:
 
         self.write(name, save({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}))
 
+    def remove(self, name: str) -> None:
+        """Delete a file this run wrote (a superseded state file), and its hash."""
+        (self.folder / name).unlink(missing_ok=True)
+        self.record.files.pop(name, None)
+
+    def carry(self, source: Path, names: Iterable[str]) -> None:
+        """Copy files of another (verified) run folder under the same names, hashed again as written."""
+        for name in names:
+            self.write(name, (Path(source) / name).read_bytes())
+
     def add_folder(self, source: Path, into: str) -> None:
         """Copy every file of ``source`` (e.g. a saved tokenizer) under ``into``."""
         for path in sorted(Path(source).rglob("*")):
@@ -176,6 +193,12 @@ class RunArtifacts:
         self.record.files = dict(sorted(self.record.files.items()))
         digest = write_json_atomic(self.folder / RUN_FILE, self.record.to_json())
         write_bytes_atomic(self.folder / RUN_HASH_FILE, f"{digest}  {RUN_FILE}\n".encode())
+
+
+def continuable_round(record: RunRecord) -> int:
+    """The last round a failed run can be continued after (server/continuation.py); 0 when it archived no round's state."""
+    r = record.rounds_completed
+    return r if r > 0 and {server_state_name(r), round_weights_name(r)} <= set(record.files) else 0
 
 
 def verify_run(folder: Path, require_completed: bool = True) -> RunRecord:

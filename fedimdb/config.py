@@ -298,6 +298,12 @@ class RunConfig(_Settings):
         "", "The server's held-out set (SHARDS_DIR/server) as the ServerApp sees it (set by the deployment)"
     )
     output_dir: str = setting("", "Where the ServerApp writes this run's artifacts (set by the deployment)")
+    continue_from: str = setting(
+        "",
+        "A failed run's folder, as the ServerApp sees it: this run continues after its last archived round, with "
+        "its weights, server state and table rows (set by the orchestrator for a repeat's next attempt; empty: "
+        "start at round 1)",
+    )
 
     def validate(self) -> None:
         """Ranges, then the model name (a preset, a directory or a hub id)."""

@@ -42,6 +42,7 @@ from rich.table import Table
 from fedimdb.artifacts import (
     ROUNDS_FILE,
     ArtifactError,
+    continuable_round,
     read_csv,
     read_json,
     software_versions,
@@ -243,27 +244,52 @@ class Experiment:
             return False
 
     def _run_repeat(self, k: int, on_round: RoundCallback) -> bool:
-        """Up to 1 + retries attempts at repeat ``k``; True once one is verified."""
+        """Up to 1 + retries attempts at repeat ``k``, each continuing the last one's archived rounds; True once
+        one is verified."""
         seed = self.settings.run.seed + k
-        cfg = RunConfig.from_mapping({**self.settings.run.as_dict(), "seed": seed})
         rep = self.record.repeats.setdefault(str(k), Repeat(seed))
-        for attempt in range(1, self.settings.experiment.retries + 2):
+        for attempt in range(len(rep.attempts) + 1, len(rep.attempts) + self.settings.experiment.retries + 2):
             moved = set_aside(repeat_dir(self.exp_dir, k), "unfinished")  # left by a killed orchestrator
             if moved:
                 rep.set_aside.append(moved)
-            if self._attempt(k, attempt, cfg, rep, on_round):
+                if rep.attempts and rep.attempts[-1].set_aside is None:
+                    rep.attempts[-1].set_aside = moved
+            entry = Attempt(attempt, utc_now())
+            cfg = self._continuing(rep, entry)
+            rep.attempts.append(entry)
+            if self._attempt(k, entry, cfg, rep, on_round):
                 return True
         return False
 
-    def _attempt(self, k: int, attempt: int, cfg: RunConfig, rep: Repeat, on_round: RoundCallback) -> bool:
+    def _continuing(self, rep: Repeat, entry: Attempt) -> RunConfig:
+        """The repeat's run config for attempt ``entry``: continuing the last attempt's folder after its last
+        archived round, where the backend can and that folder verifies."""
+        values = {**self.settings.run.as_dict(), "seed": rep.seed, "continue-from": ""}
+        last = rep.attempts[-1].set_aside if rep.attempts else None
+        if self.backend.continues and last:
+            try:
+                after = continuable_round(verify_run(self.exp_dir / last, require_completed=False))
+            except ArtifactError as exc:
+                console.print(f"{last}: not continued, it does not verify ({exc})", markup=False)
+                after = 0
+            if 0 < after < self.settings.run.num_rounds:
+                values["continue-from"] = str((self.exp_dir / last).resolve())
+                entry.continued_from, entry.continued_after_round = last, after
+        return RunConfig.from_mapping(values)
+
+    def _attempt(self, k: int, entry: Attempt, cfg: RunConfig, rep: Repeat, on_round: RoundCallback) -> bool:
         """One attempt on a fresh stack; records its outcome in experiment.json."""
         path = repeat_dir(self.exp_dir, k)
-        entry = Attempt(attempt, utc_now())
-        rep.attempts.append(entry)
+        attempt = entry.attempt
         rep.status = RepeatStatus.RUNNING
         self.save()
         self.metrics.repeat_started(k)
-        console.print(f"repeat {k} (seed {cfg.seed}), attempt {attempt}: backend {self.backend.name}")
+        after = (
+            f", continuing {entry.continued_from} after round {entry.continued_after_round}"
+            if cfg.continue_from
+            else ""
+        )
+        console.print(f"repeat {k} (seed {cfg.seed}), attempt {attempt}: backend {self.backend.name}{after}")
         last = k == self.settings.experiment.repeats - 1
         flower_metrics = Path(self._flower_metrics.name) if self._flower_metrics else None
         job = StackJob(

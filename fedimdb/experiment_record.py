@@ -48,6 +48,8 @@ class Attempt:
     seconds: float | None = None
     error: str | None = None
     set_aside: str | None = None  # the folder a failed attempt's files were moved to
+    continued_from: str | None = None  # the set-aside folder of the attempt this one continued ...
+    continued_after_round: int | None = None  # ... after its last archived round
     leftovers: str | None = None  # what --resume did about the stack an abandoned attempt left
 
 

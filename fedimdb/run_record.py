@@ -26,12 +26,22 @@ class RunStatus(StrEnum):
 
 
 @dataclass
+class ContinuedFrom:
+    """An earlier attempt a run continues: its run id, the last round it archived, and its folder then."""
+
+    run_id: int
+    round: int
+    folder: str
+
+
+@dataclass
 class RunRecord:
     """The whole of run.json.
 
     ``config`` is the run's RunConfig ``as_dict()``, ``data`` the recipe of the shards it used (as the
     held-out set's manifest has it), ``versions`` the software it ran on; the evaluations are the
-    central evaluation of the model before round 1 and of the final model on the whole held-out set.
+    central evaluation of the model before round 1 and of the final model on the whole held-out set;
+    ``continued_from`` lists the failed attempts this run continues, oldest first (empty: it started at round 1).
     """
 
     run_id: int
@@ -46,6 +56,7 @@ class RunRecord:
     final_evaluation: dict[str, Any] | None = None
     ended: str | None = None
     error: str | None = None
+    continued_from: list[ContinuedFrom] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:

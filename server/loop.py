@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from typing import Protocol
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
@@ -94,9 +94,9 @@ class RoundPolicy:
         """Usable updates a round with ``sampled`` clients needs."""
         return max(1, math.ceil(self.min_reply_fraction * sampled - 1e-9))
 
-    def online_before(self, server_round: int) -> int:
-        """Clients that must be online before a round: all before the first, then enough to succeed."""
-        return self.num_clients if server_round == 1 else self.needed(self.num_clients)
+    def online_before(self, server_round: int, first_round: int = 1) -> int:
+        """Clients that must be online before a round: all before the run's first, then enough to succeed."""
+        return self.num_clients if server_round == first_round else self.needed(self.num_clients)
 
 
 def wait_for_nodes(grid: Grid, needed: int, timeout: float) -> list[int]:
@@ -210,14 +210,17 @@ class Federation:
         self.strategy, self.grid, self.observer = strategy, grid, observer
         self.policy, self.wire, self.evaluate_received = policy, wire, evaluate_received
         self.partitions: dict[int, int] = {}  # node id -> partition id, as replies named them
+        self.first_round = 1
 
-    def run(self, initial: ArrayRecord, num_rounds: int, end_round: EndRound) -> Result:
-        """All rounds; the result holds the final global model and every round's aggregated metrics."""
-        log(INFO, "Starting %s strategy: %s rounds", type(self.strategy).__name__, num_rounds)
+    def run(self, arrays: ArrayRecord, num_rounds: int, end_round: EndRound, first_round: int = 1) -> Result:
+        """Rounds ``first_round`` to ``num_rounds`` from the global model ``arrays`` (the initial one, ended as
+        round 0, when ``first_round`` is 1); the result holds the final global model and the rounds' metrics."""
+        log(INFO, "Starting %s strategy: rounds %s to %s", type(self.strategy).__name__, first_round, num_rounds)
         self.strategy.summary()
-        result = Result(arrays=initial)
-        self._end(result, 0, end_round)
-        for server_round in range(1, num_rounds + 1):
+        result, self.first_round = Result(arrays=arrays), first_round
+        if first_round == 1:
+            self._end(result, 0, end_round)
+        for server_round in range(first_round, num_rounds + 1):
             log(INFO, "[ROUND %s/%s]", server_round, num_rounds)
             aggregate, metrics = self.train(server_round, result.arrays)
             result.arrays = aggregate if aggregate is not None else result.arrays
@@ -232,7 +235,8 @@ class Federation:
 
     def train(self, server_round: int, arrays: ArrayRecord) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """One round's training: wait, send, screen, resend while too few are usable, aggregate."""
-        online = wait_for_nodes(self.grid, self.policy.online_before(server_round), self.policy.node_wait_timeout)
+        awaited = self.policy.online_before(server_round, self.first_round)
+        online = wait_for_nodes(self.grid, awaited, self.policy.node_wait_timeout)
         outgoing = self.wire.outgoing(arrays)
         config = ConfigRecord({EVALUATE_RECEIVED: True} if self.evaluate_received and server_round > 1 else {})
         messages = list(self.strategy.configure_train(server_round, outgoing, config, self.grid))
@@ -279,12 +283,13 @@ class Federation:
     def _aggregate(
         self, server_round: int, arrays: ArrayRecord, ordered: list[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """The strategy's aggregate of the usable replies, in partition order."""
+        """The strategy's aggregate of the usable replies, in partition order, in the global model's dtypes."""
         self.observer.accepted(server_round, ordered)
         start = time.perf_counter()
-        aggregate = self.strategy.aggregate_train(server_round, ordered)
-        self.observer.aggregated(server_round, arrays, aggregate[0], time.perf_counter() - start)
-        return aggregate
+        aggregate, metrics = self.strategy.aggregate_train(server_round, ordered)
+        aggregate = None if aggregate is None else in_dtypes_of(arrays, aggregate)
+        self.observer.aggregated(server_round, arrays, aggregate, time.perf_counter() - start)
+        return aggregate, metrics
 
     def _evaluate(self, result: Result, server_round: int) -> None:
         """The clients' evaluate exchange of the global model; the aggregate joins ``result``."""
@@ -308,6 +313,14 @@ class Federation:
         metrics = end_round(server_round, result.arrays)
         if metrics is not None:
             result.evaluate_metrics_serverapp[server_round] = metrics
+
+
+def in_dtypes_of(model: ArrayRecord, aggregate: ArrayRecord) -> ArrayRecord:
+    """``aggregate`` with each array in the dtype of ``model``'s: Flower's FedAdam, FedYogi and FedAdagrad scale
+    by a NumPy float64 scalar, which would turn a float32 global model into float64 round by round."""
+    if all(aggregate[k].dtype == model[k].dtype for k in aggregate):
+        return aggregate
+    return ArrayRecord({k: Array(a.numpy().astype(model[k].numpy().dtype, copy=False)) for k, a in aggregate.items()})
 
 
 def _copy(sent: Message) -> Message:

@@ -85,11 +85,17 @@ def partition_order(replies: Iterable[Message]) -> list[Message]:
 
 
 class RoundLog:
-    """The rows of rounds.csv and clients.csv, filled in as the strategy runs."""
+    """The rows of rounds.csv and clients.csv, filled in as the strategy runs.
 
-    def __init__(self) -> None:
-        self.rounds: list[dict[str, Any]] = []
-        self.clients: list[dict[str, Any]] = []
+    Parameters
+    ----------
+    rounds, clients : list of dict, optional
+        Rows of earlier rounds to go on from (a continued run: server/continuation.py).
+    """
+
+    def __init__(self, rounds: Iterable[dict[str, Any]] = (), clients: Iterable[dict[str, Any]] = ()) -> None:
+        self.rounds: list[dict[str, Any]] = list(rounds)
+        self.clients: list[dict[str, Any]] = list(clients)
         self._started: dict[int, float] = {}
         self._sampled: dict[int, int] = {}
         self._retries: dict[int, int] = {}

@@ -6,7 +6,7 @@ round's client updates with the aggregated one; writing the rows is the ServerAp
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from fedimdb.weights import ClientUpdate, State, client_rows, weight_rows
 
@@ -18,13 +18,23 @@ class WeightLog:
     ----------
     outlier_z : float
         Robust z-score beyond which a client's update is flagged as an outlier.
+    weights, clients : list of dict, optional
+        Rows of earlier rounds to go on from (a continued run: server/continuation.py).
+    previous : State, optional
+        The last of those rounds' global model, which the next is compared with.
     """
 
-    def __init__(self, outlier_z: float) -> None:
+    def __init__(
+        self,
+        outlier_z: float,
+        weights: Iterable[dict] = (),
+        clients: Iterable[dict] = (),
+        previous: State | None = None,
+    ) -> None:
         self.outlier_z = outlier_z
-        self.weights: list[dict] = []
-        self.clients: list[dict] = []
-        self._previous: State | None = None
+        self.weights: list[dict] = list(weights)
+        self.clients: list[dict] = list(clients)
+        self._previous = previous
 
     def global_model(self, server_round: int, state: State) -> None:
         """Round ``server_round``'s global model (0: the initial one), against the round before."""

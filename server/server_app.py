@@ -3,8 +3,10 @@
 The rounds are server/loop.py's :class:`~server.loop.Federation`, recorded by a
 :class:`~server.recorder.Recorder`. The end of each round (Flower's ``evaluate_fn`` hook, called
 before round 1 and after every round) is three visible steps, in :meth:`RoundEnd.__call__`:
-archive the global weights, evaluate them on the held-out set, write the round's rows. The final
-model is the one the loop's result holds.
+archive the global weights (and the server's state), evaluate them on the held-out set, write the
+round's rows. The final model is the one the loop's result holds. Given a failed run's folder
+(``continue-from``), the run carries over its files and rows and goes on after its last archived
+round (server/continuation.py).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Strategy
 
 from fedimdb.artifacts import (
     CLIENT_UPDATES_FILE,
@@ -29,6 +32,7 @@ from fedimdb.artifacts import (
     client_weights_name,
     read_json,
     round_weights_name,
+    server_state_name,
     software_versions,
     utc_now,
 )
@@ -40,6 +44,7 @@ from fedimdb.model import load_model, pick_device
 from fedimdb.run_record import RunRecord, RunStatus
 from fedimdb.training import EvalResult, evaluate, seed_everything
 from fedimdb.weights import CLIENT_UPDATE_COLUMNS, WEIGHT_STATS_COLUMNS
+from server.continuation import Continuation, read_continuation, restore_strategy, server_state
 from server.grid import PollingGrid
 from server.loop import Federation, RoundFailed, RoundPolicy
 from server.recorder import ClientArchiver, Recorder
@@ -62,6 +67,7 @@ def main(grid: Grid, context: Context) -> None:
         raise ConfigError("held-out-dir: not set; pass the prepared shards' server/ folder with --run-config")
     data_recipe = read_json(Path(cfg.held_out_dir) / MANIFEST)["recipe"]
     check_clients_fit(cfg, int(data_recipe["num-partitions"]))
+    earlier = read_continuation(Path(cfg.continue_from), cfg.num_rounds) if cfg.continue_from else None
     output = Path(cfg.output_dir or f"artifacts/run-{context.run_id}")
     record = RunRecord(
         run_id=context.run_id,
@@ -71,10 +77,13 @@ def main(grid: Grid, context: Context) -> None:
         versions=software_versions(),
         started=utc_now(),
     )
+    if earlier is not None:
+        record.continued_from, record.rounds_completed = earlier.lineage(), earlier.round
+        record.initial_evaluation = earlier.record.initial_evaluation
     artifacts = RunArtifacts(output, record)
     metrics = ServerMetrics(context.run_id, cfg)
     try:
-        run_federation(grid, cfg, artifacts, metrics)
+        run_federation(grid, cfg, artifacts, metrics, earlier)
     except BaseException as exc:
         artifacts.finish(RunStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
         metrics.finished(RunStatus.FAILED)
@@ -99,24 +108,29 @@ class RoundEnd:
         round_log: RoundLog,
         metrics: ServerMetrics,
         weight_log: WeightLog | None,
+        strategy: Strategy,
     ):
         self.cfg, self.tuned, self.tokenizer = cfg, tuned, tokenizer
         self.artifacts, self.round_log, self.metrics, self.weight_log = artifacts, round_log, metrics, weight_log
+        self.strategy = strategy
         self.device = pick_device(cfg.device)
         self.held_out = read_split(Path(cfg.held_out_dir), "test")
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
         """Round 0 is the initial model; round k the global model after round k."""
         self.tuned.load(arrays.to_torch_state_dict())
-        self.archive(server_round, self.tuned.whole())
+        self.archive(server_round, self.tuned.whole(), arrays)
         start = time.perf_counter()
         res = self.evaluate(self.held_out.head(self.cfg.eval_rows))
         self.record(server_round, res, time.perf_counter() - start)
         return MetricRecord({"loss": res.loss, "accuracy": res.accuracy})
 
-    def archive(self, server_round: int, state: dict[str, Any]) -> None:
-        """Write the round's whole global model (hashed in run.json), and describe it in the weight log."""
+    def archive(self, server_round: int, state: dict[str, Any], arrays: ArrayRecord) -> None:
+        """Write the round's whole global model and (after round 1 on) the server's state, both hashed in
+        run.json; describe the model in the weight log."""
         self.artifacts.write_weights(round_weights_name(server_round), state)
+        if server_round > 0:
+            self.artifacts.write_weights(server_state_name(server_round), server_state(arrays, self.strategy))
         if self.weight_log is not None:
             self.weight_log.global_model(server_round, state)
 
@@ -143,6 +157,9 @@ class RoundEnd:
         self.write_tables()
         self.artifacts.record.rounds_completed = server_round
         self.artifacts.save()
+        if server_state_name(server_round - 1) in self.artifacts.record.files:  # superseded once run.json is saved
+            self.artifacts.remove(server_state_name(server_round - 1))
+            self.artifacts.save()
 
     def write_tables(self) -> None:
         """rounds.csv and clients.csv as the round log has them now; weight_stats.csv and client_updates.csv too."""
@@ -162,8 +179,23 @@ def client_archiver(artifacts: RunArtifacts) -> ClientArchiver:
     return archive_client
 
 
-def run_federation(grid: Grid, cfg: RunConfig, artifacts: RunArtifacts, metrics: ServerMetrics) -> None:
-    """All rounds, then the final model (and, if asked, its full evaluation)."""
+def carry_on(
+    earlier: Continuation, artifacts: RunArtifacts, strategy: Strategy, weight_log: WeightLog | None
+) -> tuple[RoundLog, WeightLog | None]:
+    """Take over a failed run's files and strategy state; its rows in a round log (and weight log, if kept)."""
+    artifacts.carry(earlier.folder, earlier.carried_files())
+    restore_strategy(strategy, earlier.state)
+    round_log = RoundLog(earlier.rows(ROUNDS_FILE), earlier.rows(CLIENTS_FILE))
+    if weight_log is not None:
+        weights, clients = earlier.rows(WEIGHT_STATS_FILE), earlier.rows(CLIENT_UPDATES_FILE)
+        weight_log = WeightLog(weight_log.outlier_z, weights, clients, earlier.global_model)
+    return round_log, weight_log
+
+
+def run_federation(
+    grid: Grid, cfg: RunConfig, artifacts: RunArtifacts, metrics: ServerMetrics, earlier: Continuation | None = None
+) -> None:
+    """All rounds (after ``earlier``'s last, if given), then the final model (and, if asked, its full evaluation)."""
     random.seed(cfg.seed)
     model, tokenizer = load_model(cfg.model, cfg.seed)
     seed_everything(cfg.seed, cfg.torch_threads)
@@ -173,20 +205,24 @@ def run_federation(grid: Grid, cfg: RunConfig, artifacts: RunArtifacts, metrics:
         artifacts.add_folder(Path(tmp), WEIGHTS_DIR)
     tuned = Tuned(model, cfg.fine_tune, cfg.lora_rank)
     initial = {k: v.clone() for k, v in tuned.travelling().items()}  # as every client loads it first
-    round_log = RoundLog()
-    weight_log = WeightLog(cfg.outlier_z) if cfg.weight_stats else None
+    strategy = make_strategy(cfg)
+    round_log, weight_log = RoundLog(), WeightLog(cfg.outlier_z) if cfg.weight_stats else None
+    start, first_round = ArrayRecord(initial), 1
+    if earlier is not None:
+        round_log, weight_log = carry_on(earlier, artifacts, strategy, weight_log)
+        start, first_round = earlier.arrays(), earlier.round + 1
     archiver = client_archiver(artifacts) if cfg.archive_client_weights else None
     federation = Federation(
-        make_strategy(cfg),
+        strategy,
         PollingGrid(grid, cfg.reply_poll_interval),
         Recorder(round_log, metrics, archiver, weight_log),
         RoundPolicy.of(cfg),
         Wire(cfg.weight_transport, initial),
         evaluate_received=cfg.local_eval == LOCAL_EVAL_WITH_TRAIN and cfg.fraction_evaluate > 0,
     )
-    round_end = RoundEnd(cfg, tuned, tokenizer, artifacts, round_log, metrics, weight_log)
+    round_end = RoundEnd(cfg, tuned, tokenizer, artifacts, round_log, metrics, weight_log, strategy)
     try:
-        result = federation.run(ArrayRecord(initial), cfg.num_rounds, round_end)
+        result = federation.run(start, cfg.num_rounds, round_end, first_round)
     except RoundFailed:
         round_end.write_tables()  # the failed round's rows say who failed and why
         raise

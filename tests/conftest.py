@@ -21,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
 
@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 import pytest
 import tomli_w
 import tomllib
+from flwr.supercore.task_identity import TaskIdentity
 
 from fedimdb.config import APP_CONFIG, DataConfig
 from fedimdb.data import prepare_shards
@@ -57,6 +58,14 @@ E2E_SETTINGS = [
     "local-eval-rows=32",
     "archive-client-weights=true",
 ]
+TIMING_COLUMNS = {  # columns of rounds.csv and clients.csv that differ between runs of the same seed
+    "round_seconds",
+    "central_eval_seconds",
+    "setup_seconds",
+    "train_seconds",
+    "train_samples_per_s",
+    "node_id",
+}
 RUN_MARK = "FEDIMDB_TEST_RUN"  # environment variable that marks one orchestrator and all it starts
 
 # scripts/test.sh runs the suite on two workers (pytest-xdist): the tests wait on Flower and Docker
@@ -70,6 +79,7 @@ LONGEST_FIRST = (
     "test_reliability",
     "test_learning",
     "test_experiment_local",
+    "test_continue_local",
     "test_e2e_local",
     "test_monitoring",
     "test_security",
@@ -185,6 +195,14 @@ def require_docker() -> None:
                 "run .ci/docker/install-docker.sh"
             ) from None
         pytest.skip("no Docker daemon with Compose v2", allow_module_level=True)
+
+
+@pytest.fixture
+def task_identity() -> Iterator[None]:
+    """Flower's Message constructor reads the run and node ids of the task that builds it (node 1: the SuperLink)."""
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 7, 1, 1
+    yield
+    TaskIdentity._run_id = TaskIdentity._node_id = TaskIdentity._task_id = None
 
 
 @pytest.fixture(scope="session")

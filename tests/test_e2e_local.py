@@ -16,19 +16,11 @@ from fedimdb.deploy.flwr_cli import FLWR_RUN_FILE
 from fedimdb.model import load_global_model, load_model
 from fedimdb.quantize import error_bound
 from fedimdb.training import evaluate
-from tests.conftest import E2E_CLIENTS, E2E_ROUNDS
+from tests.conftest import E2E_CLIENTS, E2E_ROUNDS, TIMING_COLUMNS
 
 pytestmark = pytest.mark.slow  # every test reads the four real runs of the e2e_runs fixture
 EMBEDDINGS = "bert.embeddings.word_embeddings.weight"
 QUERY = "bert.encoder.layer.0.attention.self.query.weight"
-TIMING_COLUMNS = {
-    "round_seconds",
-    "central_eval_seconds",
-    "setup_seconds",
-    "train_seconds",
-    "train_samples_per_s",
-    "node_id",
-}
 
 
 def _run_dirs(results: Path) -> list[Path]:

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fedimdb.artifacts import read_csv, read_json, verify_run
+from fedimdb.artifacts import RUN_FILE, read_csv, read_json, verify_run
 from fedimdb.deploy.local import free_port
+from fedimdb.run_record import read_run_record
 from tests.conftest import Orchestrator, local_run_args, marked_processes, orchestrate
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]  # a test's share includes the module fixture it triggers
@@ -169,18 +170,19 @@ def test_corrupted_repeat_is_detected_and_redone(interrupted: dict, resumed: dic
 
 @pytest.fixture(scope="module")
 def hard_killed(imdb_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    """One repeat; once its stack is up and recorded, a second orchestrator tries to --resume it (refused:
-    it is still running), then the first is killed with SIGKILL (no teardown) and the experiment resumed."""
+    """One repeat of 2 rounds; once its stack is recorded and round 1 archived, a second orchestrator tries to
+    --resume it (refused: it is still running), then the first is killed with SIGKILL (no teardown) and the
+    experiment resumed."""
     base = tmp_path_factory.mktemp("hard-kill")
     out = base / "results"
-    killed = Orchestrator(*_args(out, base / "shards", imdb_dir, "--metrics-port", "0"))
+    killed = Orchestrator(*_args(out, base / "shards", imdb_dir, "--metrics-port", "0", "--rounds", "2"))
     found: dict = {"imdb": imdb_dir, "base": base}
     try:
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and killed.proc.poll() is None:
             exps = list(out.glob("*/experiment.json")) if out.exists() else []
             attempts = _status(exps[0].parent).get("repeats", {}).get("0", {}).get("attempts", []) if exps else []
-            if attempts and attempts[-1].get("stack"):
+            if attempts and attempts[-1].get("stack") and _rounds_archived(exps[0].parent / "repeat-0") >= 1:
                 found["exp"] = exps[0].parent
                 found["second"] = _resume(found["exp"], found)
                 killed.proc.kill()
@@ -194,6 +196,13 @@ def hard_killed(imdb_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
         yield found
     finally:
         killed.kill(grace=1)  # whatever a failed test left
+
+
+def _rounds_archived(run_dir: Path) -> int:
+    try:
+        return read_run_record(run_dir / RUN_FILE).rounds_completed
+    except (OSError, ValueError):
+        return 0
 
 
 def test_resume_while_the_orchestrator_runs_is_refused(hard_killed: dict) -> None:
@@ -210,6 +219,9 @@ def test_resume_after_a_hard_kill_stops_the_stack_it_left_and_finishes(hard_kill
     assert "repeat 0 attempt 1: its orchestrator was killed; stopped the 3 process groups it left running" in run.stderr
     assert hard_killed["still-left"] == [], "the resumed orchestrator stopped what the killed one left"
     record = read_json(hard_killed["exp"] / "experiment.json")
-    assert [a["status"] for a in record["repeats"]["0"]["attempts"]] == ["abandoned", "verified"]
+    killed, resumed = record["repeats"]["0"]["attempts"]
+    assert [killed["status"], resumed["status"]] == ["abandoned", "verified"]
     assert record["status"] == "completed"
-    verify_run(hard_killed["exp"] / "repeat-0")
+    assert (resumed["continued-from"], resumed["continued-after-round"]) == (killed["set-aside"], 1)
+    continued = verify_run(hard_killed["exp"] / "repeat-0")
+    assert [c.round for c in continued.continued_from] == [1] and continued.rounds_completed == 2

@@ -3,14 +3,12 @@ only by the tests (``--app-dir``); fedimdb's own app carries none of it. Flower 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import tomllib
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedimdb.config import APP_CONFIG
 from fedimdb.deploy import APP_DIR
@@ -22,12 +20,7 @@ from tests.fault_app import faults
 NODE = 5
 
 
-@pytest.fixture(autouse=True)
-def task_identity() -> Iterator[None]:
-    """Flower's Message constructor reads the run and node ids of the task that builds it."""
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 7, 1, 1
-    yield
-    TaskIdentity._run_id = TaskIdentity._node_id = TaskIdentity._task_id = None
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 def _components(app: Path) -> dict[str, str]:

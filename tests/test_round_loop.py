@@ -1,117 +1,33 @@
 """The round loop (server/loop.py) on Flower Messages, without a network: milliseconds a test.
 
-A Grid whose nodes are functions answering each message at once stands in for the SuperLink; a
-real Flower FedAvg samples and aggregates, and a real Recorder fills the rows of clients.csv and
+A Grid whose nodes are functions answering each message at once (tests/instant_grid.py) stands in
+for the SuperLink; a real Flower FedAvg samples and aggregates, and a real Recorder fills the rows of clients.csv and
 rounds.csv. The same loop over real processes: tests/test_reliability.py.
 """
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, Error, Message, MetricRecord, RecordDict
-from flwr.proto.node_pb2 import NodeInfo
-from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
-from flwr.supercore.run import Run
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedimdb.config import RunConfig
 from fedimdb.metrics.server import ServerMetrics
-from fedimdb.protocol import ARRAYS, CONFIG, EVALUATE_RECEIVED, METRICS, EvalMetrics, TrainMetrics, arrays_of
+from fedimdb.protocol import ARRAYS, CONFIG, EVALUATE_RECEIVED, METRICS, TrainMetrics, arrays_of
 from fedimdb.training import EvalResult
 from server.loop import Federation, RoundFailed, RoundPolicy, wait_for_nodes
 from server.recorder import Recorder
 from server.records import ClientStatus, RoundLog
+from server.strategy import make_strategy
 from server.wire import Wire
+from tests.instant_grid import PARTITIONS, SUPERLINK, InstantGrid, Node, honest, weights
 
-SUPERLINK = 1  # the node id the SuperLink answers with for a node that is gone
-PARTITIONS = {11: 0, 12: 1, 13: 2}  # node id -> partition id
-Node = Callable[[Message], Message | None]
-pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture(autouse=True)
-def task_identity() -> Iterator[None]:
-    """Flower's Message constructor reads the run and node ids of the task that builds it."""
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 7, SUPERLINK, 1
-    yield
-    TaskIdentity._run_id = TaskIdentity._node_id = TaskIdentity._task_id = None
-
-
-class InstantGrid(Grid):
-    """A Grid whose nodes answer at once, last first; ``online`` are the node ids it lists.
-
-    A node the SuperLink answers for (an error reply from it) is offline from then on.
-    """
-
-    def __init__(self, nodes: Mapping[int, Node]) -> None:
-        self.nodes = dict(nodes)
-        self.online = set(nodes)
-        self.pushed: list[Message] = []
-
-    def set_run(self, run: Run) -> None:
-        raise NotImplementedError
-
-    @property
-    def run(self) -> Run:
-        raise NotImplementedError
-
-    def create_message(
-        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
-    ) -> Message:
-        return Message(content, dst_node_id, message_type, group_id=group_id, ttl=ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return sorted(self.online)
-
-    def get_nodes(self) -> Iterable[NodeInfo]:
-        raise NotImplementedError
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        for msg in messages:
-            msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex
-            self.pushed.append(msg)
-        return [msg.metadata.message_id for msg in messages]
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        raise NotImplementedError
-
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        messages = list(messages)
-        self.push_messages(messages)
-        answered = [(msg, self.nodes[msg.metadata.dst_node_id](msg)) for msg in reversed(messages)]  # last first
-        self.online -= {m.metadata.dst_node_id for m, r in answered if r and r.metadata.src_node_id == SUPERLINK}
-        return [reply for _, reply in answered if reply is not None]
-
-    def sent(self, message_type: str) -> list[int]:
-        """The nodes that were sent messages of this type, once per message, sorted (Flower samples at random)."""
-        return sorted(msg.metadata.dst_node_id for msg in self.pushed if msg.metadata.message_type == message_type)
-
-
-def weights(value: float) -> ArrayRecord:
-    """A global model of one tensor, ``w``, of three equal values."""
-    return ArrayRecord({"w": torch.full((3,), value)})
-
-
-def honest(examples: int = 64, step: float = 1.0) -> Node:
-    """A client that adds ``step`` to every weight it gets, and evaluates when asked."""
-
-    def answer(msg: Message) -> Message:
-        partition = PARTITIONS[msg.metadata.dst_node_id]
-        if msg.metadata.message_type.startswith("evaluate"):
-            metrics = EvalMetrics(partition, 32, 0.5, 0.75).to_record()
-            return Message(RecordDict({METRICS: metrics}), reply_to=msg)
-        arrays = {k: torch.from_numpy(v.numpy() + step) for k, v in arrays_of(msg.content).items()}
-        metrics = TrainMetrics(partition, examples, 0.5, 2, 1.0, 64.0, 0.1).to_record()
-        return Message(RecordDict({ARRAYS: ArrayRecord(arrays), METRICS: metrics}), reply_to=msg)
-
-    return answer
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("task_identity")]
 
 
 def poisoned(msg: Message) -> Message:
@@ -241,6 +157,14 @@ def test_separate_local_evaluation_is_an_exchange_every_round() -> None:
     assert run.grid.sent("evaluate") == [11, 11, 12, 12, 13, 13]
     assert sorted(result.evaluate_metrics_clientapp) == [1, 2]
     assert isinstance(result.evaluate_metrics_clientapp[1], MetricRecord)
+
+
+def test_the_global_model_stays_float32_under_flowers_fedadam() -> None:
+    """Flower's FedAdam scales by a NumPy float64 scalar: its aggregate comes back in the global model's dtype."""
+    fed = Federated({11: honest(), 12: honest(step=0.5)})
+    fed.federation.strategy = make_strategy(RunConfig(strategy="fedadam", num_clients=2))
+    result = fed(num_rounds=2)
+    assert result.arrays["w"].dtype == "float32" and fed.ends[-1][1] != 0.0
 
 
 def test_too_few_clients_online_fails_the_round_after_the_node_wait() -> None:

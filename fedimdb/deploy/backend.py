@@ -102,3 +102,6 @@ class Backend:
     """Stops what a killed orchestrator left running, given its stack's ``handle()``; says what it did."""
     process_metrics: bool = False
     """Whether Flower's processes record metrics in ``StackJob.metrics_dir`` for the orchestrator to serve."""
+    continues: bool = False
+    """Whether its ServerApp reads a failed attempt's folder on this machine (``continue-from``), so that a later
+    attempt goes on after the last round that one archived."""

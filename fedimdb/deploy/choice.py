@@ -18,9 +18,8 @@ def choose_backend(requested: str, compose_file: Path, log: Log) -> Backend:
             raise ConfigError(
                 f"backend local needs {', '.join(missing)} on PATH; install the project: pip install -e ."
             )
-        return Backend(
-            LOCAL_BACKEND, functools.partial(local.LocalStack, log=log), local.stop_leftover, process_metrics=True
-        )
+        local_stack = functools.partial(local.LocalStack, log=log)
+        return Backend(LOCAL_BACKEND, local_stack, local.stop_leftover, process_metrics=True, continues=True)
     from fedimdb.deploy import docker_backend  # the Docker SDK loads only when Docker may be used
 
     problem = docker_backend.docker_problem(compose_file)

@@ -1,0 +1,84 @@
+"""A repeat whose ServerApp is killed goes on, in its next attempt, after the last round it archived.
+
+Real local runs (SuperLink + 3 SuperNodes over gRPC, TLS and authentication): one of 4 rounds
+never interrupted, and one with the same seed whose ``flwr-serverapp`` is SIGKILLed once round 2
+is archived. The second attempt continues from round 3 and must end with the same rows and the
+same final model, byte for byte. The unit tests of the state it continues from:
+tests/test_continuation.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from fedimdb.artifacts import (
+    CLIENT_UPDATES_FILE,
+    CLIENTS_FILE,
+    FINAL_WEIGHTS,
+    ROUNDS_FILE,
+    WEIGHT_STATS_FILE,
+    WEIGHTS_DIR,
+    read_csv,
+    verify_run,
+)
+from fedimdb.experiment_record import EXPERIMENT_FILE, ExperimentRecord, RepeatStatus
+from fedimdb.run_record import read_run_record
+from tests.conftest import TIMING_COLUMNS, Orchestrator, local_run_args, marked_processes, orchestrate
+
+pytestmark = pytest.mark.slow
+ROUNDS, KILLED_AFTER = 4, 2
+SETTINGS = ["max-steps=2", "max-length=32", "batch-size=32", "eval-rows=64", "local-eval-rows=32", "strategy=fedadam"]
+
+
+def _rows(run_dir: Path, table: str) -> list[dict[str, str]]:
+    return [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in read_csv(run_dir / table)]
+
+
+def _kill_serverapp_after(results: Path, run: Orchestrator, server_round: int, timeout: float = 300) -> None:
+    """SIGKILL the run's flwr-serverapp once run.json says ``server_round`` rounds are archived."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and run.returncode is None:
+        with contextlib.suppress(OSError, ValueError):
+            found = list(results.glob("*/repeat-0/run.json"))
+            if found and read_run_record(found[0]).rounds_completed >= server_round:
+                break
+        time.sleep(0.2)
+    serverapps = [p for p in marked_processes(run.mark) if "flwr-serverapp" in " ".join(p.cmdline()[:2])]
+    assert serverapps, "the run's flwr-serverapp process was found"
+    os.kill(serverapps[0].pid, signal.SIGKILL)
+
+
+def test_a_killed_serverapp_is_continued_after_its_last_archived_round(
+    shards: Path, imdb_dir: Path, tmp_path: Path
+) -> None:
+    def args(name: str) -> list[str]:
+        return local_run_args(tmp_path / name, shards, imdb_dir, clients=3, rounds=ROUNDS, settings=SETTINGS)
+
+    whole = orchestrate(*args("whole"), "--retries", "0")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    with Orchestrator(*args("cut"), "--retries", "1") as cut:
+        _kill_serverapp_after(tmp_path / "cut", cut, KILLED_AFTER)
+        cut.wait(timeout=600)
+    assert cut.returncode == 0, cut.stderr[-3000:]
+
+    (exp,) = (tmp_path / "cut").iterdir()
+    record = ExperimentRecord.from_json(json.loads((exp / EXPERIMENT_FILE).read_text()))
+    first, second = record.repeats["0"].attempts
+    assert first.status == RepeatStatus.FAILED and first.set_aside
+    assert (second.continued_from, second.continued_after_round) == (first.set_aside, KILLED_AFTER)
+    continued = verify_run(exp / "repeat-0")
+    assert [(c.round, Path(c.folder).name) for c in continued.continued_from] == [(KILLED_AFTER, first.set_aside)]
+    assert read_run_record(exp / first.set_aside / "run.json").run_id == continued.continued_from[0].run_id
+
+    (uninterrupted,) = (p / "repeat-0" for p in (tmp_path / "whole").iterdir())
+    for table in (ROUNDS_FILE, CLIENTS_FILE, WEIGHT_STATS_FILE, CLIENT_UPDATES_FILE):
+        assert _rows(exp / "repeat-0", table) == _rows(uninterrupted, table), table
+    final = f"{WEIGHTS_DIR}/{FINAL_WEIGHTS}"
+    assert continued.files[final] == verify_run(uninterrupted).files[final], "the final models differ"
