@@ -17,7 +17,7 @@ import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -159,7 +159,7 @@ def machine() -> dict[str, Any]:
 
 def write_result(name: str, figures: Mapping[str, Any], command: Sequence[str]) -> Path:
     """``bench/results/NAME-<UTC time>.json`` with the figures, the machine and the command."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     path = RESULTS_DIR / f"{name}-{stamp}.json"
     write_json_atomic(
         path, {"benchmark": name, "utc": stamp, "command": list(command), "machine": machine(), **figures}

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import re
 import sys
-from typing import Any
-
 import tomllib
+from typing import Any
 
 CPU_TORCH = "cpu"  # the local version label of PyTorch's CPU wheels
 

@@ -19,6 +19,7 @@ run.json's keys are kebab-case, like Flower's run config and ``flwr ls``; its mo
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -26,10 +27,12 @@ import json
 import os
 import tempfile
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from fedimdb.config import MINILM_PACKAGE
 from fedimdb.run_record import RunRecord, RunStatus
 
 RUN_FILE = "run.json"
@@ -59,7 +62,7 @@ def software_versions() -> dict[str, str]:
 
     import fedimdb
 
-    return {
+    versions = {
         "fedimdb": fedimdb.__version__,
         "flwr": flwr.__version__,
         "torch": torch.__version__,
@@ -67,11 +70,14 @@ def software_versions() -> dict[str, str]:
         "datasets": datasets.__version__,
         "python": platform.python_version(),
     }
+    with contextlib.suppress(metadata.PackageNotFoundError):  # the minilm preset's weights
+        versions[MINILM_PACKAGE] = metadata.version(MINILM_PACKAGE)
+    return versions
 
 
 def utc_now() -> str:
     """ISO 8601 timestamp in UTC, second precision."""
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+    return datetime.now(UTC).replace(microsecond=0).isoformat()
 
 
 def sha256_bytes(data: bytes) -> str:

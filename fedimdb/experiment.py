@@ -23,7 +23,7 @@ import secrets
 import socket
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +80,7 @@ def repeat_dir(exp_dir: Path, k: int) -> Path:
 
 def new_experiment_dir(out: Path, cfg: RunConfig) -> Path:
     """A fresh, never reused folder: UTC time, model, strategy and a random suffix."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     path = out / f"{stamp}-{Path(cfg.model).name}-{cfg.strategy}-{secrets.token_hex(2)}"
     path.mkdir(parents=True, exist_ok=False)
     return path

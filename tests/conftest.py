@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
@@ -32,7 +33,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import tomli_w
-import tomllib
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedimdb.config import APP_CONFIG, DataConfig

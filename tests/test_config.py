@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 from dotenv import dotenv_values
 
 from fedimdb.config import ConfigError, DataConfig, ExperimentConfig, RunConfig, check_clients_fit, env_name

@@ -3,10 +3,10 @@ only by the tests (``--app-dir``); fedimdb's own app carries none of it. Flower 
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 

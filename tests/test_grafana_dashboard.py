@@ -12,15 +12,11 @@ import itertools
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-
-if sys.version_info < (3, 11):  # the SDK's floor: pyproject.toml's test extra leaves it out there
-    pytest.skip("grafana-foundation-sdk needs Python 3.11", allow_module_level=True)
 
 from monitoring.dashboard import DASHBOARD, panel_queries, substitute
 from monitoring.grafana_dashboard import DATASOURCES, main, render

@@ -9,10 +9,10 @@ from __future__ import annotations
 import importlib.metadata
 import platform
 import sys
+import tomllib
 from typing import Any
 
 import pytest
-import tomllib
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 

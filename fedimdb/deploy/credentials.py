@@ -127,7 +127,7 @@ def _certificate(
     names: tuple[str, ...] = (),
 ) -> x509.Certificate:
     """A CA certificate (no ``issuer``) or a server certificate for ``names`` signed by the CA."""
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
     builder = (
         x509.CertificateBuilder()

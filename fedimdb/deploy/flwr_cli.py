@@ -16,13 +16,13 @@ import shutil
 import subprocess
 import tempfile
 import time
+import tomllib
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import tomli_w
-import tomllib
 
 from fedimdb.artifacts import (
     LOGS_DIR,

@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from fedimdb.artifacts import RUN_FILE, ArtifactError, verify_run
@@ -37,7 +37,7 @@ def main() -> int:
     except ConfigError as exc:
         log(f"error: {exc}")
         return 2
-    name = os.environ.get("RUN_NAME") or datetime.now(timezone.utc).strftime("run-%Y%m%d-%H%M%S")
+    name = os.environ.get("RUN_NAME") or datetime.now(UTC).strftime("run-%Y%m%d-%H%M%S")
     run_dir = Path(ARTIFACTS_MOUNT) / name
     if (run_dir / RUN_FILE).exists():
         log(f"error: {run_dir} already holds a run; set RUN_NAME to a new name")
