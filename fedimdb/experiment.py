@@ -63,7 +63,7 @@ from fedimdb.experiment_record import (
 )
 from fedimdb.json_model import RecordError
 from fedimdb.metrics.experiment import ExperimentMetrics
-from fedimdb.run_record import RunRecord
+from fedimdb.run_record import RECURS, RunRecord
 from fedimdb.summary import write_summary
 
 RUN_FAILURES = (StackError, ArtifactError)
@@ -259,6 +259,9 @@ class Experiment:
             rep.attempts.append(entry)
             if self._attempt(k, entry, cfg, rep, on_round):
                 return True
+            if RECURS in (entry.error or ""):
+                console.print(f"repeat {k}: not retried, another attempt would fail the same way")
+                return False
         return False
 
     def _continuing(self, rep: Repeat, entry: Attempt) -> RunConfig:

@@ -16,6 +16,10 @@ from typing import Any
 
 from fedimdb.json_model import from_json, to_json
 
+RECURS = "[the same on any attempt: not retried]"
+"""Starts the error of a run that failed for a cause another attempt would meet again (its configuration, or every
+client's ClientApp raising the same error); the orchestrator then does not retry it (fedimdb/experiment.py)."""
+
 
 class RunStatus(StrEnum):
     """A run's status in run.json."""

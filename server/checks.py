@@ -11,11 +11,12 @@ one. The robust strategies (``fedmedian``, ``fedtrimmedavg``, ``krum``) are the 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import ArrayRecord, Message, RecordDict
+from flwr.common.constant import ErrorCode
 
 from fedimdb.protocol import ARRAYS, METRICS, NUM_EXAMPLES, PARTITION_ID
 from server.records import ClientStatus
@@ -109,12 +110,15 @@ class Refusal:
         ``failed``: an error reply; ``refused``: an update that cannot be aggregated.
     reason : str
         What was wrong, for the logs, clients.csv and the error of a failed round.
+    error_code : int | None
+        Flower's error code of an error reply (None: not an error reply).
     """
 
     node: int
     partition: int | None
     status: ClientStatus
     reason: str
+    error_code: int | None = None
 
     def __str__(self) -> str:
         partition = "?" if self.partition is None else self.partition
@@ -166,6 +170,7 @@ def screen(
     """
     screened = Screened([], [])
     for msg in replies:
+        code = msg.error.code if msg.has_error() else None
         if msg.has_error():
             status, reason = ClientStatus.FAILED, f"error reply {msg.error.code}: {msg.error.reason}"
         elif (problem := train_reply_problem(msg.content, expected) or decode(msg)) is not None:
@@ -175,5 +180,13 @@ def screen(
             continue
         node = addressees.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
         partition = _named_partition(msg)
-        screened.refused.append(Refusal(node, partitions.get(node) if partition is None else partition, status, reason))
+        partition = partitions.get(node) if partition is None else partition
+        screened.refused.append(Refusal(node, partition, status, reason, code))
     return screened
+
+
+def raised_alike(refused: Sequence[Refusal], sampled: int) -> bool:
+    """Whether every one of ``sampled`` clients failed by its ClientApp raising, all with the same error: a fault
+    of the app or its configuration that another attempt would meet again (a lost node or a timeout is not)."""
+    raised = all(r.error_code == ErrorCode.CLIENT_APP_RAISED_EXCEPTION for r in refused)
+    return raised and len({r.node for r in refused}) == sampled > 0 and len({r.reason for r in refused}) == 1

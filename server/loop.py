@@ -35,8 +35,9 @@ from flwr.serverapp.strategy import Result, Strategy
 
 from fedimdb.config import RunConfig
 from fedimdb.protocol import EVALUATE_RECEIVED, partition_of
+from fedimdb.run_record import RECURS
 from fedimdb.waiting import wait_until
-from server.checks import Expected, Refusal, screen
+from server.checks import Expected, Refusal, raised_alike, screen
 from server.records import partition_order
 from server.wire import Decoder, Wire
 
@@ -250,13 +251,25 @@ class Federation:
             self._resend(server_round, exchange)
         if len(exchange.usable) < needed:
             self.observer.round_failed(server_round)
-            raise RoundFailed(
-                f"round {server_round}: {len(exchange.usable)} usable updates from {len(messages)} sampled clients, "
-                f"{needed} needed (min-reply-fraction {self.policy.min_reply_fraction}, after "
-                f"{self.policy.retries} retries): {'; '.join(map(str, exchange.refused))}. See the clients' logs; "
-                "lower min-reply-fraction to go on with fewer"
-            )
+            raise self._failed(server_round, exchange, needed)
         return self._aggregate(server_round, arrays, partition_order(exchange.usable))
+
+    def _failed(self, server_round: int, exchange: TrainExchange, needed: int) -> RoundFailed:
+        """What fails the run: every client and its reason, and the fix (marked :data:`RECURS` when every
+        client's ClientApp raised the same error, which another attempt would meet again)."""
+        sampled = len(exchange.messages)
+        alike = not exchange.usable and raised_alike(exchange.refused, sampled)
+        fix = (
+            "Every client's ClientApp raised the same error: fix its cause"
+            if alike
+            else "See the clients' logs; lower min-reply-fraction to go on with fewer"
+        )
+        return RoundFailed(
+            f"{RECURS + ' ' if alike else ''}round {server_round}: {len(exchange.usable)} usable updates from {sampled} "
+            "sampled clients, "
+            f"{needed} needed (min-reply-fraction {self.policy.min_reply_fraction}, after "
+            f"{self.policy.retries} retries): {'; '.join(map(str, exchange.refused))}. {fix}"
+        )
 
     def _exchange(self, server_round: int, exchange: TrainExchange, messages: list[Message]) -> None:
         """Send train messages, wait for their replies, screen them into ``exchange``."""

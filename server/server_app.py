@@ -41,7 +41,7 @@ from fedimdb.data import MANIFEST, Examples, read_split
 from fedimdb.finetune import Tuned
 from fedimdb.metrics.server import ServerMetrics
 from fedimdb.model import load_model, pick_device
-from fedimdb.run_record import RunRecord, RunStatus
+from fedimdb.run_record import RECURS, RunRecord, RunStatus
 from fedimdb.training import EvalResult, evaluate, seed_everything
 from fedimdb.weights import CLIENT_UPDATE_COLUMNS, WEIGHT_STATS_COLUMNS
 from server.continuation import Continuation, read_continuation, restore_strategy, server_state
@@ -61,13 +61,19 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Validate the run config, then run the federation into the output folder."""
-    cfg = RunConfig.from_mapping(context.run_config)
-    if not cfg.held_out_dir:
-        raise ConfigError("held-out-dir: not set; pass the prepared shards' server/ folder with --run-config")
-    data_recipe = read_json(Path(cfg.held_out_dir) / MANIFEST)["recipe"]
-    check_clients_fit(cfg, int(data_recipe["num-partitions"]))
-    earlier = read_continuation(Path(cfg.continue_from), cfg.num_rounds) if cfg.continue_from else None
+    """Validate the run config, then run the federation into the output folder.
+
+    A configuration error fails the run marked :data:`RECURS`: another attempt would meet it again.
+    """
+    try:
+        cfg = RunConfig.from_mapping(context.run_config)
+        if not cfg.held_out_dir:
+            raise ConfigError("held-out-dir: not set; pass the prepared shards' server/ folder with --run-config")
+        data_recipe = read_json(Path(cfg.held_out_dir) / MANIFEST)["recipe"]
+        check_clients_fit(cfg, int(data_recipe["num-partitions"]))
+        earlier = read_continuation(Path(cfg.continue_from), cfg.num_rounds) if cfg.continue_from else None
+    except ConfigError as exc:
+        raise ConfigError(f"{RECURS} {exc}") from None
     output = Path(cfg.output_dir or f"artifacts/run-{context.run_id}")
     record = RunRecord(
         run_id=context.run_id,

@@ -29,7 +29,7 @@ from fedimdb.inspect.evaluate import evaluate_round
 from fedimdb.inspect.report import read_run, render_text
 from fedimdb.model import load_model
 from fedimdb.protocol import ARRAYS, METRICS, NUM_EXAMPLES, PARTITION_ID, TrainMetrics, transport_arrays
-from fedimdb.run_record import read_run_record
+from fedimdb.run_record import RECURS, read_run_record
 from server.checks import Expected, examples_problem, train_reply_problem
 from server.loop import RoundPolicy
 from server.records import ClientStatus, RoundLog
@@ -139,11 +139,11 @@ class _Reply:
         self.content = RecordDict({METRICS: TrainMetrics(partition_id, 64, 0.5, 2, 1.0, 64.0, 0.1).to_record()})
 
 
-def _faulty_run(tmp: Path, shards: Path, imdb: Path, fault: str, *settings: str) -> tuple[int, Path]:
-    """orchestrate.py with one attempt, 3 clients, 2 rounds; its exit code and experiment folder."""
+def _faulty_run(tmp: Path, shards: Path, imdb: Path, fault: str, *settings: str, retries: int = 0) -> tuple[int, Path]:
+    """orchestrate.py with 1 + ``retries`` attempts, 3 clients, 2 rounds; its exit code and experiment folder."""
     args = local_run_args(tmp / "results", shards, imdb, clients=3, rounds=2, settings=[*SETTINGS, *settings])
     app = fault_app(fault, tmp / "app")
-    run = orchestrate(*args, "--retries", "0", "--seed", "7", "--app-dir", str(app), timeout=600)
+    run = orchestrate(*args, "--retries", str(retries), "--seed", "7", "--app-dir", str(app), timeout=600)
     (exp,) = (tmp / "results").iterdir()
     return run.returncode, exp
 
@@ -193,6 +193,15 @@ def test_too_few_usable_updates_fail_the_run_with_the_reason(shards: Path, imdb_
     assert (row["round"], row["retries"], row["clients_failed"], row["central_accuracy"]) == ("1", "1", "1", "")
     failed = [r for r in read_csv(run_dir / "clients.csv") if r["status"] == ClientStatus.FAILED]
     assert len(failed) == 1 and "error reply" in failed[0]["reason"]
+
+
+@pytest.mark.slow
+def test_every_client_raising_the_same_error_is_not_retried(shards: Path, imdb_dir: Path, tmp_path: Path) -> None:
+    """All three ClientApps raise the same error: the attempt fails once, naming it, and retries=2 is not spent."""
+    code, exp = _faulty_run(tmp_path, shards, imdb_dir, "0:raise,1:raise,2:raise", "round-retries=0", retries=2)
+    assert code != 0
+    (attempt,) = read_json(exp / "experiment.json")["repeats"]["0"]["attempts"]
+    assert attempt["status"] == "failed" and RECURS in attempt["error"] and "test fault" in attempt["error"]
 
 
 @pytest.fixture

@@ -14,11 +14,13 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, Error, Message, MetricRecord, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.serverapp.strategy import FedAvg
 
 from fedimdb.config import RunConfig
 from fedimdb.metrics.server import ServerMetrics
 from fedimdb.protocol import ARRAYS, CONFIG, EVALUATE_RECEIVED, METRICS, TrainMetrics, arrays_of
+from fedimdb.run_record import RECURS
 from fedimdb.training import EvalResult
 from server.loop import Federation, RoundFailed, RoundPolicy, wait_for_nodes
 from server.recorder import Recorder
@@ -111,6 +113,24 @@ def test_a_refused_update_is_asked_for_again_from_that_client_only() -> None:
     assert run.grid.sent("train") == [11, 12, 12, 13]
     assert run.clients() == {p: (ClientStatus.OK, "") for p in (0, 1, 2)}  # its row shows the update used
     assert run.log.rounds[0]["retries"] == 1 and run.log.rounds[0]["clients_participating"] == 3
+
+
+def raising(reason: str) -> Node:
+    """A client whose ClientApp raises: Flower's error reply from the node itself."""
+    return lambda msg: Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason), reply_to=msg)
+
+
+def test_every_client_raising_the_same_error_fails_the_run_as_one_that_recurs() -> None:
+    """Marked RECURS (the orchestrator does not retry it) only when every sampled client raised the same error."""
+    for nodes, recurs in [
+        ({11: raising("KeyError: 'x'"), 12: raising("KeyError: 'x'")}, True),
+        ({11: raising("KeyError: 'x'"), 12: raising("MemoryError")}, False),
+        ({11: raising("KeyError: 'x'"), 12: then(raising("KeyError: 'x'"), poisoned)}, False),
+        ({11: raising("KeyError: 'x'"), 12: gone}, False),
+    ]:
+        with pytest.raises(RoundFailed) as failed:
+            Federated(nodes)()
+        assert str(failed.value).startswith(RECURS) == recurs, (nodes, str(failed.value))
 
 
 def test_a_round_short_after_its_retries_fails_naming_each_client_and_reason() -> None:
