@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -55,6 +56,8 @@ FULL_MODEL, NO_EMBEDDINGS, LORA = "full", "no-embeddings", "lora"
 FINE_TUNE_MODES = (FULL_MODEL, NO_EMBEDDINGS, LORA)
 FULL_PRECISION = "float32"
 TRANSPORT_DTYPES = (FULL_PRECISION, "float16", "int8")
+MAX_SEED = 2**31 - 1  # a client's seed (seed + 1000 x round + partition) stays below NumPy's 2**32
+WEEK_SECONDS = 7 * 24 * 3600.0
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -105,11 +108,15 @@ def _coerce(f: dataclasses.Field, raw: Any, origin: str) -> Any:
                 raise ValueError(raw)
             return int(str(raw).strip()) if isinstance(raw, str) else int(raw)
         if kind is float:
-            return float(raw)
+            value = float(raw)
+            if not math.isfinite(value):
+                raise ValueError(raw)
+            return value
         return str(raw).strip()
     except (TypeError, ValueError):
         raise ConfigError(
-            f"{where}: {raw!r} is not a valid {kind.__name__}; set it to a {kind.__name__} like {f.default!r}"
+            f"{where}: {raw!r} is not a valid {kind.__name__}; set it to a {'finite ' * (kind is float)}"
+            f"{kind.__name__} like {f.default!r}"
         ) from None
 
 
@@ -198,15 +205,15 @@ class RunConfig(_Settings):
         1.0, "Fraction of clients sampled for local evaluation (0 = none)", low=0.0, high=1.0
     )
     strategy: str = setting("fedavg", "Aggregation strategy (Flower's own classes)", choices=STRATEGIES)
-    proximal_mu: float = setting(0.01, "FedProx proximal term weight", low=0.0)
+    proximal_mu: float = setting(0.01, "FedProx proximal term weight", low=0.0, high=1000.0)
     server_learning_rate: float = setting(
-        0.1, "Server-side learning rate (eta) of FedAdam/FedYogi/FedAdagrad", low=0.0, low_open=True
+        0.1, "Server-side learning rate (eta) of FedAdam/FedYogi/FedAdagrad", low=0.0, low_open=True, high=10.0
     )
     server_momentum: float = setting(
         0.9, "FedAvgM: momentum of the server's update (its server learning rate is Flower's 1.0)", low=0.0, high=0.99
     )
     trimmed_beta: float = setting(0.2, "FedTrimmedAvg: fraction cut from each tail", low=0.0, high=0.49, low_open=True)
-    krum_malicious_nodes: int = setting(0, "Krum: assumed number of malicious clients", low=0)
+    krum_malicious_nodes: int = setting(0, "Krum: assumed number of malicious clients", low=0, high=999)
     model: str = setting("minilm", "Model: preset tiny|minilm, a local directory or a hub id (owner/name)")
     device: str = setting("auto", "Training device", choices=DEVICES)
     torch_threads: int = setting(
@@ -242,7 +249,10 @@ class RunConfig(_Settings):
     )
     local_epochs: int = setting(1, "Local epochs per round", low=1, high=1000)
     max_steps: int = setting(
-        16, "Cap on local optimizer steps per round, the per-round budget (0 = no cap: full local epochs)", low=0
+        16,
+        "Cap on local optimizer steps per round, the per-round budget (0 = no cap: full local epochs)",
+        low=0,
+        high=1_000_000,
     )
     local_eval: str = setting(
         LOCAL_EVAL_WITH_TRAIN,
@@ -251,10 +261,12 @@ class RunConfig(_Settings):
         "every round)",
         choices=LOCAL_EVAL_MODES,
     )
-    local_eval_rows: int = setting(0, "Rows of each client's validation split to evaluate (0 = all)", low=0)
+    local_eval_rows: int = setting(
+        0, "Rows of each client's validation split to evaluate (0 = all)", low=0, high=10_000_000
+    )
     eval_rows: int = setting(2000, "Rows of the held-out test set the server evaluates each round", low=1, high=25_000)
     final_eval_full: bool = setting(False, "After the last round, evaluate the final model on the whole held-out set")
-    seed: int = setting(42, "Base seed (model init, sampling, shuffling, dropout)", low=0)
+    seed: int = setting(42, "Base seed (model init, sampling, shuffling, dropout)", low=0, high=MAX_SEED)
     weight_transport: str = setting(
         FULL_PRECISION,
         "How the weights travel in messages, both ways: float32; float16 (half the bytes); or int8 (a quarter: "
@@ -265,7 +277,9 @@ class RunConfig(_Settings):
     reply_poll_interval: float = setting(
         0.1, "Seconds between the server's checks for client replies (Flower's own wait: 3)", low=0.01, high=10.0
     )
-    round_timeout: float = setting(3600.0, "Seconds the server waits for client replies each round", low=1.0)
+    round_timeout: float = setting(
+        3600.0, "Seconds the server waits for client replies each round", low=1.0, high=WEEK_SECONDS
+    )
     min_reply_fraction: float = setting(
         0.5,
         "A round fails when fewer than this share of its sampled clients (rounded up, at least 1) return a usable "
@@ -281,7 +295,10 @@ class RunConfig(_Settings):
         high=10,
     )
     node_wait_timeout: float = setting(
-        600.0, "Seconds the server waits for enough clients to be online before a round, then fails the run", low=1.0
+        600.0,
+        "Seconds the server waits for enough clients to be online before a round, then fails the run",
+        low=1.0,
+        high=WEEK_SECONDS,
     )
     archive_client_weights: bool = setting(False, "Also archive every client's returned weights per round")
     weight_stats: bool = setting(
@@ -294,6 +311,7 @@ class RunConfig(_Settings):
         "A client's update is an outlier when a robust z-score (norm, cosine) is beyond this",
         low=0.0,
         low_open=True,
+        high=1000.0,
     )
     held_out_dir: str = setting(
         "", "The server's held-out set (SHARDS_DIR/server) as the ServerApp sees it (set by the deployment)"
@@ -325,11 +343,11 @@ class DataConfig(_Settings):
     )
     num_partitions: int = setting(10, "Shards (one per client)", low=1, high=1000)
     partitioner: str = setting("iid", "flwr-datasets partitioner", choices=PARTITIONERS)
-    alpha: float = setting(0.5, "Dirichlet concentration (smaller = more label skew)", low=0.0, low_open=True)
+    alpha: float = setting(0.5, "Dirichlet concentration (smaller = more label skew)", low=0.0, low_open=True, high=1e6)
     val_fraction: float = setting(
         0.1, "Share of each client's shard kept for local validation", low=0.0, high=0.9, low_open=True
     )
-    data_seed: int = setting(42, "Seed of shuffling and partitioning", low=0)
+    data_seed: int = setting(42, "Seed of shuffling and partitioning", low=0, high=MAX_SEED)
     shards_dir: str = setting("data/shards", "Where the shards are written: client-0 ... client-N-1 and server")
 
     def validate(self) -> None:
