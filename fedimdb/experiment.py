@@ -221,7 +221,7 @@ class Experiment:
             if rep.status != RepeatStatus.RUNNING or not rep.attempts:
                 continue
             entry = rep.attempts[-1]
-            said = self.backend.stop_leftover(entry.stack or {})
+            said = self.backend.stop_leftover(entry.stack or {}, repeat_dir(self.exp_dir, int(k)))
             entry.status, entry.error = RepeatStatus.ABANDONED, "the orchestrator was killed during this attempt"
             entry.leftovers = said
             rep.status = RepeatStatus.ABANDONED

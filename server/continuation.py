@@ -13,7 +13,7 @@ run that never stopped: clients seed from the seed, the round and the partition.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,14 +66,17 @@ def server_state(arrays: ArrayRecord, strategy: Strategy) -> dict[str, torch.Ten
     return state
 
 
-def restore_strategy(strategy: Strategy, state: Mapping[str, torch.Tensor]) -> None:
-    """Put the strategy state of a state file back into a freshly made strategy."""
+def restore_strategy(strategy: Strategy, state: Mapping[str, torch.Tensor], order: Iterable[str] = ()) -> None:
+    """Put the strategy state of a state file back into a freshly made strategy; tensors named after the
+    model's come back in its ``order``."""
     found: dict[tuple[str, str], dict[str, np.ndarray]] = {}
     for key, tensor in state.items():
         if key.startswith(f"{STRATEGY}/"):
             _, attr, kind, name = key.split("/", 3)
             found.setdefault((attr, kind), {})[name] = tensor.numpy()
-    for (attr, kind), items in found.items():
+    rank = {name: i for i, name in enumerate(order)}
+    for (attr, kind), unordered in found.items():
+        items = dict(sorted(unordered.items(), key=lambda item: rank.get(item[0], len(rank))))
         value: Any = items
         if kind == "list":
             value = [items[str(i)] for i in range(len(items))]
@@ -121,10 +124,18 @@ class Continuation:
         """The last round it archived: the continued run starts with the next."""
         return self.record.rounds_completed
 
-    def arrays(self) -> ArrayRecord:
-        """The global model's travelling tensors after :attr:`round`, as the strategy aggregated them."""
+    def arrays(self, order: Iterable[str]) -> ArrayRecord:
+        """The global model's travelling tensors after :attr:`round`, as the strategy aggregated them, in the
+        model's ``order`` (a state file keeps them sorted by name; sums over them must run in the same order)."""
         prefix = f"{ARRAYS}/"
-        return ArrayRecord({k[len(prefix) :]: v for k, v in self.state.items() if k.startswith(prefix)})
+        found = {k[len(prefix) :]: v for k, v in self.state.items() if k.startswith(prefix)}
+        names = list(order)
+        if set(names) != set(found):
+            raise ConfigError(
+                f"continue-from: {self.folder} holds other tensors than this run's model ({len(found)} against "
+                f"{len(names)}); continue it with the model and fine-tune settings it ran with"
+            )
+        return ArrayRecord({name: found[name] for name in names})
 
     def rows(self, table: str) -> list[dict[str, Any]]:
         """A table's rows up to :attr:`round`, typed as written (empty if the run did not write it)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -186,11 +187,16 @@ def client_archiver(artifacts: RunArtifacts) -> ClientArchiver:
 
 
 def carry_on(
-    earlier: Continuation, artifacts: RunArtifacts, strategy: Strategy, weight_log: WeightLog | None
+    earlier: Continuation,
+    artifacts: RunArtifacts,
+    strategy: Strategy,
+    weight_log: WeightLog | None,
+    order: Iterable[str],
 ) -> tuple[RoundLog, WeightLog | None]:
-    """Take over a failed run's files and strategy state; its rows in a round log (and weight log, if kept)."""
+    """Take over a failed run's files and strategy state (its tensors in the model's ``order``); its rows in a
+    round log (and weight log, if kept)."""
     artifacts.carry(earlier.folder, earlier.carried_files())
-    restore_strategy(strategy, earlier.state)
+    restore_strategy(strategy, earlier.state, order)
     round_log = RoundLog(earlier.rows(ROUNDS_FILE), earlier.rows(CLIENTS_FILE))
     if weight_log is not None:
         weights, clients = earlier.rows(WEIGHT_STATS_FILE), earlier.rows(CLIENT_UPDATES_FILE)
@@ -215,8 +221,8 @@ def run_federation(
     round_log, weight_log = RoundLog(), WeightLog(cfg.outlier_z) if cfg.weight_stats else None
     start, first_round = ArrayRecord(initial), 1
     if earlier is not None:
-        round_log, weight_log = carry_on(earlier, artifacts, strategy, weight_log)
-        start, first_round = earlier.arrays(), earlier.round + 1
+        round_log, weight_log = carry_on(earlier, artifacts, strategy, weight_log, order=initial)
+        start, first_round = earlier.arrays(order=initial), earlier.round + 1
     archiver = client_archiver(artifacts) if cfg.archive_client_weights else None
     federation = Federation(
         strategy,

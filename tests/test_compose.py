@@ -23,7 +23,7 @@ from fedimdb.artifacts import read_csv, verify_run
 from fedimdb.deploy.compose import APP_DIR_VAR, build_override
 from fedimdb.deploy.container import ACCESS_LOGGER
 from fedimdb.deploy.docker_artifacts import pull_artifacts, service_containers
-from fedimdb.deploy.topology import ACCESS_LOG, APP_MOUNT
+from fedimdb.deploy.topology import ACCESS_LOG, APP_MOUNT, CONTINUE_MOUNT
 from tests.conftest import ROOT, build_script, compose, require_docker
 
 RUN_NAME = "compose-e2e"
@@ -296,6 +296,18 @@ def test_an_app_dir_of_the_hosts_is_mounted_into_the_runner_and_named_to_it(tmp_
     assert (str(tmp_path), APP_MOUNT, True) in [
         (v["source"], v["target"], v.get("read_only", False)) for v in runner["volumes"]
     ]
+
+
+def test_a_failed_run_to_continue_is_mounted_read_only_into_the_server(tmp_path: Path, imdb_dir: Path) -> None:
+    failed = tmp_path / "repeat-1.failed-1"
+    override = tmp_path / "override.yml"
+    override.write_text(yaml.safe_dump(build_override(3, {}, {"data-source": str(imdb_dir)}, continue_from=failed)))
+    server = json.loads(compose([ROOT / "docker-compose.yml", override], "config", "--format", "json").stdout)[
+        "services"
+    ]["server"]
+    mounts = [(v["source"], v["target"], v.get("read_only", False)) for v in server["volumes"]]
+    assert (str(failed), f"{CONTINUE_MOUNT}/{failed.name}", True) in mounts
+    assert len(mounts) == 5, "docker-compose.yml's own mounts are kept"
 
 
 def test_plaintext_is_an_explicit_opt_in() -> None:

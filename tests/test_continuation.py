@@ -16,7 +16,7 @@ from flwr.app import ArrayRecord, MetricRecord
 from safetensors.torch import load, save
 
 from fedimdb.artifacts import csv_bytes, server_state_name
-from fedimdb.config import RunConfig
+from fedimdb.config import ConfigError, RunConfig
 from fedimdb.metrics.server import ServerMetrics
 from fedimdb.run_record import RunRecord
 from server.continuation import Continuation, parse_cell, restore_strategy, server_state
@@ -100,3 +100,21 @@ def test_a_continued_run_takes_the_files_of_its_rounds_and_the_last_state(tmp_pa
         server_state_name(2),
     ]
     assert [(c.run_id, c.round) for c in earlier.lineage()] == [(1, 2)]
+
+
+def test_restored_tensors_come_back_in_the_models_order(tmp_path: Path) -> None:
+    """A state file keeps tensors sorted by name; the continued run must see them in the model's order (float64 sums
+    over them, e.g. client_updates.csv's distances, depend on it)."""
+    order = ["z.weight", "a.bias", "m.weight"]
+    arrays = ArrayRecord({name: torch.full((3,), float(i)) for i, name in enumerate(order)})
+    strategy = make_strategy(RunConfig(strategy="fedadam"))
+    strategy.m_t = {name: arrays[name].numpy() for name in order}
+    state = load(save(server_state(arrays, strategy)))
+    assert [k for k in state if k.startswith("arrays/")] != [f"arrays/{k}" for k in order], "the file sorts them"
+    earlier = Continuation(tmp_path, RunRecord(1, 42, {}, {}, {}, "now"), state, {})
+    assert list(earlier.arrays(order=order).keys()) == order
+    fresh = make_strategy(RunConfig(strategy="fedadam"))
+    restore_strategy(fresh, state, order)
+    assert list(fresh.m_t) == order
+    with pytest.raises(ConfigError, match="holds other tensors than this run's model"):
+        earlier.arrays(order=order[:2])

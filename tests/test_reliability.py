@@ -278,7 +278,7 @@ def test_a_restarted_supernode_is_recorded_so_a_resume_can_stop_it(tmp_path: Pat
         assert status[lost] == "unregistered", "the lost node was unregistered at once"
         assert fed.node_ids[1] != lost and status[fed.node_ids[1]] in ("registered", "online"), "a new key"
         assert handles and restarted in handles[-1][PROCESS_GROUPS], "the new process group was handed on"
-        said = stop_leftover(handles[-1], grace=5)
+        said = stop_leftover(handles[-1], tmp_path, grace=5)
         assert "stopped the 3 process groups" in said, said
         assert fed.supernodes[1].wait(timeout=10) is not None
 

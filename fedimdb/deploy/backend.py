@@ -98,10 +98,11 @@ class Backend:
 
     name: str
     make: Callable[[StackJob], Stack]
-    stop_leftover: Callable[[Mapping[str, Any]], str]
-    """Stops what a killed orchestrator left running, given its stack's ``handle()``; says what it did."""
+    stop_leftover: Callable[[Mapping[str, Any], Path], str]
+    """Stops what a killed orchestrator left running, given its stack's ``handle()`` and the attempt's run folder
+    (where what it archived is kept, to be continued); says what it did."""
     process_metrics: bool = False
     """Whether Flower's processes record metrics in ``StackJob.metrics_dir`` for the orchestrator to serve."""
     continues: bool = False
-    """Whether its ServerApp reads a failed attempt's folder on this machine (``continue-from``), so that a later
-    attempt goes on after the last round that one archived."""
+    """Whether a failed attempt's folder on this machine can be handed to the next attempt's ServerApp
+    (``continue-from``), so that it goes on after the last round that one archived."""

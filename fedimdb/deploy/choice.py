@@ -25,7 +25,7 @@ def choose_backend(requested: str, compose_file: Path, log: Log) -> Backend:
     problem = docker_backend.docker_problem(compose_file)
     if problem is None:
         stack = functools.partial(docker_backend.DockerStack, log=log, compose_file=compose_file)
-        return Backend(DOCKER_BACKEND, stack, docker_backend.stop_leftover)
+        return Backend(DOCKER_BACKEND, stack, docker_backend.stop_leftover, continues=True)
     if requested == DOCKER_BACKEND:
         raise ConfigError(f"--backend docker: {problem}")
     log(f"notice: backend auto falls back to local processes: {problem}")

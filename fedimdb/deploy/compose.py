@@ -24,7 +24,7 @@ from fedimdb.config import ConfigError, DataConfig, RunConfig, check_clients_fit
 from fedimdb.data import client_dir_name
 from fedimdb.deploy import APP_DIR
 from fedimdb.deploy.monitoring import CLIENTS_ALIAS, MONITORING_NETWORK
-from fedimdb.deploy.topology import APP_MOUNT, CLIENT_SHARD_MOUNT, CREDENTIALS_MOUNT, SERVER_HOST
+from fedimdb.deploy.topology import APP_MOUNT, CLIENT_SHARD_MOUNT, CONTINUE_MOUNT, CREDENTIALS_MOUNT, SERVER_HOST
 
 COMPOSE_FILE = APP_DIR / "docker-compose.yml"
 DECLARED_CLIENTS = 10  # client-0 ... client-9 in docker-compose.yml
@@ -48,6 +48,7 @@ def build_override(
     client_services: bool = True,
     monitoring: bool = False,
     app_dir: Path | None = None,
+    continue_from: Path | None = None,
 ) -> dict[str, Any]:
     """The override as a dict; validates the settings against fedimdb/config.py first.
 
@@ -55,6 +56,8 @@ def build_override(
     ``monitoring``: the server and the clients also join the network of the experiment's Prometheus
     (fedimdb/deploy/monitoring.py). ``app_dir``: a Flower App of this host's to run instead of the
     image's own, mounted read-only into the runner, which submits it (the ``app-dir`` setting).
+    ``continue_from``: a failed run's folder on this host, mounted read-only into the server container
+    under :data:`~fedimdb.deploy.topology.CONTINUE_MOUNT` (``continue-from`` names it there).
     """
     RunConfig.from_mapping({**run_settings, "num-clients": num_clients}, origin="compose override")
     data = dict(data_settings)
@@ -77,6 +80,9 @@ def build_override(
     if app_dir is not None:
         runner_env[APP_DIR_VAR] = APP_MOUNT
         services["runner"]["volumes"] = [f"{app_dir.resolve()}:{APP_MOUNT}:ro"]
+    if continue_from is not None:
+        mount = f"{continue_from.resolve()}:{CONTINUE_MOUNT}/{continue_from.name}:ro"
+        services[SERVER_HOST] = {"volumes": [mount]}
     if not client_services:
         return {"services": services}
     for i in range(num_clients, DECLARED_CLIENTS):

@@ -8,6 +8,7 @@ results), so nothing has to stay running to collect them.
 from __future__ import annotations
 
 import json
+import shutil
 import tarfile
 import tempfile
 from collections.abc import Iterator
@@ -58,6 +59,27 @@ def pull_artifacts(project: str, run_name: str, dest: Path, client: Any | None =
     with _archive(runners[0], f"{ARTIFACTS_MOUNT}/{run_name}", spool_dir=Path(dest)) as tar:
         tar.extractall(dest, filter="data")
     return target
+
+
+def pull_run_dir(project: str, run_dir: Path, client: Any | None = None) -> Path:
+    """Copy the project's ``/artifacts/<run_dir.name>`` to ``run_dir`` (absent yet), through a hidden folder
+    beside it: ``run_dir`` appears whole or not at all."""
+    with tempfile.TemporaryDirectory(dir=run_dir.parent, prefix=f".{run_dir.name}.") as spool:
+        pulled = pull_artifacts(project, run_dir.name, Path(spool), client)
+        shutil.move(str(pulled), run_dir)
+    return run_dir
+
+
+def keep_archived(project: str, run_dir: Path, client: Any | None = None) -> str:
+    """What a run that did not finish archived in the volume, pulled to ``run_dir`` so that another attempt can
+    continue it; says what it kept. The project's containers must be stopped (nothing writing)."""
+    if run_dir.exists():
+        return f"{run_dir.name} is there already"
+    try:
+        pull_run_dir(project, run_dir, client)
+    except (docker.errors.NotFound, LookupError):
+        return "it archived nothing"
+    return f"kept what it archived in {run_dir.name}"
 
 
 def read_run_file(container: Any, run_name: str) -> RunRecord | None:

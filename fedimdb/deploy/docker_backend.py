@@ -25,11 +25,18 @@ import yaml
 from fedimdb.artifacts import LOGS_DIR
 from fedimdb.deploy.backend import Log, RoundCallback, Stack, StackError, StackJob
 from fedimdb.deploy.compose import COMPOSE_FILE, CREDENTIALS_DIR_VAR, SHARDS_DIR_VAR, build_override
-from fedimdb.deploy.docker_artifacts import RUNNER_SERVICE, pull_artifacts, read_run_file, service_containers
+from fedimdb.deploy.docker_artifacts import (
+    RUNNER_SERVICE,
+    keep_archived,
+    pull_run_dir,
+    read_run_file,
+    service_containers,
+)
 from fedimdb.deploy.flwr_cli import RoundProgress
 from fedimdb.deploy.monitoring import MONITORING_PROJECT, STOP_COMMAND, ensure_up
 from fedimdb.deploy.topology import (
     CLIENT_METRICS_VAR,
+    CONTINUE_MOUNT,
     SERVER_HOST,
     SERVER_METRICS_VAR,
     SUPEREXEC_POLL_VAR,
@@ -120,8 +127,17 @@ class DockerStack(Stack):
         data_settings = {k: v for k, v in job.data.as_dict().items() if k != "shards-dir"}
         monitoring = job.nodes.monitoring
         app_dir = Path(job.nodes.app_dir).expanduser() if job.nodes.app_dir else None
+        continued = Path(job.run.continue_from) if job.run.continue_from else None
+        if continued:  # the failed attempt's folder on this host, as the server container sees it
+            run_settings["continue-from"] = f"{CONTINUE_MOUNT}/{continued.name}"
         override = build_override(
-            job.run.num_clients, run_settings, data_settings, job.run_dir.name, monitoring=monitoring, app_dir=app_dir
+            job.run.num_clients,
+            run_settings,
+            data_settings,
+            job.run_dir.name,
+            monitoring=monitoring,
+            app_dir=app_dir,
+            continue_from=continued,
         )
         if monitoring:
             with stack_failures("starting Prometheus and Grafana"):
@@ -192,15 +208,15 @@ class DockerStack(Stack):
     def collect(self) -> None:
         """Pull the run folder out of the artifacts volume into ``job.run_dir``."""
         with stack_failures("pulling the artifacts out of the volume"):
-            pulled = pull_artifacts(self.job.name, self.job.run_dir.name, self.work / "pulled", self.client)
-        shutil.move(str(pulled), self.job.run_dir)
+            pull_run_dir(self.job.name, self.job.run_dir, self.client)
 
     def handle(self) -> dict[str, Any]:
         """The Compose project's name: ``docker compose -p NAME down`` needs no file."""
         return {COMPOSE_PROJECT: self.job.name}
 
     def down(self) -> None:
-        """Keep the stack's log with the run (a failed attempt's too), then remove the stack and its volumes."""
+        """Keep the stack's log with the run, and what a failed attempt archived (for the next attempt to
+        continue), then remove the stack and its volumes."""
         if not self._is_up:
             return
         self._is_up = False
@@ -208,6 +224,14 @@ class DockerStack(Stack):
             self._take_down()
 
     def _take_down(self) -> None:
+        if not self.job.run_dir.exists():  # not collected: the run failed
+            if not self.job.keep_up:
+                self._compose("stop", "-t", "10")  # nothing writes into the volume while it is copied
+            try:
+                kept = keep_archived(self.job.name, self.job.run_dir, self.client)
+            except (*DOCKER_FAILURES, OSError) as exc:
+                kept = f"what it archived could not be copied out ({type(exc).__name__}: {exc})"
+            self.log(f"the failed run: {kept}")
         logs = self._compose("logs", "--no-color", "--timestamps")
         log_dir = self.job.run_dir / LOGS_DIR
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -219,10 +243,14 @@ class DockerStack(Stack):
         shutil.rmtree(self.work, ignore_errors=True)
 
 
-def stop_leftover(handle: Mapping[str, Any]) -> str:
-    """Remove the Compose project a killed orchestrator left up (its containers, network and volumes)."""
+def stop_leftover(handle: Mapping[str, Any], run_dir: Path) -> str:
+    """Stop the Compose project a killed orchestrator left up, keep what its run archived in ``run_dir``
+    (to be continued), then remove the project (its containers, network and volumes)."""
     name = handle.get(COMPOSE_PROJECT)
     if not name:
         return "no stack was recorded"
+    subprocess.run(["docker", "compose", "-p", name, "stop", "-t", "10"], capture_output=True, timeout=300)
+    with stack_failures(f"copying the archived rounds out of project {name}"):
+        kept = keep_archived(name, run_dir)
     subprocess.run(["docker", "compose", "-p", name, "down", "-v", "-t", "10"], capture_output=True, timeout=300)
-    return f"removed its Compose project {name}"
+    return f"{kept}; removed its Compose project {name}"

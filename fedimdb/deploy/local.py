@@ -268,8 +268,11 @@ def _runs_flower(pid: int) -> bool:
     return runs_one_of(pid, (b"flower-", b"fedimdb"))  # not a process that reused a dead one's pid
 
 
-def stop_leftover(handle: Mapping[str, Any], grace: float = 10.0) -> str:
-    """SIGTERM, then SIGKILL, the process groups a killed orchestrator left running."""
+def stop_leftover(handle: Mapping[str, Any], run_dir: Path, grace: float = 10.0) -> str:
+    """SIGTERM, then SIGKILL, the process groups a killed orchestrator left running.
+
+    Its ServerApp wrote ``run_dir`` on this host: what it archived is there already.
+    """
     groups = [g for g in handle.get(PROCESS_GROUPS, []) if _runs_flower(g)]
     stop_groups(groups, _runs_flower, grace)
     return f"stopped the {len(groups)} process groups it left running" if groups else "nothing of it was still running"

@@ -23,6 +23,7 @@ HELD_OUT_MOUNT = "/held-out"  # where the server container sees the held-out set
 ARTIFACTS_MOUNT = "/artifacts"  # the artifacts volume, in the server and runner containers
 CREDENTIALS_MOUNT = "/credentials"  # a container's own credentials folder (read-only): server/ or client-K/
 APP_MOUNT = "/flower-app"  # an app-dir of the host's, as the runner sees it (read-only)
+CONTINUE_MOUNT = "/continue"  # the server container sees the failed attempt it continues under here (read-only)
 SHARDS_MOUNT = "/shards"  # the prepare service's view of the host's shards folder
 PREPARE_STATUS = Path("/status/prepare")  # the prepare service's outcome, read by the server container
 PREPARED = "done"  # PREPARE_STATUS after a preparation that worked; anything else says what failed
