@@ -15,6 +15,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -252,7 +253,20 @@ class ExpositionWatch:
 EXPOSITION_PREFIXES = ("fedimdb_repeats_", "fedimdb_server_", "fedimdb_client_")
 
 
-def check_exposition(text: str) -> None:
+def promtool_accepts(text: str) -> None:
     """``promtool check metrics`` finds nothing to say of a /metrics text (names, suffixes, help, types)."""
     done = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and not (done.stdout + done.stderr).strip(), done.stdout + done.stderr
+
+
+def container_exposition(container: Any, port: int) -> str:
+    """A container's own ``/metrics`` text, fetched from inside it (the port is on its networks only)."""
+    fetch = f"import urllib.request as u, sys; sys.stdout.write(u.urlopen('http://127.0.0.1:{port}/metrics').read().decode())"
+    code, out = container.exec_run(["python", "-c", fetch])
+    assert code == 0, out.decode(errors="replace")
+    return out.decode()
+
+
+def check_exposition(text: str) -> None:
+    """promtool accepts the text, and every metric fedimdb declares is on a dashboard panel."""
+    promtool_accepts(text)

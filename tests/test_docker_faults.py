@@ -6,7 +6,8 @@ are slowed (the tests' fault app, tests/fault_app) so that round 2 is still goin
 processes are SIGKILLed from the host, as a crash would (``docker kill`` would count as a
 deliberate stop, which Docker's restart policy leaves alone). The monitoring project's Prometheus
 (the host's Debian binary in an image; Grafana cannot run here, a sleeping container stands in)
-scrapes every container and the orchestrator. Needs Docker (see test_compose.py) and prometheus.
+scrapes every container and the orchestrator; promtool checks the server's, a client's and the
+orchestrator's /metrics text. Needs Docker (see test_compose.py) and prometheus.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from pathlib import Path
 import pytest
 
 from fedimdb.artifacts import read_csv, verify_run
+from fedimdb.config import ExperimentConfig
 from fedimdb.deploy.docker_artifacts import RUNNER_SERVICE, read_run_file, service_containers
 from fedimdb.deploy.local import free_port
 from fedimdb.deploy.monitoring import MONITORING_PROFILE, MONITORING_PROJECT
+from fedimdb.deploy.topology import SERVER_HOST
 from monitoring.dashboard import render
 from server.records import ClientStatus
 from tests.conftest import ROOT, Orchestrator, compose, fault_app, require_docker
@@ -30,7 +33,9 @@ from tests.monitoring_checks import (
     build_monitoring_images,
     check_dashboard,
     check_federation_metrics,
+    container_exposition,
     fired,
+    promtool_accepts,
     require_prometheus,
     wait_ready,
 )
@@ -121,6 +126,13 @@ def test_crashed_client_containers_restart_and_rejoin(imdb_dir: Path, tmp_path: 
         for k in KILLED:  # round 2 has begun; these clients sleep 10 s before training
             (container,) = service_containers(client, project, f"client-{k}")
             os.kill(container.attrs["State"]["Pid"], signal.SIGKILL)
+        ports = ExperimentConfig()
+        (server,) = service_containers(client, project, SERVER_HOST)
+        (client_0,) = service_containers(client, project, "client-0")
+        expositions = {
+            "server": container_exposition(server, ports.server_metrics_port),
+            "client-0": container_exposition(client_0, ports.client_metrics_port),
+        }
         run.wait(timeout=1200)
     assert run.returncode == 0, run.stderr[-4000:]
     prometheus = f"http://127.0.0.1:{monitoring['PROMETHEUS_PORT']}"
@@ -131,6 +143,10 @@ def test_crashed_client_containers_restart_and_rejoin(imdb_dir: Path, tmp_path: 
     assert render(prometheus, DASHBOARD, tmp_path / "dashboard.png", start, end).stat().st_size > 10_000
     assert fired(prometheus, "FedimdbClientSilent") == {str(k) for k in KILLED}
     (exp,) = (tmp_path / "results").iterdir()
+    expositions["orchestrator"] = (exp / "metrics.prom").read_text()
+    for name, text in expositions.items():
+        assert f"\nfedimdb_{'repeats' if name == 'orchestrator' else name.split('-')[0]}_" in text, (name, text)
+        promtool_accepts(text)
     run_dir = exp / "repeat-0"
     verify_run(run_dir)
     clients = read_csv(run_dir / "clients.csv")
