@@ -26,7 +26,9 @@ import tomli_w
 
 from fedimdb.artifacts import (
     LOGS_DIR,
+    ROUNDS_FILE,
     RUN_FILE,
+    read_csv,
     write_json_atomic,
 )
 from fedimdb.config import APP_CONFIG
@@ -219,6 +221,21 @@ class RoundProgress:
             self.on_round(done)
 
 
+def round_line(run_dir: Path, done: int, num_rounds: int) -> str:
+    """A completed round as the log tells it: its clients, central accuracy and seconds (from rounds.csv)."""
+    path = run_dir / ROUNDS_FILE
+    rows = [r for r in read_csv(path) if r["round"] == str(done)] if path.is_file() else []
+    if not rows:
+        return f"round {done}/{num_rounds} done"
+    row = rows[-1]
+    accuracy = f", central accuracy {float(row['central_accuracy']):.4f}" if row["central_accuracy"] else ""
+    return (
+        f"round {done}/{num_rounds}: {row['clients_participating']} of {row['clients_sampled']} clients aggregated "
+        f"({row['clients_failed']} failed, {row['clients_refused']} refused){accuracy}, "
+        f"{float(row['round_seconds']):.1f} s"
+    )
+
+
 def run_to_completion(
     connection: str,
     run_config: Mapping[str, Any],
@@ -246,7 +263,7 @@ def run_to_completion(
     )
 
     def report(done: int) -> None:
-        log(f"  round {done}/{num_rounds} done")
+        log(f"  {round_line(run_dir, done, num_rounds)}")
         if on_round is not None:
             on_round(done)
 
