@@ -126,7 +126,7 @@ class Continuation:
 
     def arrays(self, order: Iterable[str]) -> ArrayRecord:
         """The global model's travelling tensors after :attr:`round`, as the strategy aggregated them, in the
-        model's ``order`` (a state file keeps them sorted by name; sums over them must run in the same order)."""
+        model's ``order`` (a state file does not keep it; sums over them must run in the same order)."""
         prefix = f"{ARRAYS}/"
         found = {k[len(prefix) :]: v for k, v in self.state.items() if k.startswith(prefix)}
         names = list(order)
