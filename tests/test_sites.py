@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -16,6 +17,7 @@ from fedimdb.artifacts import read_csv, verify_run
 from fedimdb.deploy.compose import build_override
 from fedimdb.deploy.docker_artifacts import pull_artifacts, service_containers
 from fedimdb.deploy.local import free_port
+from fedimdb.waiting import wait_until
 from tests.conftest import ROOT, compose, require_docker
 
 SITES = 2
@@ -72,7 +74,36 @@ def test_two_site_projects_and_the_server_project_complete_a_run(imdb_dir: Path,
         for site in sites:
             (node,) = service_containers(client, site, "client")
             assert list(node.attrs["NetworkSettings"]["Networks"]) == [f"{site}_federation"], "a network of its own"
+        restart_the_server_and_run_again(client, link, sites, server_files, env, server, tmp_path)
     finally:
         for site, extra in zip(sites, site_env, strict=True):
             compose(site_files, "down", "-v", "-t", "5", env=extra, project=site)
         compose(server_files, "down", "-v", "-t", "5", env=env, project=server)
+
+
+def restart_the_server_and_run_again(
+    client: Any, link: Any, sites: list[str], files: list[Path], env: dict[str, str], server: str, tmp_path: Path
+) -> None:
+    """The server container restarts (a crash, or to register more sites' keys). On its database the
+    SuperLink knows the sites' keys and nodes: their SuperNodes reconnect as the nodes they were, not
+    restarted, and the next run completes with both (in memory, they stop: SuperNode exits 0)."""
+    link.restart(timeout=10)
+    assert wait_until(lambda: healthy(link), 180, 2.0), link.logs().decode()[-3000:]
+    assert f"0 SuperNode keys registered, {SITES} already known from its database" in link.logs().decode()
+    again = f"{RUN_NAME}-again"
+    run = compose(
+        files, "run", "--rm", "--no-deps", "-e", f"RUN_NAME={again}", "runner", env=env, project=server, timeout=900
+    )
+    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    run_dir = pull_artifacts(server, again, tmp_path / "results", client)
+    verify_run(run_dir)
+    assert sorted(int(r["partition_id"]) for r in read_csv(run_dir / "clients.csv")) == list(range(SITES))
+    for site in sites:
+        (node,) = service_containers(client, site, "client")
+        assert node.attrs["State"]["Running"] and node.attrs["RestartCount"] == 0, f"{site}'s SuperNode stopped"
+
+
+def healthy(container: Any) -> bool:
+    """Whether the container passes its health check (docker-compose.yml's) now."""
+    container.reload()
+    return bool(container.attrs["State"].get("Health", {}).get("Status") == "healthy")

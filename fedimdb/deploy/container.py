@@ -35,6 +35,7 @@ from fedimdb.deploy.topology import (
     READY_FILE,
     SERVER_HOST,
     SUPERLINK_ADDRESS_VAR,
+    SUPERLINK_DATABASE_VAR,
 )
 from fedimdb.metrics import exporter
 
@@ -45,13 +46,19 @@ def serve_superlink(credentials: ServerCredentials | None, metrics_port: int = 0
     """The server container's SuperLink on all interfaces, ready (:data:`READY_FILE`) once its keys are registered.
 
     First the prepare service's outcome: a failure is printed, and ends the container (and ``up``).
-    With ``metrics_port``, an exporter serves what the ServerApp processes record.
+    With ``metrics_port``, an exporter serves what the ServerApp processes record. With a file in
+    :data:`~fedimdb.deploy.topology.SUPERLINK_DATABASE_VAR`, the SuperLink keeps its registered keys
+    and nodes there: restarted, it knows its SuperNodes, which reconnect as the nodes they were.
     """
     outcome = PREPARE_STATUS.read_text().strip() if PREPARE_STATUS.exists() else PREPARED
     if outcome != PREPARED:
         print(f"error: {outcome}", file=sys.stderr, flush=True)
         return 1
-    cmd = superlink_argv(f"0.0.0.0:{FLEET_PORT}", "0.0.0.0", CONTROL_PORT, credentials)
+    READY_FILE.unlink(missing_ok=True)  # a restarted container keeps its /tmp: not ready before its SuperLink is
+    database = os.environ.get(SUPERLINK_DATABASE_VAR) or None
+    cmd = superlink_argv(
+        f"0.0.0.0:{FLEET_PORT}", "0.0.0.0", CONTROL_PORT, credentials, Path(database) if database else None
+    )
     print(" ".join(cmd), flush=True)
     env = {**os.environ, **exporter.start(metrics_port)}
     superlink = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -63,13 +70,14 @@ def serve_superlink(credentials: ServerCredentials | None, metrics_port: int = 0
     how = "TLS, SuperNode authentication" if credentials else "plaintext"
     try:
         with tempfile.TemporaryDirectory(prefix="fedimdb-flwr-") as flwr_home:
-            await_superlink(superlink, (CONTROL_PORT, FLEET_PORT), {"FLWR_HOME": flwr_home}, credentials)
+            registered = await_superlink(superlink, (CONTROL_PORT, FLEET_PORT), {"FLWR_HOME": flwr_home}, credentials)
     except (RuntimeError, flwr_cli.FlowerRunError) as exc:
         print(f"error: the SuperLink did not come up ({how}): {exc}", file=sys.stderr, flush=True)
         superlink.terminate()
         return 1
-    keys = len(credentials.node_public_keys()) if credentials else 0
-    print(f"SuperLink ready ({how}; {keys} SuperNode keys registered)", flush=True)
+    known = (len(credentials.node_public_keys()) if credentials else 0) - len(registered)
+    kept = f", {known} already known from its database {database}" if known else ""
+    print(f"SuperLink ready ({how}; {len(registered)} SuperNode keys registered{kept})", flush=True)
     READY_FILE.touch()
     return superlink.wait()
 

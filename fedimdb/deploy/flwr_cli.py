@@ -46,6 +46,7 @@ STATUS_SECONDS = 10.0  # between two ``flwr ls`` while a run goes on ...
 WATCH_SECONDS = 1.0  # ... and between two looks at its run.json and its processes
 CONTROL_PATIENCE = 600.0  # seconds the Control API may go unanswered before the SuperLink counts as dead
 UNAVAILABLE = "is unavailable"  # flwr's words when it cannot reach the SuperLink ("Connection to the SuperLink ...")
+KEY_IN_USE = "Public key already in use"  # flwr.common.constant.PUBLIC_KEY_ALREADY_IN_USE_MESSAGE (~0.9 s to import)
 
 
 class FlowerRunError(StackError):
@@ -64,16 +65,32 @@ def write_connection(flwr_home: Path, name: str, address: str, root_certificates
     (flwr_home / "config.toml").write_text(tomli_w.dumps(config))
 
 
-def register_nodes(connection: str, public_keys: list[Path], env: Mapping[str, str]) -> list[int]:
-    """``flwr supernode register`` each SuperNode's public key (SuperNode authentication); their node ids."""
+def register_nodes(connection: str, public_keys: list[Path], env: Mapping[str, str]) -> dict[Path, int]:
+    """``flwr supernode register`` each SuperNode's public key (SuperNode authentication): the node id
+    of each key registered now. A key the SuperLink knows already (one restarted on its database)
+    stays the node it was and is left out."""
+
+    def register(key: Path) -> tuple[Path, int | None]:
+        try:
+            return key, int(_flwr(["supernode", "register", str(key), connection], env)["node-id"])
+        except FlowerRunError as exc:
+            if KEY_IN_USE in str(exc):
+                return key, None
+            raise
+
     with ThreadPoolExecutor(max_workers=len(public_keys) or 1) as pool:
-        replies = pool.map(lambda key: _flwr(["supernode", "register", str(key), connection], env), public_keys)
-        return [int(reply["node-id"]) for reply in replies]
+        return {key: node for key, node in pool.map(register, public_keys) if node is not None}
 
 
 def unregister_node(connection: str, node_id: int, env: Mapping[str, str]) -> None:
     """``flwr supernode unregister``: the node is offline at once, and its pending messages fail."""
     _flwr(["supernode", "unregister", str(node_id), connection], env)
+
+
+def online_nodes(connection: str, env: Mapping[str, str]) -> set[int]:
+    """``flwr supernode list``: the ids of the nodes the SuperLink counts online."""
+    nodes = _flwr(["supernode", "list", connection], env).get("nodes", [])
+    return {int(n["node-id"]) for n in nodes if n.get("status") == "online"}
 
 
 def _flwr(args: list[str], env: Mapping[str, str]) -> dict[str, Any]:

@@ -9,8 +9,10 @@ runs one repeat on a fresh federation (the :class:`~fedimdb.deploy.backend.Stack
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -50,6 +52,7 @@ class LocalFederation:
 
     Inside the block, the ``flwr`` CLI (``env``'s FLWR_HOME) reaches the SuperLink as :data:`LOCAL_CONNECTION`.
     With ``credentials``, every API is TLS and each SuperNode's key is registered before it starts.
+    With ``database``, the SuperLink keeps its state in that file (:meth:`restart_superlink`).
     """
 
     def __init__(
@@ -62,7 +65,9 @@ class LocalFederation:
         credentials: Credentials | None = None,
         log: Callable[[str], None] = lambda _: None,
         on_restart: Callable[[], None] = lambda: None,
+        database: Path | None = None,
     ) -> None:
+        self.database = database
         self.shards_dir = Path(shards_dir).resolve()
         self.log = log
         self.on_restart = on_restart  # called once a SuperNode was started again (a new process group)
@@ -96,11 +101,8 @@ class LocalFederation:
     def __enter__(self) -> LocalFederation:
         self.workdir.mkdir(parents=True, exist_ok=True)
         try:
-            creds = self.credentials
-            server = creds.server if creds else None
-            argv = superlink_argv(self.fleet_address, LOOPBACK, self.control_port, server)
-            self.superlink = self._spawn(argv, "superlink.log")
-            registered = await_superlink(self.superlink, (self.control_port, self.fleet_port), self.env, server)
+            registered = self._start_superlink()
+            server = self.credentials.server if self.credentials else None
             for pid in range(self.num_clients):
                 if server is not None:
                     self.node_ids[pid] = registered[server.node_public_key(pid)]
@@ -112,6 +114,27 @@ class LocalFederation:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def _start_superlink(self) -> dict[Path, int]:
+        """The SuperLink, up and answering; the node id each registered key got (see :func:`await_superlink`)."""
+        server = self.credentials.server if self.credentials else None
+        argv = superlink_argv(self.fleet_address, LOOPBACK, self.control_port, server, self.database)
+        self.superlink = self._spawn(argv, "superlink.log", mode="ab")
+        ports = (self.control_port, self.fleet_port)
+        return await_superlink(self.superlink, ports, self.env, server)
+
+    def restart_superlink(self) -> None:
+        """SIGKILL the SuperLink with the SuperExec and ServerApp it started, as when a server container
+        dies, and start it again on the same ports and ``database``: its registered keys and node ids
+        are kept there, so the SuperNodes reconnect as the nodes they were.
+        """
+        link = self.superlink
+        if link is None or self.database is None:
+            raise StackError("restart_superlink() needs a running SuperLink with a database")
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(link.pid, signal.SIGKILL)
+        link.wait()
+        self._start_superlink()
 
     def _node_argv(self, pid: int, key: NodeCredentials | None = None) -> list[str]:
         """SuperNode ``pid``'s command line, signing in with ``key`` (default: its own credentials)."""
@@ -160,7 +183,7 @@ class LocalFederation:
         key, how = None, ""
         if self.credentials is not None:
             key = renew_node_key(self.credentials, k, self.restarts[k])
-            self.node_ids[k] = flwr_cli.register_nodes(LOCAL_CONNECTION, [key.public_key], self.env)[0]
+            self.node_ids[k] = flwr_cli.register_nodes(LOCAL_CONNECTION, [key.public_key], self.env)[key.public_key]
             how = f" as node {self.node_ids[k]} (a new key; the lost node was unregistered)"
         self.supernodes[k] = self._spawn(self._node_argv(k, key), f"supernode-{k}.log", mode="ab")
         self.on_restart()

@@ -22,10 +22,18 @@ from fedimdb.protocol import NODE_PARTITION_ID, NODE_SHARD_DIR
 from fedimdb.waiting import wait_until
 
 
-def superlink_argv(fleet_address: str, host: str, port: int, credentials: ServerCredentials | None = None) -> list[str]:
+def superlink_argv(
+    fleet_address: str,
+    host: str,
+    port: int,
+    credentials: ServerCredentials | None = None,
+    database: Path | None = None,
+) -> list[str]:
     """A SuperLink with the gRPC (grpc-rere) Fleet API; no per-run dependency installation.
 
     With ``credentials``: TLS on every API and SuperNode authentication (registered keys only).
+    With ``database``: its state (registered keys, node ids, runs) in that SQLite file, kept
+    across restarts; in memory otherwise (fedimdb's deployments: bench/server_restart.py says why).
     """
     security = ["--insecure"]
     if credentials is not None:
@@ -38,9 +46,11 @@ def superlink_argv(fleet_address: str, host: str, port: int, credentials: Server
             str(credentials.key),
             "--enable-supernode-auth",
         ]
+    state = ["--database", str(database)] if database is not None else []
     return [
         "flower-superlink",
         *security,
+        *state,
         "--disable-runtime-dependency-installation",
         "--fleet-api-type",
         "grpc-rere",
@@ -115,7 +125,8 @@ def await_superlink(
 
     The connection is :data:`LOCAL_CONNECTION` in ``env``'s FLWR_HOME; with ``credentials`` it trusts
     their CA, and every SuperNode public key in them is registered (SuperNode authentication).
-    Returns the node id each public key was registered as (none without ``credentials``).
+    Returns the node id each key was registered as now: none without ``credentials``, and none for
+    the keys a SuperLink restarted on its database knows already.
     """
     control, fleet = ports
     wait_for_port(f"{LOOPBACK}:{control}", 60, superlink)
@@ -124,5 +135,4 @@ def await_superlink(
     flwr_cli.write_connection(Path(env["FLWR_HOME"]), LOCAL_CONNECTION, f"{LOOPBACK}:{control}", ca)
     if not credentials:
         return {}
-    keys = credentials.node_public_keys()
-    return dict(zip(keys, flwr_cli.register_nodes(LOCAL_CONNECTION, keys, env), strict=True))
+    return flwr_cli.register_nodes(LOCAL_CONNECTION, credentials.node_public_keys(), env)

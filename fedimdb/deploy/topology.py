@@ -31,6 +31,7 @@ CONTAINER_USER = "fedimdb"  # the images' user (docker/install.sh), owner of the
 READY_FILE = Path("/tmp/fedimdb-superlink-ready")  # in the server container: SuperLink up, keys registered
 ACCESS_LOG = Path("/tmp/superlink-access.log")  # in the server container: the SuperLink's HTTP access log
 ACCESS_LOG_VAR = "SUPERLINK_ACCESS_LOG"  # Compose: true prints that log in the server's output as well
+SUPERLINK_DATABASE_VAR = "SUPERLINK_DATABASE"  # server container: a file for the SuperLink's state; unset: in memory
 LOOPBACK = "127.0.0.1"
 LOCAL_CONNECTION = "fedimdb-local"  # the flwr CLI's name for a SuperLink on this host or in this container
 TLS_AUTH_VAR = env_name("tls_auth")  # read by the server, client and runner containers
