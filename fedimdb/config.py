@@ -123,6 +123,8 @@ def _coerce(f: dataclasses.Field, raw: Any, origin: str) -> Any:
 def _check_range(f: dataclasses.Field, value: Any) -> None:
     meta = f.metadata
     key = config_key(f.name)
+    if value == "" and isinstance(f.default, str) and f.default:
+        raise ConfigError(f"{key}: empty; leave it out to use the default {f.default!r}")
     choices = meta.get("choices")
     if choices and value not in choices:
         raise ConfigError(f"{key}: unknown value {value!r}; choose one of {', '.join(choices)}")

@@ -113,3 +113,11 @@ def test_the_configuration_page_lists_every_setting_with_its_declared_default() 
             read = cls.from_mapping({key: "" if listed[key] == "empty" else listed[key]}).as_dict()[key]
             same = Path(read) == Path(value) if key.endswith("-dir") else read == value
             assert same, f"{key}: docs/configuration.md says {listed[key]}, fedimdb/config.py {value!r}"
+
+
+def test_an_empty_value_for_a_setting_with_a_default_is_refused_naming_it() -> None:
+    """``--set shards-dir=`` would write shards into the working folder; empty means "use the default" only
+    where the default is empty (continue-from, app-dir ...)."""
+    with pytest.raises(ConfigError, match="shards-dir: empty; leave it out to use the default 'data/shards'"):
+        DataConfig.from_mapping({"shards-dir": ""})
+    assert RunConfig.from_mapping({"continue-from": ""}).continue_from == ""

@@ -59,7 +59,8 @@ def valid_values(f: dataclasses.Field) -> st.SearchStrategy[Any]:
     if f.name == "model":
         return st.sampled_from(MODEL_PRESETS)
     if f.name in FREE_TEXT:
-        return st.text(st.characters(min_codepoint=33, max_codepoint=126, exclude_characters="\"'\\#$`"), max_size=40)
+        chars = st.characters(min_codepoint=33, max_codepoint=126, exclude_characters="\"'\\#$`")
+        return st.text(chars, min_size=1 if f.default else 0, max_size=40)  # empty: the default (refused if it has one)
     return st.just(f.default)
 
 
