@@ -26,6 +26,7 @@ from fedimdb.protocol import (
     METRICS,
     NODE_PARTITION_ID,
     NODE_SHARD_DIR,
+    PARTITION_ID,
     PROXIMAL_MU,
     EvalMetrics,
     ReceivedEvalMetrics,
@@ -170,3 +171,10 @@ def evaluate(msg: Message, context: Context) -> Message:
     result = _validate(task, task.data)
     metrics = EvalMetrics(task.partition_id, result.num_examples, result.loss, result.accuracy)
     return Message(content=RecordDict({METRICS: metrics.to_record()}), reply_to=msg)
+
+
+@app.query()
+def identify(msg: Message, context: Context) -> Message:
+    """The partition this node serves: the server samples partitions, not node ids (server/sampling.py)."""
+    partition_id, _ = _partition(context)
+    return Message(content=RecordDict({METRICS: MetricRecord({PARTITION_ID: partition_id})}), reply_to=msg)

@@ -1,4 +1,8 @@
-"""A Grid that waits for replies at its own pace, through Flower's public Grid API only.
+"""Views of the Grid Flower hands the ServerApp, through its public Grid API only.
+
+:class:`DelegatingGrid` passes everything on; its subclasses change one thing each.
+:class:`PollingGrid` waits for replies at its own pace; :class:`PartitionGrid` lists the online
+nodes in partition order, for seeded sampling (server/sampling.py).
 
 Flower 1.39's ``send_and_receive`` checks for replies every 3 s (a hard-coded sleep in
 ``flwr/superlink/grid/http_grid.py``), so every exchange ends up to 3 s after its last reply.
@@ -14,7 +18,7 @@ from the task").
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from flwr.app import Message, RecordDict
 from flwr.proto.node_pb2 import NodeInfo
@@ -25,20 +29,11 @@ MAX_INTERVAL = 1.0  # seconds between pulls after a while without replies
 BACKOFF = 1.5
 
 
-class PollingGrid(Grid):
-    """Flower's Grid, checking for replies every ``interval`` seconds.
+class DelegatingGrid(Grid):
+    """A Grid that passes every call on to ``inner``, the Grid that Flower passed to the ServerApp."""
 
-    Parameters
-    ----------
-    inner : Grid
-        The Grid that Flower passed to the ServerApp.
-    interval : float
-        Seconds between two ``pull_messages`` calls while replies are outstanding.
-    """
-
-    def __init__(self, inner: Grid, interval: float) -> None:
+    def __init__(self, inner: Grid) -> None:
         self.inner = inner
-        self.interval = interval
 
     def set_run(self, run: Run) -> None:
         """Delegated."""
@@ -72,6 +67,26 @@ class PollingGrid(Grid):
         return self.inner.pull_messages(message_ids)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        """Delegated."""
+        return self.inner.send_and_receive(messages, timeout=timeout)
+
+
+class PollingGrid(DelegatingGrid):
+    """Flower's Grid, checking for replies every ``interval`` seconds.
+
+    Parameters
+    ----------
+    inner : Grid
+        The Grid that Flower passed to the ServerApp.
+    interval : float
+        Seconds between two ``pull_messages`` calls while replies are outstanding.
+    """
+
+    def __init__(self, inner: Grid, interval: float) -> None:
+        super().__init__(inner)
+        self.interval = interval
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         """Push ``messages``, then pull replies every ``interval`` s until all came or ``timeout`` s passed."""
         pending = set(self.push_messages(messages))
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -86,3 +101,21 @@ class PollingGrid(Grid):
             wait = self.interval if arrived else min(max(wait * BACKOFF, self.interval), MAX_INTERVAL)
             time.sleep(wait)
         return replies
+
+
+class PartitionGrid(DelegatingGrid):
+    """The Grid as a strategy sees it while it samples: the online nodes in the order of the partitions
+    they serve (``partitions``: node id to partition id), those not known yet last, by node id.
+
+    Flower samples positions in this list (``random.sample``); seeded alike (server/sampling.py),
+    the same positions are the same partitions, whatever the node ids of this deployment.
+    """
+
+    def __init__(self, inner: Grid, partitions: Mapping[int, int]) -> None:
+        super().__init__(inner)
+        self.partitions = partitions
+
+    def get_node_ids(self) -> Iterable[int]:
+        """The online node ids, known partitions first and in their order."""
+        known = self.partitions
+        return sorted(self.inner.get_node_ids(), key=lambda node: (node not in known, known.get(node, 0), node))

@@ -4,7 +4,9 @@ Flower's ``Strategy.start`` runs each round as configure, send and receive, aggr
 runs the same steps with Flower's strategies (sampling and aggregation stay theirs) and adds what a
 real deployment needs between them, each step visible in :meth:`Federation.train`:
 
-1. wait a bounded time for enough clients to be online (:func:`wait_for_nodes`);
+1. wait a bounded time for enough clients to be online (:func:`wait_for_nodes`); when the strategy
+   samples, ask the nodes not known yet which partition they serve, and let it sample seeded, by
+   partition (server/sampling.py);
 2. send the strategy's train messages, the global model encoded for the wire (server/wire.py);
 3. screen the replies (server/checks.py): error replies and unusable updates are refused;
 4. with too few usable updates, send the train message again to the clients that failed and are
@@ -38,7 +40,9 @@ from fedimdb.protocol import EVALUATE_RECEIVED, partition_of
 from fedimdb.run_record import RECURS
 from fedimdb.waiting import wait_until
 from server.checks import Expected, Refusal, raised_alike, screen
+from server.grid import PartitionGrid
 from server.records import partition_order
+from server.sampling import identify_messages, samples, seeded
 from server.wire import Decoder, Wire
 
 NODE_WAIT_STEP = 1.0  # seconds between checks for online clients
@@ -197,6 +201,8 @@ class Federation:
         Clients evaluate the global model they receive in train messages (from round 2 on, as the
         model of round 1 arrives then); no evaluate messages during the rounds, one exchange after
         the last.
+    seed : int, default 0
+        The run's seed: the strategy samples the same partitions for the same seed and round.
     """
 
     def __init__(
@@ -207,9 +213,10 @@ class Federation:
         policy: RoundPolicy,
         wire: Wire,
         evaluate_received: bool = False,
+        seed: int = 0,
     ) -> None:
         self.strategy, self.grid, self.observer = strategy, grid, observer
-        self.policy, self.wire, self.evaluate_received = policy, wire, evaluate_received
+        self.policy, self.wire, self.evaluate_received, self.seed = policy, wire, evaluate_received, seed
         self.partitions: dict[int, int] = {}  # node id -> partition id, as replies named them
         self.first_round = 1
 
@@ -238,9 +245,11 @@ class Federation:
         """One round's training: wait, send, screen, resend while too few are usable, aggregate."""
         awaited = self.policy.online_before(server_round, self.first_round)
         online = wait_for_nodes(self.grid, awaited, self.policy.node_wait_timeout)
+        self._identify(server_round, online)
         outgoing = self.wire.outgoing(arrays)
         config = ConfigRecord({EVALUATE_RECEIVED: True} if self.evaluate_received and server_round > 1 else {})
-        messages = list(self.strategy.configure_train(server_round, outgoing, config, self.grid))
+        with seeded(self.seed, server_round):
+            messages = list(self.strategy.configure_train(server_round, outgoing, config, self._by_partition()))
         self.observer.round_started(server_round, messages, len(online))
         exchange = TrainExchange(messages, Expected.of(outgoing, self.policy.max_examples), self.wire.decoder(outgoing))
         self._exchange(server_round, exchange, messages)
@@ -253,6 +262,21 @@ class Federation:
             self.observer.round_failed(server_round)
             raise self._failed(server_round, exchange, needed)
         return self._aggregate(server_round, arrays, partition_order(exchange.usable))
+
+    def _identify(self, server_round: int, online: Sequence[int]) -> None:
+        """When the strategy samples: ask the online nodes not known yet which partition they serve."""
+        unknown = [node for node in online if node not in self.partitions]
+        if not unknown or not samples(self.strategy):
+            return
+        messages = identify_messages(unknown, server_round)
+        self.observer.sent(messages)
+        replies = list(self.grid.send_and_receive(messages, timeout=self.policy.timeout))
+        self.observer.received(replies)
+        self.partitions.update((r.metadata.src_node_id, partition_of(r.content)) for r in replies if not r.has_error())
+
+    def _by_partition(self) -> Grid:
+        """The grid the strategy samples from: the online nodes in partition order (server/sampling.py)."""
+        return PartitionGrid(self.grid, self.partitions)
 
     def _failed(self, server_round: int, exchange: TrainExchange, needed: int) -> RoundFailed:
         """What fails the run: every client and its reason, and the fix (marked :data:`RECURS` when every
@@ -307,7 +331,10 @@ class Federation:
     def _evaluate(self, result: Result, server_round: int) -> None:
         """The clients' evaluate exchange of the global model; the aggregate joins ``result``."""
         outgoing = self.wire.outgoing(result.arrays)
-        messages = list(self.strategy.configure_evaluate(server_round, outgoing, ConfigRecord(), self.grid))
+        with seeded(self.seed, server_round):
+            messages = list(
+                self.strategy.configure_evaluate(server_round, outgoing, ConfigRecord(), self._by_partition())
+            )
         if not messages:
             return
         self.observer.sent(messages)

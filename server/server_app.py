@@ -231,6 +231,7 @@ def run_federation(
         RoundPolicy.of(cfg),
         Wire(cfg.weight_transport, initial),
         evaluate_received=cfg.local_eval == LOCAL_EVAL_WITH_TRAIN and cfg.fraction_evaluate > 0,
+        seed=cfg.seed,
     )
     round_end = RoundEnd(cfg, tuned, tokenizer, artifacts, round_log, metrics, weight_log, strategy)
     try:

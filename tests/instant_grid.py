@@ -11,12 +11,12 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 
 import torch
-from flwr.app import ArrayRecord, Message, RecordDict
+from flwr.app import ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.proto.node_pb2 import NodeInfo
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
-from fedimdb.protocol import ARRAYS, METRICS, EvalMetrics, TrainMetrics, arrays_of
+from fedimdb.protocol import ARRAYS, METRICS, PARTITION_ID, EvalMetrics, TrainMetrics, arrays_of
 
 SUPERLINK = 1  # the node id the SuperLink answers with for a node that is gone
 PARTITIONS = {11: 0, 12: 1, 13: 2}  # node id -> partition id
@@ -78,11 +78,14 @@ def weights(value: float) -> ArrayRecord:
     return ArrayRecord({"w": torch.full((3,), value)})
 
 
-def honest(examples: int = 64, step: float = 1.0) -> Node:
-    """A client that adds ``step`` to every weight it gets, and evaluates when asked."""
+def honest(examples: int = 64, step: float = 1.0, partitions: Mapping[int, int] = PARTITIONS) -> Node:
+    """A client that adds ``step`` to every weight it gets, evaluates when asked, and tells its partition
+    (``partitions``: node id to partition id) when queried."""
 
     def answer(msg: Message) -> Message:
-        partition = PARTITIONS[msg.metadata.dst_node_id]
+        partition = partitions[msg.metadata.dst_node_id]
+        if msg.metadata.message_type == MessageType.QUERY:
+            return Message(RecordDict({METRICS: MetricRecord({PARTITION_ID: partition})}), reply_to=msg)
         if msg.metadata.message_type.startswith("evaluate"):
             metrics = EvalMetrics(partition, 32, 0.5, 0.75).to_record()
             return Message(RecordDict({METRICS: metrics}), reply_to=msg)

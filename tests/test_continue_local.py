@@ -2,8 +2,9 @@
 
 Real local runs (SuperLink + 3 SuperNodes over gRPC, TLS and authentication): one of 4 rounds
 never interrupted, and one with the same seed whose ``flwr-serverapp`` is SIGKILLed once round 2
-is archived. The second attempt continues from round 3 and must end with the same rows and the
-same final model, byte for byte. The unit tests of the state it continues from:
+is archived, each sampling 2 of the 3 clients per round. The second attempt (new node ids) continues
+from round 3 and must end with the same rows, sampled partitions included, and the same final model,
+byte for byte. The unit tests of the state it continues from:
 tests/test_continuation.py.
 """
 
@@ -34,7 +35,15 @@ from tests.conftest import TIMING_COLUMNS, Orchestrator, local_run_args, marked_
 
 pytestmark = pytest.mark.slow
 ROUNDS, KILLED_AFTER = 4, 2
-SETTINGS = ["max-steps=2", "max-length=32", "batch-size=32", "eval-rows=64", "local-eval-rows=32", "strategy=fedadam"]
+SETTINGS = [
+    "max-steps=2",
+    "max-length=32",
+    "batch-size=32",
+    "eval-rows=64",
+    "local-eval-rows=32",
+    "strategy=fedadam",
+    "fraction-train=0.67",  # 2 of 3 sampled per round: the continued attempt's nodes are new, its sample must not be
+]
 
 
 def _rows(run_dir: Path, table: str) -> list[dict[str, str]]:
@@ -78,6 +87,7 @@ def test_a_killed_serverapp_is_continued_after_its_last_archived_round(
     assert read_run_record(exp / first.set_aside / "run.json").run_id == continued.continued_from[0].run_id
 
     (uninterrupted,) = (p / "repeat-0" for p in (tmp_path / "whole").iterdir())
+    assert {r["clients_sampled"] for r in read_csv(uninterrupted / ROUNDS_FILE)} == {"2"}, "2 of 3 sampled"
     for table in (ROUNDS_FILE, CLIENTS_FILE, WEIGHT_STATS_FILE, CLIENT_UPDATES_FILE):
         assert _rows(exp / "repeat-0", table) == _rows(uninterrupted, table), table
     final = f"{WEIGHTS_DIR}/{FINAL_WEIGHTS}"

@@ -13,13 +13,13 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, Error, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Error, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.serverapp.strategy import FedAvg
 
 from fedimdb.config import RunConfig
 from fedimdb.metrics.server import ServerMetrics
-from fedimdb.protocol import ARRAYS, CONFIG, EVALUATE_RECEIVED, METRICS, TrainMetrics, arrays_of
+from fedimdb.protocol import ARRAYS, CONFIG, EVALUATE_RECEIVED, METRICS, TrainMetrics, arrays_of, server_round_of
 from fedimdb.run_record import RECURS
 from fedimdb.training import EvalResult
 from server.loop import Federation, RoundFailed, RoundPolicy, wait_for_nodes
@@ -60,14 +60,21 @@ def then(first: Node, later: Node) -> Node:
 class Federated:
     """A federation over an InstantGrid, recorded by a real Recorder into a RoundLog."""
 
-    def __init__(self, nodes: Mapping[int, Node], evaluate_received: bool = False, **policy: Any) -> None:
+    def __init__(
+        self,
+        nodes: Mapping[int, Node],
+        evaluate_received: bool = False,
+        fraction_train: float = 1.0,
+        seed: int = 0,
+        **policy: Any,
+    ) -> None:
         self.grid = InstantGrid(nodes)
         self.log = RoundLog()
-        self.strategy = OrderedFedAvg(fraction_evaluate=1.0, min_available_nodes=1)
+        self.strategy = OrderedFedAvg(fraction_train=fraction_train, fraction_evaluate=1.0, min_available_nodes=1)
         recorder = Recorder(self.log, ServerMetrics(7, RunConfig()))
         policy = {"num_clients": len(nodes), "min_reply_fraction": 1.0, "retries": 1, "node_wait_timeout": 0, **policy}
         self.federation = Federation(
-            self.strategy, self.grid, recorder, RoundPolicy(**policy), Wire(), evaluate_received
+            self.strategy, self.grid, recorder, RoundPolicy(**policy), Wire(), evaluate_received, seed
         )
         self.ends: list[tuple[int, float]] = []
 
@@ -192,3 +199,23 @@ def test_too_few_clients_online_fails_the_round_after_the_node_wait() -> None:
     assert wait_for_nodes(grid, 1, timeout=0) == [11]
     with pytest.raises(RoundFailed, match="only 1 clients online after 0 s, 2 needed: start the missing SuperNodes"):
         wait_for_nodes(grid, 2, timeout=0)
+
+
+def sampled_partitions(partitions: Mapping[int, int], seed: int, rounds: int = 4) -> list[list[int]]:
+    """The partitions FedAvg sampled for training in each round, half of them, nodes and partitions as given."""
+    run = Federated({node: honest(partitions=partitions) for node in partitions}, fraction_train=0.5, seed=seed)
+    run(num_rounds=rounds)
+    assert sorted(run.grid.sent(MessageType.QUERY)) == sorted(partitions), "each node asked for its partition once"
+    trained = [m for m in run.grid.pushed if m.metadata.message_type == MessageType.TRAIN]
+    by_round = [(server_round_of(m.content), partitions[m.metadata.dst_node_id]) for m in trained]
+    return [sorted(p for k, p in by_round if k == r) for r in range(1, rounds + 1)]
+
+
+def test_the_same_seed_samples_the_same_partitions_whatever_the_node_ids() -> None:
+    """Flower samples node ids at random; seeded and by partition, an attempt or another backend (other
+    node ids) trains the same partitions in each round."""
+    one = sampled_partitions({11: 0, 12: 1, 13: 2, 14: 3, 15: 4, 16: 5}, seed=7)
+    other = sampled_partitions({91: 3, 42: 0, 77: 5, 18: 1, 60: 2, 35: 4}, seed=7)
+    assert one == other
+    assert all(len(p) == 3 for p in one) and len({tuple(p) for p in one}) > 1, one
+    assert sampled_partitions({11: 0, 12: 1, 13: 2, 14: 3, 15: 4, 16: 5}, seed=8) != one
