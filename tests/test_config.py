@@ -116,7 +116,7 @@ def test_the_configuration_page_lists_every_setting_with_its_declared_default() 
 
 
 def test_an_empty_value_for_a_setting_with_a_default_is_refused_naming_it() -> None:
-    """``--set shards-dir=`` would write shards into the working folder; empty means "use the default" only
+    """``--shards-dir ""`` would write shards into the working folder; empty means "use the default" only
     where the default is empty (continue-from, app-dir ...)."""
     with pytest.raises(ConfigError, match="shards-dir: empty; leave it out to use the default 'data/shards'"):
         DataConfig.from_mapping({"shards-dir": ""})

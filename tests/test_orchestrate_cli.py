@@ -138,6 +138,9 @@ CASES: dict[str, Case] = {
         (*LOCAL, "--set", "eval-rows=30000"), "eval-rows: 30000 is out of range; set it <= 25000"
     ),
     "fraction above 1": Case((*LOCAL, "--set", "min-reply-fraction=1.5"), "min-reply-fraction: 1.5 is out of range"),
+    "empty text for a setting with a default": Case(
+        (*LOCAL, "--shards-dir", ""), "shards-dir: empty; leave it out to use the default 'data/shards'"
+    ),
     "Dirichlet alpha 0": Case((*LOCAL, "--partitioner", "dirichlet", "--alpha", "0"), "alpha: 0.0 is out of range"),
     "repeats 0": Case((*LOCAL, "--repeats", "0"), "repeats: 0 is out of range; set it >= 1"),
     "retries above range": Case((*LOCAL, "--retries", "11"), "retries: 11 is out of range; set it <= 10"),
