@@ -2,7 +2,7 @@
 
 A server container holds the SuperLink, its SuperExec and the ServerApp: when it dies, all three
 go. Here a local federation with TLS and SuperNode authentication (as the containers run it) runs a
-``tiny`` job; once round 1 is archived, the SuperLink's process group is SIGKILLed. Then:
+``tiny`` job; once round 1 is archived, all three are SIGKILLed (the SuperExec leads a session of its own). Then:
 
 - ``fresh``, what the orchestrator does: stop what is left and start a new federation (in-memory
   SuperLink, new SuperNodes), then a run that continues after round 1 (``continue-from``);

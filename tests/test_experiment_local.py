@@ -216,7 +216,7 @@ def test_resume_after_a_hard_kill_stops_the_stack_it_left_and_finishes(hard_kill
     assert len(hard_killed["left"]) >= 3, "the killed orchestrator's SuperLink and SuperNodes ran on"
     run = hard_killed["resumed"]
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "repeat 0 attempt 1: its orchestrator was killed; stopped the 3 process groups it left running" in run.stderr
+    assert "repeat 0 attempt 1: its orchestrator was killed; stopped the 4 process groups it left running" in run.stderr
     assert hard_killed["still-left"] == [], "the resumed orchestrator stopped what the killed one left"
     record = read_json(hard_killed["exp"] / "experiment.json")
     killed, resumed = record["repeats"]["0"]["attempts"]

@@ -23,7 +23,8 @@ from fedimdb.config import DataConfig, ExperimentConfig, RunConfig
 from fedimdb.data import SERVER_DIR
 from fedimdb.deploy import flwr_cli
 from fedimdb.deploy.backend import StackJob
-from fedimdb.deploy.local import PROCESS_GROUPS, LocalFederation, LocalStack, process_env, stop_leftover
+from fedimdb.deploy.local import PROCESS_GROUPS, SUPEREXEC, LocalFederation, LocalStack, process_env, stop_leftover
+from fedimdb.deploy.proc import runs_one_of
 from fedimdb.deploy.topology import LOCAL_CONNECTION
 from fedimdb.inspect.evaluate import evaluate_round
 from fedimdb.inspect.report import read_run, render_text
@@ -244,7 +245,8 @@ def test_a_slow_control_api_is_waited_for(superlink: tuple) -> None:
 def test_a_restarted_supernode_is_recorded_so_a_resume_can_stop_it(tmp_path: Path) -> None:
     """Real processes, no run: a SuperNode SIGKILLed is unregistered and restarted under a new key by the
     stack's liveness check, and leads a new process group; the stack hands the experiment its new handle at once, and stopping what that handle
-    names (what --resume does after a hard kill) leaves nothing of the restarted node running."""
+    names (what --resume does after a hard kill) leaves nothing of the restarted node running, nor the SuperExec
+    that Flower starts for the SuperLink in a session of its own."""
     handles: list[dict] = []
     job = StackJob(
         RunConfig(num_clients=2),
@@ -278,8 +280,11 @@ def test_a_restarted_supernode_is_recorded_so_a_resume_can_stop_it(tmp_path: Pat
         assert status[lost] == "unregistered", "the lost node was unregistered at once"
         assert fed.node_ids[1] != lost and status[fed.node_ids[1]] in ("registered", "online"), "a new key"
         assert handles and restarted in handles[-1][PROCESS_GROUPS], "the new process group was handed on"
+        superexec = fed.superexec
+        assert superexec is not None and superexec in handles[-1][PROCESS_GROUPS]
         said = stop_leftover(handles[-1], tmp_path, grace=5)
-        assert "stopped the 3 process groups" in said, said
+        assert "stopped the 4 process groups" in said, said
+        assert not runs_one_of(superexec, (SUPEREXEC,)), "the SuperExec was stopped with the rest"
         assert fed.supernodes[1].wait(timeout=10) is not None
 
 

@@ -3,8 +3,10 @@
 :class:`LocalFederation` is one SuperLink and N SuperNodes; the SuperNodes reach the
 SuperLink's Fleet API over gRPC (grpc-rere), ``flwr`` reaches its Control API over HTTP.
 Every process runs in its own session so that stopping it also stops the
-``flower-superexec``, ServerApp and ClientApp processes it started. :class:`LocalStack`
-runs one repeat on a fresh federation (the :class:`~fedimdb.deploy.backend.Stack` interface).
+``flower-superexec`` and ClientApp processes a SuperNode started. The SuperLink's own
+``flower-superexec`` and the ServerApp it starts are not in its session: Flower starts that
+SuperExec in a session of its own, so the federation records it as one more process group.
+:class:`LocalStack` runs one repeat on a fresh federation (the :class:`~fedimdb.deploy.backend.Stack` interface).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from fedimdb.data import SERVER_DIR, client_dir_name
 from fedimdb.deploy import flwr_cli, forkserver
 from fedimdb.deploy.backend import RoundCallback, Stack, StackError
 from fedimdb.deploy.credentials import Credentials, NodeCredentials, make_credentials, renew_node_key
-from fedimdb.deploy.proc import runs_one_of, stop_groups
+from fedimdb.deploy.proc import children, runs_one_of, stop_groups
 from fedimdb.deploy.processes import await_superlink, superlink_argv, supernode_argv
 from fedimdb.deploy.topology import FLOWER_POLL_VAR, LOCAL_CONNECTION, LOOPBACK
 from fedimdb.metrics.exporter import MULTIPROC_VAR
@@ -38,6 +40,7 @@ MAX_NODE_RESTARTS = 5  # per SuperNode and attempt
 RESTART_BACKOFF = 2.0  # seconds before a SuperNode's first restart, doubling for each further one ...
 RESTART_BACKOFF_MAX = 20.0  # ... up to this: a node that keeps crashing is not restarted in a tight loop
 FLOWER_COMMANDS = ("flwr", "flower-superlink", "flower-supernode")
+SUPEREXEC = b"flower-superexec"  # in the command line of the SuperLink's child that starts the ServerApp
 
 
 def free_port() -> int:
@@ -79,6 +82,7 @@ class LocalFederation:
         self.fleet_port = free_port()
         self.control_port = free_port()
         self.superlink: subprocess.Popen | None = None
+        self.superexec: int | None = None  # pid of the SuperLink's SuperExec, which leads its own session
         self.supernodes: list[subprocess.Popen] = []
         self.restarts = [0] * num_clients
         self.node_ids: dict[int, int] = {}  # partition -> the node id its key is registered as (authentication on)
@@ -121,7 +125,27 @@ class LocalFederation:
         argv = superlink_argv(self.fleet_address, LOOPBACK, self.control_port, server, self.database)
         self.superlink = self._spawn(argv, "superlink.log", mode="ab")
         ports = (self.control_port, self.fleet_port)
-        return await_superlink(self.superlink, ports, self.env, server)
+        registered = await_superlink(self.superlink, ports, self.env, server)
+        self.superexec = self._superexec_of(self.superlink)
+        return registered
+
+    def _superexec_of(self, link: subprocess.Popen) -> int:
+        """The pid of the ``flower-superexec`` the SuperLink ``link`` started (in a session of its own).
+
+        Flower starts it while the SuperLink starts up, before its Control API answers.
+        """
+        found = children(link.pid, SUPEREXEC)
+        if len(found) != 1:
+            raise StackError(
+                f"the SuperLink (pid {link.pid}) runs {len(found)} flower-superexec, not 1; see {self.workdir}"
+            )
+        return found[0]
+
+    @property
+    def groups(self) -> list[int]:
+        """The process groups of the federation: the SuperLink, its SuperExec and every SuperNode."""
+        procs = [self.superlink, *self.supernodes]
+        return [p.pid for p in procs if p is not None] + ([self.superexec] if self.superexec is not None else [])
 
     def restart_superlink(self) -> None:
         """SIGKILL the SuperLink with the SuperExec and ServerApp it started, as when a server container
@@ -131,8 +155,10 @@ class LocalFederation:
         link = self.superlink
         if link is None or self.database is None:
             raise StackError("restart_superlink() needs a running SuperLink with a database")
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(link.pid, signal.SIGKILL)
+        for group in (link.pid, self.superexec):
+            if group is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(group, signal.SIGKILL)
         link.wait()
         self._start_superlink()
 
@@ -195,7 +221,11 @@ class LocalFederation:
     def stop(self, grace: float = 10.0) -> None:
         """SIGTERM every process group, then SIGKILL whatever is left of them after ``grace`` s."""
         procs = {p.pid: p for p in [*self.supernodes, self.superlink] if p is not None}
-        stop_groups(list(procs), lambda pid: procs[pid].poll() is None, grace)  # poll() reaps them too
+
+        def running(pid: int) -> bool:  # poll() reaps our children; the SuperExec is the SuperLink's
+            return procs[pid].poll() is None if pid in procs else runs_one_of(pid, (SUPEREXEC,))
+
+        stop_groups(self.groups, running, grace)
         for log in self._logs:
             log.close()
         self._logs.clear()
@@ -275,9 +305,8 @@ class LocalStack(Stack):
         """Nothing to move: the ServerApp ran on this filesystem and wrote into ``job.run_dir``."""
 
     def handle(self) -> dict[str, Any]:
-        """The process groups of the SuperLink and the SuperNodes (each leads its own session)."""
-        fed = self.federation
-        return {PROCESS_GROUPS: [p.pid for p in [fed.superlink, *fed.supernodes] if p is not None] if fed else []}
+        """The process groups of the federation (:attr:`LocalFederation.groups`)."""
+        return {PROCESS_GROUPS: self.federation.groups if self.federation else []}
 
     def down(self) -> None:
         """Stop every process group; the logs stay in run_dir/logs."""

@@ -20,6 +20,19 @@ def runs_one_of(pid: int, words: tuple[bytes, ...]) -> bool:
     return any(word in cmdline for word in words)
 
 
+def children(pid: int, word: bytes) -> list[int]:
+    """The live child processes of ``pid`` whose command line holds ``word`` (Linux /proc; else none)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])  # after "pid (comm) state"
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if parent == pid and runs_one_of(int(stat.parent.name), (word,)):
+            found.append(int(stat.parent.name))
+    return found
+
+
 def stop_groups(groups: Sequence[int], running: Callable[[int], bool], grace: float = 10.0) -> None:
     """SIGTERM every process group, wait up to ``grace`` s while a leader is ``running``; then SIGKILL alike.
 
