@@ -8,6 +8,8 @@ changes how the SuperExec launches ClientApps fails it. The end-to-end tests run
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from importlib.metadata import entry_points
@@ -15,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from fedimdb.deploy import forkserver
-from fedimdb.deploy.clientapp_shim import COMMAND, SOCKET_VAR
+from fedimdb.deploy import flwr_cli, forkserver
+from fedimdb.deploy.shim import CLI, SOCKET_VAR
+from fedimdb.deploy.shim import CLIENTAPP as COMMAND
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -75,3 +78,41 @@ def test_a_task_forgets_the_servers_fedimdb_modules_so_the_fabs_are_imported() -
         assert not [name for name in sys.modules if name.split(".")[0] == "fedimdb"]
     finally:
         sys.modules.update(saved)
+
+
+def test_flwr_served_warm_answers_as_flowers_own(tmp_path: Path) -> None:
+    """``flwr`` in :func:`forkserver.cli_env` is the shim, forked from the CLI fork server: same output, same exit codes."""
+    env = {"FLWR_HOME": str(tmp_path)}
+    flwr_cli.write_connection(tmp_path, "nobody", "127.0.0.1:9")  # seen only with FLWR_HOME passed on
+    warm = forkserver.cli_env(env)
+    assert Path(str(shutil.which(CLI, path=warm["PATH"]))).parent != Path(sys.executable).parent, "flwr is the shim"
+    own = {**os.environ, **env}
+    for args in (["--version"], ["--no-such-option"], ["ls", "nobody", "--format", "json"]):
+        served = subprocess.run([CLI, *args], env=warm, capture_output=True, text=True, timeout=120)
+        flower = subprocess.run([CLI, *args], env=own, capture_output=True, text=True, timeout=120)
+        assert (served.returncode, served.stdout) == (flower.returncode, flower.stdout), args
+
+
+KILLED_SHIM = """
+import json, os, subprocess, time
+server = os.getppid()
+def tasks():
+    kids = [int(p) for p in os.listdir("/proc") if p.isdigit() and p != str(os.getpid())]
+    return [p for p in kids if open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[1] == str(server)]
+shim = subprocess.Popen(["flwr-clientapp", "--insecure", "--runtime-api-address", "127.0.0.1:9", "--token", "t"])
+time.sleep(3)
+before = tasks()
+shim.kill()
+shim.wait()
+time.sleep(2)
+print(json.dumps([before, tasks()]))
+"""
+"""A stand-in SuperNode whose ClientApp shim is SIGKILLed while its task waits for a Runtime API that is not there."""
+
+
+def test_a_task_whose_shim_is_killed_is_killed_too() -> None:
+    proc = subprocess.run(
+        forkserver.argv([sys.executable, "-c", KILLED_SHIM]), capture_output=True, text=True, timeout=240
+    )
+    before, after = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(before) == 1 and after == [], (before, after, proc.stderr[-2000:])

@@ -11,7 +11,6 @@ A loaded SuperLink can answer late or not at all for a while. Following a run te
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import tempfile
@@ -32,7 +31,7 @@ from fedimdb.artifacts import (
     write_json_atomic,
 )
 from fedimdb.config import APP_CONFIG
-from fedimdb.deploy import APP_DIR
+from fedimdb.deploy import APP_DIR, forkserver
 from fedimdb.deploy.backend import StackError
 from fedimdb.run_record import RunRecord, RunStatus, read_run_record
 from fedimdb.waiting import patiently, wait_until
@@ -98,7 +97,7 @@ def _flwr(args: list[str], env: Mapping[str, str]) -> dict[str, Any]:
     try:
         proc = subprocess.run(
             ["flwr", *args, "--format", "json"],
-            env={**os.environ, **env},
+            env=forkserver.cli_env(env),
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -206,7 +205,7 @@ def run_log(connection: str, run_id: int, env: Mapping[str, str]) -> str:
     try:
         proc = subprocess.run(
             ["flwr", "log", str(run_id), connection, "--show"],
-            env={**os.environ, **env},
+            env=forkserver.cli_env(env),
             capture_output=True,
             text=True,
             timeout=CALL_TIMEOUT,

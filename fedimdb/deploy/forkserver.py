@@ -1,35 +1,44 @@
-"""Warm client nodes: a fork server beside the SuperNode, with the heavy libraries already imported.
+"""Warm Flower commands: a fork server with the heavy libraries already imported forks each call.
 
 Flower 1.39 starts a fresh ``flwr-clientapp`` process for every message, which imports flwr,
 torch and transformers again (1.4-2.5 CPU-s each time). ``python -m fedimdb.deploy.forkserver
 -- flower-supernode ...`` imports them once, starts the SuperNode as its child with
-:mod:`fedimdb.deploy.clientapp_shim` first on its PATH as ``flwr-clientapp``, and for every task
+:mod:`fedimdb.deploy.shim` first on its PATH as ``flwr-clientapp``, and for every task
 the shim hands over, forks a process that runs Flower's own ``flwr-clientapp`` entry point with
 the task's arguments and standard streams. Flower's contract holds: every message still gets a
 process of its own, which pulls the task, installs the FAB and imports the app's code from it,
 and reports errors and crashes as Flower does; only the library imports are shared.
 
+The ``flwr`` command line costs ~0.9 CPU-s a call, nearly all of it imports. :func:`cli_env` gives
+the environment in which ``flwr`` is that shim, served by one fork server per process that
+imported flwr's CLI once (``python -m fedimdb.deploy.forkserver --cli``, started on first use).
+
 What this depends on in Flower (tests/test_forkserver.py fails when an upgrade breaks it): the
 SuperExec launches ClientApps by the name ``flwr-clientapp`` looked up on PATH, and
-``flwr.supernode.cli.flwr_clientapp.flwr_clientapp`` is that command's entry point.
+``flwr.supernode.cli.flwr_clientapp.flwr_clientapp`` is that command's entry point, as
+``flwr.cli.app.app`` is ``flwr``'s.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
+import select
 import selectors
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from fedimdb.deploy.clientapp_shim import COMMAND, SOCKET_VAR
+import fedimdb
+from fedimdb.deploy.shim import CLI, CLIENTAPP, COMMANDS, SOCKET_VAR
 
 PRELOAD = (
     "torch",
@@ -46,17 +55,20 @@ PRELOAD = (
     "transformers.models.bert.tokenization_bert",
     "transformers.tokenization_utils_fast",
 )
-"""Imported once by the fork server; the app's own modules still come from each run's FAB."""
+"""Imported once by a node's fork server; the app's own modules still come from each run's FAB."""
+ENTRY_POINTS = {CLIENTAPP: ("flwr.supernode.cli.flwr_clientapp", "flwr_clientapp"), CLI: ("flwr.cli.app", "app")}
+"""Each command's console-script entry point (module, name), as Flower's package declares it."""
+CLI_PRELOAD = ("flwr.cli.app",)
+CLI_START_TIMEOUT = 120.0  # seconds the flwr fork server may take to import flwr's command line
+CLI_FLAG = "--cli"  # python -m fedimdb.deploy.forkserver --cli: the fork server of the flwr command line
 TRANSFORMERS_NAMES = ("AutoConfig", "AutoModelForSequenceClassification", "AutoTokenizer", "PreTrainedTokenizerFast")
 REQUEST_LIMIT = 1 << 16
-APP_PACKAGE = __name__.split(".")[0]  # fedimdb: this server runs from it, but a task must import the FAB's
+APP_PACKAGE = fedimdb.__name__  # this server runs from it, but a task must import the FAB's copy
 
 
-def preload() -> None:
-    """Import what every ClientApp process needs; run no torch code (forked OpenMP pools hang)."""
-    import importlib
-
-    for module in PRELOAD:
+def preload(modules: Sequence[str] = PRELOAD) -> None:
+    """Import what every forked process needs; run no torch code (forked OpenMP pools hang)."""
+    for module in modules:
         with contextlib.suppress(ImportError):  # best effort: a transformers without one just loads it later
             importlib.import_module(module)
     transformers = sys.modules.get("transformers")
@@ -65,13 +77,14 @@ def preload() -> None:
 
 
 def shim_dir(workdir: Path) -> Path:
-    """A folder holding the shim as ``flwr-clientapp``, run by this Python with ``-IS``."""
+    """A folder holding the shim under each name of :data:`COMMANDS`, run by this Python with ``-IS``."""
     folder = workdir / "bin"
     folder.mkdir(parents=True, exist_ok=True)
-    shim = folder / COMMAND
-    source = Path(__file__).with_name("clientapp_shim.py").read_text()
-    shim.write_text(f"#!{sys.executable} -IS\n{source}")
-    shim.chmod(0o755)
+    source = Path(__file__).with_name("shim.py").read_text()
+    for command in COMMANDS:
+        shim = folder / command
+        shim.write_text(f"#!{sys.executable} -IS\n{source}")
+        shim.chmod(0o755)
     return folder
 
 
@@ -95,7 +108,7 @@ def forget_app_modules() -> None:
 
 
 def _run_task(request: dict, fds: list[int]) -> None:
-    """In the forked child: become ``flwr-clientapp ARGS``; never returns."""
+    """In the forked child: become ``COMMAND ARGS`` as the shim was called; never returns."""
     code = 1
     try:
         forget_app_modules()
@@ -105,10 +118,12 @@ def _run_task(request: dict, fds: list[int]) -> None:
             os.dup2(fd, target)
             os.close(fd)
         os.chdir(request["cwd"])
-        sys.argv = [COMMAND, *request["argv"]]
-        from flwr.supernode.cli.flwr_clientapp import flwr_clientapp
-
-        flwr_clientapp()
+        os.environ.clear()
+        os.environ.update(request["env"])
+        command = request["command"]
+        sys.argv = [command, *request["argv"]]
+        module, name = ENTRY_POINTS[command]
+        getattr(importlib.import_module(module), name)()
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -121,29 +136,31 @@ def _run_task(request: dict, fds: list[int]) -> None:
 
 
 class ForkServer:
-    """Serves the shims of one SuperNode: one forked ClientApp process per task.
+    """Serves the shims that call it: one forked process per call.
 
     Parameters
     ----------
     socket_path : Path
         Where to listen (a Unix socket).
+    announce : bool
+        Whether to print each forked process's pid to stderr (a node's log).
     """
 
-    def __init__(self, socket_path: Path) -> None:
+    def __init__(self, socket_path: Path, announce: bool = True) -> None:
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(str(socket_path))
         self.listener.listen(64)
+        self.announce = announce
         self.tasks: dict[int, socket.socket] = {}  # forked pid -> its shim's connection
 
-    def serve_while(self, node: subprocess.Popen) -> int:
-        """Fork a ClientApp for each shim until ``node`` exits; return its exit code."""
+    def serve_while(self, running: Callable[[], bool]) -> None:
+        """Fork a process for each shim's call as long as ``running()`` (asked every 0.05 s)."""
         selector = selectors.DefaultSelector()
         selector.register(self.listener, selectors.EVENT_READ)
-        while node.poll() is None:
+        while running():
             if selector.select(timeout=0.05):
                 self._fork(self.listener.accept()[0])
             self._reap()
-        return int(node.returncode)
 
     def _fork(self, conn: socket.socket) -> None:
         try:
@@ -161,12 +178,13 @@ class ForkServer:
             _run_task(request, fds)
         for fd in fds:
             os.close(fd)
-        print(f"fork server: task process {pid}", file=sys.stderr, flush=True)
+        if self.announce:
+            print(f"fork server: task process {pid}", file=sys.stderr, flush=True)
         conn.sendall(f"{pid}\n".encode())
         self.tasks[pid] = conn
 
     def _reap(self) -> None:
-        """Send each finished ClientApp's exit code to its shim."""
+        """Send each finished process's exit code to its shim; kill a process whose shim is gone."""
         for pid, conn in list(self.tasks.items()):
             done, status = os.waitpid(pid, os.WNOHANG)
             if done:
@@ -174,26 +192,91 @@ class ForkServer:
                     conn.sendall(f"{os.waitstatus_to_exitcode(status)}\n".encode())
                 conn.close()
                 del self.tasks[pid]
+            elif _hung_up(conn):  # its caller was killed (a timeout): nobody waits for it
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
+def _hung_up(conn: socket.socket) -> bool:
+    """Whether the shim at the other end of ``conn`` closed it (it sends nothing after its request)."""
+    try:
+        return conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def _listening(workdir: Path, announce: bool = True) -> tuple[ForkServer, dict[str, str]]:
+    """A fork server on a socket in ``workdir``; the variables that put its shims first on PATH."""
+    server = ForkServer(workdir / "socket", announce)
+    path = f"{shim_dir(workdir)}{os.pathsep}{os.environ.get('PATH', '')}"
+    return server, {SOCKET_VAR: str(workdir / "socket"), "PATH": path}
 
 
 def serve(node_argv: Sequence[str]) -> int:
     """Preload, start ``node_argv`` (a SuperNode) with the shim on its PATH, serve it; its exit code."""
     preload()
     with tempfile.TemporaryDirectory(prefix="fedimdb-forkserver-") as tmp:
-        workdir = Path(tmp)
-        server = ForkServer(workdir / "socket")
-        env = {
-            **os.environ,
-            SOCKET_VAR: str(workdir / "socket"),
-            "PATH": f"{shim_dir(workdir)}{os.pathsep}{os.environ.get('PATH', '')}",
-        }
-        node = subprocess.Popen(list(node_argv), env=env)
+        server, shims = _listening(Path(tmp))
+        node = subprocess.Popen(list(node_argv), env={**os.environ, **shims})
         signal.signal(signal.SIGTERM, lambda signum, _frame: node.send_signal(signum))
         try:
-            return server.serve_while(node)
+            server.serve_while(lambda: node.poll() is None)
+            return int(node.returncode)
         finally:
             if node.poll() is None:
                 node.kill()
+
+
+def _caller_gone() -> bool:
+    """Whether the process that started this server closed its end of our stdin (it exited)."""
+    readable, _, _ = select.select([sys.stdin.fileno()], [], [], 0)
+    return bool(readable) and os.read(sys.stdin.fileno(), 1) == b""
+
+
+def serve_cli() -> None:
+    """Import flwr's command line, print the variables that make ``flwr`` its shim (one JSON line), and
+    serve calls until the process that started this server exits."""
+    preload(CLI_PRELOAD)
+    with tempfile.TemporaryDirectory(prefix="fedimdb-flwr-cli-") as tmp:
+        server, shims = _listening(Path(tmp), announce=False)
+        print(json.dumps(shims), flush=True)
+        server.serve_while(lambda: not _caller_gone())
+
+
+class CliServer:
+    """This process's fork server for ``flwr`` calls, started on first use and ended with this process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen | None = None
+        self._shims: dict[str, str] = {}
+
+    def env(self, env: Mapping[str, str]) -> dict[str, str]:
+        """This process's environment with ``env`` over it, and ``flwr`` served warm if the server runs."""
+        with self._lock:
+            if self._proc is None:
+                self._start()
+        return {**os.environ, **env, **self._shims}
+
+    def _start(self) -> None:
+        """Start the server and read its variables; without them ``flwr`` stays Flower's own."""
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", __name__, CLI_FLAG], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        assert self._proc.stdout is not None
+        if select.select([self._proc.stdout], [], [], CLI_START_TIMEOUT)[0]:
+            with contextlib.suppress(ValueError):
+                self._shims = json.loads(self._proc.stdout.readline() or b"{}")
+
+
+_CLI = CliServer()
+
+
+def cli_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The environment to call ``flwr`` in: ``env`` over this process's, served by a warm fork server."""
+    return _CLI.env(env)
 
 
 def argv(node_argv: Sequence[str]) -> list[str]:
@@ -202,12 +285,15 @@ def argv(node_argv: Sequence[str]) -> list[str]:
 
 
 def main(args: Sequence[str] | None = None) -> None:
-    """``python -m fedimdb.deploy.forkserver -- flower-supernode ARGS...``"""
+    """``python -m fedimdb.deploy.forkserver -- flower-supernode ARGS...``, or ``... --cli``."""
     args = list(sys.argv[1:] if args is None else args)
+    if args == [CLI_FLAG]:
+        serve_cli()
+        return
     if args[:1] == ["--"]:
         args = args[1:]
     if not args:
-        sys.exit("usage: python -m fedimdb.deploy.forkserver -- flower-supernode ARGS...")
+        sys.exit(f"usage: python -m fedimdb.deploy.forkserver -- flower-supernode ARGS... | {CLI_FLAG}")
     sys.exit(serve(args))
 
 
