@@ -225,6 +225,12 @@ class RunConfig(_Settings):
         low=0,
         high=256,
     )
+    warm_model: bool = setting(
+        False,
+        "Each client node keeps the model, tokenizer and shard loaded in a worker process across messages, and each "
+        "message's ClientApp process hands it the work (client/worker.py); a worker that dies costs the message it "
+        "served an error reply, and the next message starts a new one",
+    )
     max_length: int = setting(128, "Tokens per review (truncation length)", low=8, high=512)
     batch_size: int = setting(16, "Batch size for training and evaluation", low=1, high=4096)
     micro_batch_size: int = setting(
