@@ -100,6 +100,7 @@ ARMS = (
     Variant("no-embeddings", {"fine-tune": "no-embeddings"}),
     Variant("lora-1e-3", {"fine-tune": "lora", "learning-rate": 1e-3}),
     Variant("warm-model", {"warm-model": True}),
+    Variant("overlap-eval", {"overlap-central-eval": True}),
 )
 """The federated arms: Flower's defaults, fedimdb's, and one lever each on top of fedimdb's."""
 

@@ -273,6 +273,11 @@ class RunConfig(_Settings):
         0, "Rows of each client's validation split to evaluate (0 = all)", low=0, high=10_000_000
     )
     eval_rows: int = setting(2000, "Rows of the held-out test set the server evaluates each round", low=1, high=25_000)
+    overlap_central_eval: bool = setting(
+        False,
+        "The server's evaluation of round k's global model runs while the clients train round k+1 (it needs only "
+        "the aggregated weights); the round's rows are written when it ends",
+    )
     final_eval_full: bool = setting(False, "After the last round, evaluate the final model on the whole held-out set")
     seed: int = setting(42, "Base seed (model init, sampling, shuffling, dropout)", low=0, high=MAX_SEED)
     weight_transport: str = setting(

@@ -99,6 +99,7 @@ class RoundLog:
         self._started: dict[int, float] = {}
         self._sampled: dict[int, int] = {}
         self._retries: dict[int, int] = {}
+        self._last_finished = 0.0  # time.monotonic() when the latest round's central evaluation ended
 
     def start_round(self, server_round: int, sampled: int) -> None:
         """A round's train messages went out to ``sampled`` clients."""
@@ -192,8 +193,18 @@ class RoundLog:
             if row["round"] == server_round:
                 row.update(self._local_eval_summary(server_round))
 
-    def finish_round(self, server_round: int, central: EvalResult | None, eval_seconds: float) -> dict[str, Any]:
-        """Close the round with the central evaluation (None: the round failed); return its rounds.csv row."""
+    def finish_round(
+        self, server_round: int, central: EvalResult | None, eval_seconds: float, ended: float | None = None
+    ) -> dict[str, Any]:
+        """Close the round with the central evaluation (None: the round failed); return its rounds.csv row.
+
+        Its ``round_seconds`` run from the round's start, or from the end of the previous round's central
+        evaluation if that came later (``overlap-central-eval``), to ``ended`` (``time.monotonic()``, default
+        now), when its own evaluation ended: summed over rounds 1 to k, the time until round k's accuracy was known.
+        """
+        ended = time.monotonic() if ended is None else ended
+        began = max(self._started.get(server_round, ended), self._last_finished)
+        self._last_finished = ended
         rows = [r for r in self.clients if r["round"] == server_round]
         trained = [r for r in rows if r["status"] == ClientStatus.OK and r["num_examples"] != ""]
         row = {
@@ -207,7 +218,7 @@ class RoundLog:
             "clients_failed": sum(r["status"] == ClientStatus.FAILED for r in rows),
             "clients_refused": sum(r["status"] == ClientStatus.REFUSED for r in rows),
             "retries": self._retries.get(server_round, 0),
-            "round_seconds": time.monotonic() - self._started.get(server_round, time.monotonic()),
+            "round_seconds": ended - began,
         }
         if central is not None:
             row.update(

@@ -15,6 +15,8 @@ import random
 import tempfile
 import time
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -99,11 +101,24 @@ def main(grid: Grid, context: Context) -> None:
     metrics.finished(RunStatus.COMPLETED)
 
 
+@dataclass(frozen=True)
+class CentralEvaluation:
+    """A round's central evaluation: its result, its own seconds, and when it ended (``time.monotonic()``)."""
+
+    server_round: int
+    result: EvalResult
+    seconds: float
+    ended: float
+
+
 class RoundEnd:
     """Flower's ``evaluate_fn``: archive the global weights, evaluate them, record the round.
 
     The strategy holds the tensors that travel (fedimdb/finetune.py); the whole model, the frozen
-    part included and LoRA merged in, is what is archived and evaluated.
+    part included and LoRA merged in, is what is archived and evaluated. With
+    ``overlap-central-eval`` the evaluation of round k runs in a thread while round k+1 goes on
+    (it reads only the model, which nothing else touches until the next call); its round is
+    recorded at the next call, or by :meth:`settle`, with the time it ended.
     """
 
     def __init__(
@@ -122,15 +137,32 @@ class RoundEnd:
         self.strategy = strategy
         self.device = pick_device(cfg.device)
         self.held_out = read_split(Path(cfg.held_out_dir), "test")
+        self.pending: Future[CentralEvaluation] | None = None  # overlap-central-eval: the running evaluation
+        self._thread = ThreadPoolExecutor(1, "central-eval") if cfg.overlap_central_eval else None
 
-    def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        """Round 0 is the initial model; round k the global model after round k."""
+    def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        """Round 0 is the initial model; round k the global model after round k (None: evaluated in a thread)."""
+        self.settle()
         self.tuned.load(arrays.to_torch_state_dict())
         self.archive(server_round, self.tuned.whole(), arrays)
+        if self._thread is not None:
+            self.pending = self._thread.submit(self.evaluate_round, server_round)
+            return None
+        done = self.evaluate_round(server_round)
+        self.record(done)
+        return MetricRecord({"loss": done.result.loss, "accuracy": done.result.accuracy})
+
+    def evaluate_round(self, server_round: int) -> CentralEvaluation:
+        """The model as loaded now on the ``eval-rows`` first held-out rows."""
         start = time.perf_counter()
         res = self.evaluate(self.held_out.head(self.cfg.eval_rows))
-        self.record(server_round, res, time.perf_counter() - start)
-        return MetricRecord({"loss": res.loss, "accuracy": res.accuracy})
+        return CentralEvaluation(server_round, res, time.perf_counter() - start, time.monotonic())
+
+    def settle(self) -> None:
+        """Wait for the evaluation running in a thread, if any, and record its round."""
+        if self.pending is not None:
+            done, self.pending = self.pending.result(), None
+            self.record(done)
 
     def archive(self, server_round: int, state: dict[str, Any], arrays: ArrayRecord) -> None:
         """Write the round's whole global model and (after round 1 on) the server's state, both hashed in
@@ -153,14 +185,15 @@ class RoundEnd:
             device=self.device,
         )
 
-    def record(self, server_round: int, res: EvalResult, seconds: float) -> None:
+    def record(self, done: CentralEvaluation) -> None:
         """The initial evaluation goes to run.json; a round's rows to rounds.csv and clients.csv; both to metrics."""
+        server_round, res = done.server_round, done.result
         self.metrics.evaluated(res.loss, res.accuracy)
         if server_round == 0:
             self.artifacts.record.initial_evaluation = res.as_dict()
             self.artifacts.save()
             return
-        self.metrics.round_finished(self.round_log.finish_round(server_round, res, seconds))
+        self.metrics.round_finished(self.round_log.finish_round(server_round, res, done.seconds, done.ended))
         self.write_tables()
         self.artifacts.record.rounds_completed = server_round
         self.artifacts.save()
@@ -237,8 +270,10 @@ def run_federation(
     try:
         result = federation.run(start, cfg.num_rounds, round_end, first_round)
     except RoundFailed:
+        round_end.settle()
         round_end.write_tables()  # the failed round's rows say who failed and why
         raise
+    round_end.settle()
     round_end.write_tables()
     tuned.load(result.arrays.to_torch_state_dict())
     artifacts.write_weights(f"{WEIGHTS_DIR}/{FINAL_WEIGHTS}", tuned.whole())

@@ -448,7 +448,8 @@ def e2e_runs(imdb_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Real local deployments with the same seed; the first one is watched for connections.
 
     The first evaluates locally inside the train replies (the default), the second with Flower's
-    separate evaluate messages: the same numbers must come out. The third sends the weights in
+    separate evaluate messages and the server's evaluation overlapped with the next round: the same
+    numbers must come out. The third sends the weights in
     int8, the fourth trains LoRA adapters (fine-tune = lora); each of those two in a folder of its own.
     """
     base = tmp_path_factory.mktemp("e2e")
@@ -463,7 +464,7 @@ def e2e_runs(imdb_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     watch = ConnectionWatch()
     runs = [
         run("results", watch=watch),
-        run("results", "--set", "local-eval=separate"),
+        run("results", "--set", "local-eval=separate", "--set", "overlap-central-eval=true"),
         run("results-int8", "--set", "weight-transport=int8"),
         run("results-lora", "--set", "fine-tune=lora"),
     ]

@@ -102,11 +102,15 @@ def test_round_one_is_the_example_weighted_mean_of_client_weights(run_dir: Path)
     assert any(not torch.equal(a[k], b[k]) for k in a), "clients returned identical weights: the mean proves nothing"
 
 
-def test_same_seed_gives_identical_csvs_in_both_local_eval_modes(e2e_runs: dict, run_dir: Path) -> None:
-    """Evaluating inside the next train reply gives the numbers of Flower's separate evaluate messages."""
+def test_same_seed_gives_identical_csvs_whatever_the_evaluation_schedule(e2e_runs: dict, run_dir: Path) -> None:
+    """Evaluating inside the next train reply gives the numbers of Flower's separate evaluate messages, and
+    the server's evaluation overlapped with the next round the numbers of the one after each round."""
     first, second = _run_dirs(e2e_runs["results"])
-    modes = [read_json(d / "run.json")["config"]["local-eval"] for d in (first, second)]
-    assert modes == ["with-train", "separate"]
+    configs = [read_json(d / "run.json")["config"] for d in (first, second)]
+    assert [(c["local-eval"], c["overlap-central-eval"]) for c in configs] == [
+        ("with-train", False),
+        ("separate", True),
+    ]
     clients = read_csv(first / "clients.csv")
     assert all(r["local_eval_examples"] not in ("", "0") for r in clients), "a round's global model went unevaluated"
     for name in ("rounds.csv", "clients.csv"):

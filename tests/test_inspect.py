@@ -27,13 +27,12 @@ from fedimdb.artifacts import (
     RunArtifacts,
     csv_bytes,
     round_weights_name,
-    sha256_file,
     utc_now,
     write_bytes_atomic,
     write_json_atomic,
 )
 from fedimdb.config import RunConfig
-from fedimdb.data import MANIFEST, SPLIT_FILES, Examples, read_split
+from fedimdb.data import MANIFEST, Examples, read_split
 from fedimdb.inspect.cli import PLOTS_DIR, USAGE_ERROR, main
 from fedimdb.inspect.evaluate import evaluate_round
 from fedimdb.inspect.plots import PLOT_FILES, cosines_figure, norms_figure, report_runs, write_plots
@@ -57,6 +56,7 @@ from fedimdb.tokens import CACHE_VAR
 from fedimdb.training import evaluate, load_state
 from fedimdb.weights import CLIENT_UPDATE_COLUMNS, GROUP, MODEL, TENSOR, WEIGHT_STATS_COLUMNS, WHOLE_MODEL
 from server.records import ROUND_COLUMNS
+from tests.held_out import RECIPE, held_out_folder
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -361,20 +361,6 @@ def test_experiment_repeat_without_statistics_is_skipped_and_said(tmp_path: Path
 
 
 EVAL = {"eval-rows": 24, "batch-size": 8, "max-length": 32}
-RECIPE = {"source": "synthetic", "num-partitions": 1}
-
-
-def held_out_folder(folder: Path, rows: int = 40) -> Path:
-    """A server folder as the preparation writes it: test.parquet and a manifest with its sha256 and recipe."""
-    folder.mkdir(parents=True)
-    labels = [i % 3 % 2 for i in range(rows)]
-    texts = [
-        ("a great movie, loved it" if y else "a boring film, awful acting") + f" #{i}" for i, y in enumerate(labels)
-    ]
-    pq.write_table(pa.table({"text": texts, "label": labels}), folder / SPLIT_FILES["test"])
-    files = {SPLIT_FILES["test"]: {"rows": rows, "sha256": sha256_file(folder / SPLIT_FILES["test"])}}
-    write_json_atomic(folder / MANIFEST, {"recipe": RECIPE, "files": files})
-    return folder
 
 
 def synthetic_run(run_dir: Path, held_out: Path, final: bool = True) -> dict[int, Any]:

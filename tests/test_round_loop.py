@@ -219,3 +219,23 @@ def test_the_same_seed_samples_the_same_partitions_whatever_the_node_ids() -> No
     assert one == other
     assert all(len(p) == 3 for p in one) and len({tuple(p) for p in one}) > 1, one
     assert sampled_partitions({11: 0, 12: 1, 13: 2, 14: 3, 15: 4, 16: 5}, seed=8) != one
+
+
+def test_round_seconds_add_up_to_when_each_rounds_accuracy_was_known(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sequential: a round runs from its start to its evaluation's end. Overlapped (overlap-central-eval):
+    round 1's evaluation ends during round 2, so round 2 counts from then; the sums are the time from the
+    start of round 1 until each round's accuracy was known (what bench.tta adds up)."""
+    clock = iter([0.0, 10.0, 30.0])  # start_round(1), start_round(2), start_round(3) read time.monotonic()
+    monkeypatch.setattr("server.records.time.monotonic", lambda: next(clock))
+    central = EvalResult(0.5, 0.8, 100)
+    sequential = RoundLog()
+    sequential.start_round(1, 2)
+    assert sequential.finish_round(1, central, 2.0, ended=9.0)["round_seconds"] == 9.0
+    sequential.start_round(2, 2)
+    assert sequential.finish_round(2, central, 2.0, ended=29.0)["round_seconds"] == 19.0
+    overlapped = RoundLog()
+    clock = iter([0.0, 8.0])
+    overlapped.start_round(1, 2)
+    overlapped.start_round(2, 2)  # round 1 aggregated at 8 s; its evaluation runs on
+    assert overlapped.finish_round(1, central, 2.0, ended=10.0)["round_seconds"] == 10.0
+    assert overlapped.finish_round(2, central, 2.0, ended=19.0)["round_seconds"] == 9.0  # 10 + 9: known at 19 s
