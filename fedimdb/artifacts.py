@@ -110,8 +110,12 @@ def write_bytes_atomic(path: Path, data: bytes) -> str:
     return sha256_bytes(data)
 
 
+def json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
+
+
 def write_json_atomic(path: Path, obj: Any) -> str:
-    return write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    return write_bytes_atomic(path, json_bytes(obj))
 
 
 def read_json(path: Path) -> Any:
@@ -150,6 +154,11 @@ class RunArtifacts:
 
     run.json is rewritten by :meth:`save` (after each round), so a crashed run still says how far it
     got. An existing run.json is never overwritten: each run needs a fresh folder.
+
+    A process killed between any two file operations leaves a folder that verifies: run.json never
+    lists only a hash its file no longer has. A file it lists is rewritten only after run.json holds
+    the new hash beside the old one (``replaced``), is removed only after run.json has dropped it, and
+    the sidecar lists run.json's old and new hash while run.json itself is replaced.
     """
 
     def __init__(self, folder: Path, record: RunRecord) -> None:
@@ -158,10 +167,16 @@ class RunArtifacts:
             raise ArtifactError(f"{self.folder} already holds a run ({RUN_FILE}); give each run a new output-dir")
         self.folder.mkdir(parents=True, exist_ok=True)
         self.record = record
+        self.saved: str | None = None  # run.json's sha256 as on disk
         self.save()
 
     def write(self, name: str, data: bytes) -> None:
-        """Write one file (relative name) atomically and record its hash."""
+        """Write one file (relative name) atomically and record its hash; a file run.json lists with other
+        content is rewritten after run.json is saved with both hashes."""
+        digest, listed = sha256_bytes(data), self.record.files.get(name)
+        if listed is not None and listed != digest:
+            self.record.replaced[name], self.record.files[name] = listed, digest
+            self.save()
         self.record.files[name] = write_bytes_atomic(self.folder / name, data)
 
     def write_csv(self, name: str, columns: Iterable[str], rows: Iterable[Mapping[str, Any]]) -> None:
@@ -174,9 +189,10 @@ class RunArtifacts:
         self.write(name, save({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}))
 
     def remove(self, name: str) -> None:
-        """Delete a file this run wrote (a superseded state file), and its hash."""
+        """Delete a file this run wrote (a superseded state file) once run.json is saved without it."""
+        if self.record.files.pop(name, None) is not None:
+            self.save()
         (self.folder / name).unlink(missing_ok=True)
-        self.record.files.pop(name, None)
 
     def carry(self, source: Path, names: Iterable[str]) -> None:
         """Copy files of another (verified) run folder under the same names, hashed again as written."""
@@ -195,10 +211,21 @@ class RunArtifacts:
         self.save()
 
     def save(self) -> None:
-        """Rewrite run.json (files in name order) and its sidecar hash."""
+        """Rewrite run.json (files in name order) and its sidecar hash; the sidecar lists the old hash too
+        until run.json is replaced. The files rewritten before now are done: ``replaced`` empties after."""
         self.record.files = dict(sorted(self.record.files.items()))
-        digest = write_json_atomic(self.folder / RUN_FILE, self.record.to_json())
-        write_bytes_atomic(self.folder / RUN_HASH_FILE, f"{digest}  {RUN_FILE}\n".encode())
+        data = json_bytes(self.record.to_json())
+        digest = sha256_bytes(data)
+        if self.saved is not None and self.saved != digest:
+            self._write_sidecar(digest, self.saved)
+        write_bytes_atomic(self.folder / RUN_FILE, data)
+        self._write_sidecar(digest)
+        self.saved = digest
+        self.record.replaced = {}
+
+    def _write_sidecar(self, *digests: str) -> None:
+        lines = "".join(f"{d}  {RUN_FILE}\n" for d in digests)
+        write_bytes_atomic(self.folder / RUN_HASH_FILE, lines.encode())
 
 
 def continuable_round(record: RunRecord) -> int:
@@ -215,10 +242,12 @@ def verify_run(folder: Path, require_completed: bool = True) -> RunRecord:
     except OSError as exc:
         raise ArtifactError(f"{folder}: no readable {RUN_FILE} ({exc})") from exc
     try:
-        recorded = (folder / RUN_HASH_FILE).read_text().split()[0]
-    except (OSError, IndexError):
-        raise ArtifactError(f"{folder}: {RUN_HASH_FILE}: missing; {RUN_FILE} cannot be checked") from None
-    if sha256_bytes(raw) != recorded:
+        recorded = {line.split()[0] for line in (folder / RUN_HASH_FILE).read_text().splitlines() if line.strip()}
+    except OSError:
+        recorded = set()
+    if not recorded:
+        raise ArtifactError(f"{folder}: {RUN_HASH_FILE}: missing; {RUN_FILE} cannot be checked")
+    if sha256_bytes(raw) not in recorded:
         raise ArtifactError(f"{folder}: {RUN_FILE}: sha256 mismatch (against {RUN_HASH_FILE})")
     try:
         record = RunRecord.from_json(json.loads(raw))
@@ -231,7 +260,7 @@ def verify_run(folder: Path, require_completed: bool = True) -> RunRecord:
         path = folder / name
         if not path.is_file():
             problems.append(f"{name}: missing")
-        elif sha256_file(path) != digest:
+        elif sha256_file(path) not in {digest, record.replaced.get(name)}:
             problems.append(f"{name}: sha256 mismatch")
     for required in (ROUNDS_FILE, CLIENTS_FILE, f"{WEIGHTS_DIR}/{FINAL_WEIGHTS}") if require_completed else ():
         if required not in record.files:

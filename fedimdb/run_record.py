@@ -46,6 +46,8 @@ class RunRecord:
     held-out set's manifest has it), ``versions`` the software it ran on; the evaluations are the
     central evaluation of the model before round 1 and of the final model on the whole held-out set;
     ``continued_from`` lists the failed attempts this run continues, oldest first (empty: it started at round 1).
+    ``replaced`` holds, while files that ``files`` lists are being rewritten, their previous sha256: a run
+    killed then still verifies, each such file holding either content (fedimdb/artifacts.py).
     """
 
     run_id: int
@@ -62,6 +64,7 @@ class RunRecord:
     error: str | None = None
     continued_from: list[ContinuedFrom] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
+    replaced: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object of run.json."""

@@ -197,9 +197,7 @@ class RoundEnd:
         self.write_tables()
         self.artifacts.record.rounds_completed = server_round
         self.artifacts.save()
-        if server_state_name(server_round - 1) in self.artifacts.record.files:  # superseded once run.json is saved
-            self.artifacts.remove(server_state_name(server_round - 1))
-            self.artifacts.save()
+        self.artifacts.remove(server_state_name(server_round - 1))  # superseded now that run.json is saved
 
     def write_tables(self) -> None:
         """rounds.csv and clients.csv as the round log has them now; weight_stats.csv and client_updates.csv too."""

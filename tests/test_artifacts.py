@@ -1,9 +1,12 @@
-"""A run folder's verification catches a changed weight file, a deleted file and an edited run.json."""
+"""A run folder's verification catches a changed weight file, a deleted file and an edited run.json; a run
+killed between any two file operations leaves a folder that verifies."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,9 @@ from fedimdb.artifacts import (
     WEIGHTS_DIR,
     ArtifactError,
     RunArtifacts,
+    continuable_round,
+    round_weights_name,
+    server_state_name,
     utc_now,
     verify_run,
     write_json_atomic,
@@ -100,3 +106,72 @@ def test_missing_sidecar_fails(copy: Path) -> None:
     (copy / RUN_HASH_FILE).unlink()
     with pytest.raises(ArtifactError, match=rf"{RUN_HASH_FILE}: missing"):
         verify_run(copy)
+
+
+class Killed(BaseException):
+    """The process dies here (BaseException: no ``except Exception`` carries on after it)."""
+
+
+def _three_rounds(folder: Path) -> None:
+    """What the ServerApp does to its folder (server/server_app.py): each round's model and state written,
+    the tables rewritten, run.json saved, the superseded state removed; then the final model."""
+    record = RunRecord(run_id=1, seed=7, config={}, data={}, versions={}, started=utc_now())
+    run = RunArtifacts(folder, record)
+    for r in (1, 2, 3):
+        run.write_weights(round_weights_name(r), {"w": torch.full((4,), float(r))})
+        run.write_weights(server_state_name(r), {"m": torch.full((4,), float(r))})
+        run.write_csv(ROUNDS_FILE, ["round"], [{"round": k} for k in range(1, r + 1)])
+        run.write_csv(CLIENTS_FILE, ["round"], [{"round": k} for k in range(1, r + 1)])
+        run.record.rounds_completed = r
+        run.save()
+        run.remove(server_state_name(r - 1))
+    run.write_weights(WEIGHTS, {"w": torch.zeros(4)})
+    run.finish(RunStatus.COMPLETED)
+
+
+def _dying_at(operation: int | None) -> tuple[Callable[..., None], Callable[..., None], list[str]]:
+    """os.replace and os.unlink that count the run folder's file operations (not its temporary files)
+    and raise Killed before the ``operation``-th; the names operated on."""
+    real_replace, real_unlink, done = os.replace, os.unlink, []
+
+    def step(path: object) -> None:
+        if not Path(str(path)).name.startswith(".") and len(done) != operation:
+            done.append(Path(str(path)).name)
+        elif len(done) == operation:
+            raise Killed
+
+    def replace(src: object, dst: object) -> None:
+        step(dst)
+        real_replace(src, dst)
+
+    def unlink(path: object, **kwargs: object) -> None:
+        if not Path(str(path)).name.startswith("."):
+            step(path)
+        real_unlink(path, **kwargs)
+
+    return replace, unlink, done
+
+
+def test_a_run_killed_between_any_two_file_operations_verifies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed anywhere, the folder verifies, and run.json's last round can be continued (its state file
+    and model are there): nothing archived is lost to a kill."""
+    replace, unlink, done = _dying_at(None)
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", replace)
+        m.setattr(os, "unlink", unlink)
+        _three_rounds(tmp_path / "whole")
+    assert {RUN_FILE, RUN_HASH_FILE, ROUNDS_FILE, "round-000.safetensors"} <= set(done), done
+    for operation in range(len(done)):
+        folder = tmp_path / f"killed-{operation}"
+        replace, unlink, _ = _dying_at(operation)
+        with monkeypatch.context() as m, pytest.raises(Killed):
+            m.setattr(os, "replace", replace)
+            m.setattr(os, "unlink", unlink)
+            _three_rounds(folder)
+        if not (folder / RUN_HASH_FILE).exists():
+            continue  # killed before its first run.json was complete: no run yet
+        try:
+            record = verify_run(folder, require_completed=False)
+        except ArtifactError as exc:
+            raise AssertionError(f"killed before operation {operation} ({done[operation]}): {exc}") from None
+        assert continuable_round(record) == record.rounds_completed, (operation, done[operation])

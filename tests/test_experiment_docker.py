@@ -122,7 +122,9 @@ def test_compose_repeats_continue_after_a_killed_server_and_a_killed_orchestrato
     assert record.status == "completed"
     first, second, third = record.repeats["0"].attempts
     assert first.status == RepeatStatus.FAILED and "the server container exited with code 137" in (first.error or "")
-    assert (second.continued_from, second.continued_after_round) == (first.set_aside, SERVER_KILLED_AFTER)
+    assert (second.continued_from, second.continued_after_round) == (first.set_aside, SERVER_KILLED_AFTER), (
+        cut.stdout[-2000:] + cut.stderr[-3000:]  # e.g. "not continued, it does not verify (...)"
+    )
     assert second.status == RepeatStatus.ABANDONED and second.set_aside
     assert (third.continued_from, third.continued_after_round) == (second.set_aside, ORCHESTRATOR_KILLED_AFTER)
     assert third.status == RepeatStatus.VERIFIED
