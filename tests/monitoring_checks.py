@@ -230,6 +230,14 @@ def fired(url: str, alertname: str) -> set[str]:
     return {s["metric"].get(PARTITION, "") for s in query(url, expr)}
 
 
+def held(url: str, alertname: str) -> set[str]:
+    """Partitions for which ``alertname``'s expression (alerts.yml) held in the samples scraped in the last
+    hour, at any second: where it did and the alert did not fire, the rule's evaluations missed it."""
+    groups = yaml.safe_load((PROMETHEUS_DIR / "alerts.yml").read_text())["groups"]
+    (rule,) = (r for g in groups for r in g["rules"] if r.get("alert") == alertname)
+    return {s["metric"].get(PARTITION, "") for s in query(url, f"max_over_time(({rule['expr']})[1h:1s])")}
+
+
 class ExpositionWatch:
     """Watches a running orchestrator's ``/metrics``; keeps the last text that holds the ServerApp's and
     the ClientApps' series beside the orchestrator's (the local backend serves all three)."""

@@ -35,6 +35,7 @@ from tests.monitoring_checks import (
     check_federation_metrics,
     container_exposition,
     fired,
+    held,
     promtool_accepts,
     require_prometheus,
     wait_ready,
@@ -141,7 +142,6 @@ def test_crashed_client_containers_restart_and_rejoin(imdb_dir: Path, tmp_path: 
     end = time.time()
     check_dashboard(prometheus, {"run": ".*", "experiment": ".*"}, start, end)
     assert render(prometheus, DASHBOARD, tmp_path / "dashboard.png", start, end).stat().st_size > 10_000
-    assert fired(prometheus, "FedimdbClientSilent") == {str(k) for k in KILLED}
     (exp,) = (tmp_path / "results").iterdir()
     expositions["orchestrator"] = (exp / "metrics.prom").read_text()
     for name, text in expositions.items():
@@ -158,3 +158,9 @@ def test_crashed_client_containers_restart_and_rejoin(imdb_dir: Path, tmp_path: 
     )
     rounds = {int(r["round"]): r for r in read_csv(run_dir / "rounds.csv")}
     assert sorted(rounds) == list(range(1, ROUNDS + 1)) and rounds[2]["clients_failed"] == str(len(KILLED))
+    timeline = {k: sorted(r for r, p in trained if p == k) for k in KILLED}
+    seconds = [round(float(rounds[r]["round_seconds"]), 1) for r in sorted(rounds)]
+    assert fired(prometheus, "FedimdbClientSilent") == {str(k) for k in KILLED}, (
+        f"rounds trained by the killed clients: {timeline}; round seconds: {seconds}; the expression held for "
+        f"{held(prometheus, 'FedimdbClientSilent')}"
+    )
