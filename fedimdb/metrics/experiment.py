@@ -5,18 +5,23 @@ A registry of its own per experiment, so nothing else in the process leaks into 
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Metric, start_http_server, write_to_textfile
+from prometheus_client import CollectorRegistry, Counter, Gauge, make_wsgi_app, write_to_textfile
+from prometheus_client.exposition import ThreadingWSGIServer
 
 from fedimdb.metrics.exporter import add_collector
 from fedimdb.waiting import wait_until
 
 METRICS_FILE = "metrics.prom"
+PROMETHEUS_AGENT = "Prometheus/"  # how Prometheus's scrapes name themselves (User-Agent)
 LAST_SCRAPE_WAIT = 10.0  # at most, seconds /metrics stays up after the experiment: two scrapes of monitoring/prometheus
 
 
@@ -55,20 +60,36 @@ class Progress:
         self._in_repeat = 0
 
 
-class ScrapedRegistry:
-    """A registry as /metrics serves it, noting when it was last scraped (monotonic seconds)."""
+class ScrapeWatch:
+    """/metrics of a registry as a WSGI app, noting when the last scrape by Prometheus (its User-Agent) that
+    was wholly sent had begun (monotonic seconds; None: none yet). Other readers (a test's, curl) do not count."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.registry = registry
+        self.app = make_wsgi_app(registry)
         self.last: float | None = None
 
-    def collect(self) -> Iterable[Metric]:
-        self.last = time.monotonic()
-        return self.registry.collect()
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        began = time.monotonic()
+        body = self.app(environ, start_response)
+        if not environ.get("HTTP_USER_AGENT", "").startswith(PROMETHEUS_AGENT):
+            return body
+        return _OnClose(body, lambda: setattr(self, "last", began))
 
-    def restricted_registry(self, names: Iterable[str]) -> object:
-        self.last = time.monotonic()
-        return self.registry.restricted_registry(names)
+
+class _OnClose(list[bytes]):
+    """A WSGI body whose ``close()``, which the server calls once it has written the body, calls ``done``."""
+
+    def __init__(self, body: Iterable[bytes], done: Callable[[], None]) -> None:
+        super().__init__(body)
+        self.done = done
+
+    def close(self) -> None:
+        self.done()
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """No line on stderr per request."""
 
 
 class ExperimentMetrics:
@@ -81,7 +102,7 @@ class ExperimentMetrics:
         counter = partial(Counter, labelnames=("experiment",), registry=self.registry)
         self.experiment_id = experiment_id
         self.rounds = rounds
-        self.served: ScrapedRegistry | None = None
+        self.served: ScrapeWatch | None = None
         self._clock = Progress()
         self.repeats_planned = gauge("fedimdb_repeats_planned", "Repeats planned in the experiment")
         self.repeats_done = counter("fedimdb_repeats_completed", "Repeats completed and verified")
@@ -97,12 +118,13 @@ class ExperimentMetrics:
     def serve(self, port: int) -> None:
         """Expose /metrics on ``port`` (0: do not serve)."""
         if port:
-            self.served = ScrapedRegistry(self.registry)
-            start_http_server(port, registry=self.served)
+            self.served = ScrapeWatch(self.registry)
+            server = make_server("0.0.0.0", port, self.served, ThreadingWSGIServer, handler_class=_Quiet)
+            threading.Thread(target=server.serve_forever, daemon=True).start()
 
     def wait_for_last_scrape(self) -> None:
-        """If /metrics has been scraped, stay up until the next scrape, so that Prometheus sees the final
-        values; at most :data:`LAST_SCRAPE_WAIT` s (nothing scrapes what nobody scraped so far)."""
+        """If Prometheus has scraped /metrics, stay up until a scrape begun now has been sent, so that it
+        sees the final values; at most :data:`LAST_SCRAPE_WAIT` s (nothing scrapes what nobody scraped so far)."""
         if self.served is None or self.served.last is None:
             return
         served, finished = self.served, time.monotonic()
