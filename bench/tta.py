@@ -101,8 +101,10 @@ ARMS = (
     Variant("lora-1e-3", {"fine-tune": "lora", "learning-rate": 1e-3}),
     Variant("warm-model", {"warm-model": True}),
     Variant("overlap-eval", {"overlap-central-eval": True}),
+    Variant("warm-overlap", {"warm-model": True, "overlap-central-eval": True}),
 )
-"""The federated arms: Flower's defaults, fedimdb's, and one lever each on top of fedimdb's."""
+"""The federated arms: Flower's defaults, fedimdb's, one lever each on top of fedimdb's, and the two levers
+that leave every number alone together (warm-overlap)."""
 
 
 @dataclass(frozen=True)
