@@ -135,39 +135,44 @@ def _dying_at(operation: int | None) -> tuple[Callable[..., None], Callable[...,
     real_replace, real_unlink, done = os.replace, os.unlink, []
 
     def step(path: object) -> None:
-        if not Path(str(path)).name.startswith(".") and len(done) != operation:
-            done.append(Path(str(path)).name)
-        elif len(done) == operation:
+        name = Path(str(path)).name
+        if name.startswith("."):
+            return
+        if len(done) == operation:
             raise Killed
+        done.append(name)
 
     def replace(src: object, dst: object) -> None:
         step(dst)
         real_replace(src, dst)
 
     def unlink(path: object, **kwargs: object) -> None:
-        if not Path(str(path)).name.startswith("."):
-            step(path)
+        step(path)
         real_unlink(path, **kwargs)
 
     return replace, unlink, done
 
 
-def test_a_run_killed_between_any_two_file_operations_verifies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Killed anywhere, the folder verifies, and run.json's last round can be continued (its state file
-    and model are there): nothing archived is lost to a kill."""
-    replace, unlink, done = _dying_at(None)
+def _three_rounds_dying_at(folder: Path, operation: int | None, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """:func:`_three_rounds` with the process killed before file operation ``operation`` (None: never);
+    the names of the operations done."""
+    replace, unlink, done = _dying_at(operation)
     with monkeypatch.context() as m:
         m.setattr(os, "replace", replace)
         m.setattr(os, "unlink", unlink)
-        _three_rounds(tmp_path / "whole")
+        _three_rounds(folder)
+    return done
+
+
+def test_a_run_killed_between_any_two_file_operations_verifies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed anywhere, the folder verifies, and run.json's last round can be continued (its state file
+    and model are there): nothing archived is lost to a kill."""
+    done = _three_rounds_dying_at(tmp_path / "whole", None, monkeypatch)
     assert {RUN_FILE, RUN_HASH_FILE, ROUNDS_FILE, "round-000.safetensors"} <= set(done), done
     for operation in range(len(done)):
         folder = tmp_path / f"killed-{operation}"
-        replace, unlink, _ = _dying_at(operation)
-        with monkeypatch.context() as m, pytest.raises(Killed):
-            m.setattr(os, "replace", replace)
-            m.setattr(os, "unlink", unlink)
-            _three_rounds(folder)
+        with pytest.raises(Killed):
+            _three_rounds_dying_at(folder, operation, monkeypatch)
         if not (folder / RUN_HASH_FILE).exists():
             continue  # killed before its first run.json was complete: no run yet
         try:
