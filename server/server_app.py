@@ -116,9 +116,10 @@ class RoundEnd:
 
     The strategy holds the tensors that travel (fedimdb/finetune.py); the whole model, the frozen
     part included and LoRA merged in, is what is archived and evaluated. With
-    ``overlap-central-eval`` the evaluation of round k runs in a thread while round k+1 goes on
-    (it reads only the model, which nothing else touches until the next call); its round is
-    recorded at the next call, or by :meth:`settle`, with the time it ended.
+    ``overlap-central-eval`` the evaluation of round k (k >= 1) runs in a thread while round k+1 goes
+    on (it reads only the model, which nothing else touches until the next call); its round is
+    recorded at the next call, or by :meth:`settle`, with the time it ended. The initial model (round
+    0) is evaluated before round 1 in either schedule, so that round 1 is timed alike in both.
     """
 
     def __init__(
@@ -145,7 +146,7 @@ class RoundEnd:
         self.settle()
         self.tuned.load(arrays.to_torch_state_dict())
         self.archive(server_round, self.tuned.whole(), arrays)
-        if self._thread is not None:
+        if self._thread is not None and server_round > 0:
             self.pending = self._thread.submit(self.evaluate_round, server_round)
             return None
         done = self.evaluate_round(server_round)

@@ -28,8 +28,8 @@ pytestmark = pytest.mark.timeout(120)
 SLOW = 0.5  # seconds each evaluation waits before it reads the model
 
 
-def rounds_evaluated(folder: Path, held_out: Path, overlap: bool) -> list[tuple[float, float]]:
-    """(loss, accuracy) of rounds 1 and 2, their weights handed to one RoundEnd back to back."""
+def round_end_for(folder: Path, held_out: Path, overlap: bool) -> RoundEnd:
+    """A RoundEnd of the tiny model over ``held_out``, recording into ``folder``."""
     cfg = RunConfig(
         model="tiny",
         device="cpu",
@@ -42,10 +42,15 @@ def rounds_evaluated(folder: Path, held_out: Path, overlap: bool) -> list[tuple[
     model, tokenizer = load_model("tiny", 3)
     tuned = Tuned(model, cfg.fine_tune, cfg.lora_rank)
     record = RunRecord(run_id=1, seed=3, config=cfg.as_dict(), data=RECIPE, versions={}, started=utc_now())
-    round_log = RoundLog()
-    round_end = RoundEnd(
-        cfg, tuned, tokenizer, RunArtifacts(folder, record), round_log, ServerMetrics(1, cfg), None, make_strategy(cfg)
+    return RoundEnd(
+        cfg, tuned, tokenizer, RunArtifacts(folder, record), RoundLog(), ServerMetrics(1, cfg), None, make_strategy(cfg)
     )
+
+
+def rounds_evaluated(folder: Path, held_out: Path, overlap: bool) -> list[tuple[float, float]]:
+    """(loss, accuracy) of rounds 1 and 2, their weights handed to one RoundEnd back to back."""
+    round_end = round_end_for(folder, held_out, overlap)
+    tuned, round_log = round_end.tuned, round_end.round_log
     generator = torch.Generator().manual_seed(0)
     start = tuned.travelling()
     for server_round in (1, 2):
@@ -71,3 +76,13 @@ def test_an_overlapped_evaluation_scores_the_model_of_its_own_round(
     overlapped = rounds_evaluated(tmp_path / "overlapped", held_out, overlap=True)
     assert one_by_one[0] != one_by_one[1], "both rounds score the same: the comparison proves nothing"
     assert overlapped == one_by_one
+
+
+def test_the_initial_model_is_evaluated_before_round_1_even_when_overlapping(tmp_path: Path) -> None:
+    """Round 0 has no round to overlap with but round 1, whose time it would then lengthen: it is
+    evaluated when the call returns, and its scores go back to Flower as in the sequential schedule."""
+    round_end = round_end_for(tmp_path / "run", held_out_folder(tmp_path / "server"), overlap=True)
+    scores = round_end(0, ArrayRecord(round_end.tuned.travelling()))
+    assert round_end.pending is None, "round 0 is still being evaluated in the thread"
+    assert scores is not None and set(scores) == {"loss", "accuracy"}
+    assert round_end.artifacts.record.initial_evaluation is not None
