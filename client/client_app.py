@@ -42,5 +42,6 @@ def evaluate(msg: Message, context: Context) -> Message:
 @app.query()
 def identify(msg: Message, context: Context) -> Message:
     """The partition this node serves: the server samples partitions, not node ids (server/sampling.py)."""
-    partition_id, _ = task.partition(context)
-    return Message(content=RecordDict({METRICS: MetricRecord({PARTITION_ID: partition_id})}), reply_to=msg)
+    return Message(
+        content=RecordDict({METRICS: MetricRecord({PARTITION_ID: task.partition_id(context)})}), reply_to=msg
+    )

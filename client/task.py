@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 from flwr.app import Context, MetricRecord, RecordDict
 
 from fedimdb.config import ConfigError, RunConfig
-from fedimdb.data import Examples, read_split
+from fedimdb.data import Examples, client_dir_name, read_split
 from fedimdb.finetune import Tuned
 from fedimdb.metrics.client import ClientMetrics
 from fedimdb.model import load_model, pick_device
@@ -94,29 +94,42 @@ class LocalTask:
         }
 
 
-def partition(context: Context) -> tuple[int, Path]:
-    """This node's partition id and shard folder, from ``--node-config``."""
+def _node_value(context: Context, key: str) -> str:
+    """A value of this node's ``--node-config``; a ConfigError naming the flag when it is missing."""
     try:
-        return int(context.node_config[NODE_PARTITION_ID]), Path(str(context.node_config[NODE_SHARD_DIR]))
-    except KeyError as exc:
+        return str(context.node_config[key])
+    except KeyError:
         raise ConfigError(
-            f"node config lacks {exc.args[0]!r}; start the SuperNode with "
+            f"node config lacks {key!r}; start the SuperNode with "
             f"--node-config '{NODE_PARTITION_ID}=N {NODE_SHARD_DIR}=\"/path/to/client-N\"'"
         ) from None
+
+
+def partition_id(context: Context) -> int:
+    """The partition this node serves (a simulated client's too: Flower numbers them)."""
+    return int(_node_value(context, NODE_PARTITION_ID))
+
+
+def shard_folder(context: Context, cfg: RunConfig) -> Path:
+    """This node's shard: a SuperNode's ``--node-config`` names it; a simulated client, whose node config
+    holds only its partition id, reads ``client-<id>`` in the run's ``client-shards-dir``."""
+    if NODE_SHARD_DIR not in context.node_config and cfg.client_shards_dir:
+        return Path(cfg.client_shards_dir) / client_dir_name(partition_id(context))
+    return Path(_node_value(context, NODE_SHARD_DIR))
 
 
 def _prepare(content: RecordDict, context: Context, split: str, loads: Loads) -> LocalTask:
     """Seeded model holding the global weights, and the split's examples."""
     cfg = RunConfig.from_mapping(context.run_config)
-    partition_id, shard = partition(context)
-    seed = cfg.seed + 1000 * server_round_of(content) + partition_id
+    pid, shard = partition_id(context), shard_folder(context, cfg)
+    seed = cfg.seed + 1000 * server_round_of(content) + pid
     tuned, tokenizer = loads.model(cfg)
     global_state = received_state(arrays_of(content), reference=tuned.travelling())  # int8: the loaded model
     tuned.load(global_state)
     seed_everything(seed, cfg.torch_threads)  # after loading: dropout and shuffling follow this seed
     data = loads.split(shard, split)
-    metrics = ClientMetrics(partition_id, context.run_id)
-    return LocalTask(cfg, partition_id, shard, seed, tuned, tokenizer, data, global_state, metrics)
+    metrics = ClientMetrics(pid, context.run_id)
+    return LocalTask(cfg, pid, shard, seed, tuned, tokenizer, data, global_state, metrics)
 
 
 def _validate(task: LocalTask, val: Examples) -> EvalResult:

@@ -39,7 +39,17 @@ from fedimdb.preflight import preflight
 
 RUN_OPTIONS = ("num_rounds", "num_clients", "model", "strategy", "seed")
 DATA_OPTIONS = ("data_source", "partitioner", "alpha", "shards_dir")
-EXPERIMENT_OPTIONS = ("backend", "repeats", "retries", "on_failure", "metrics_port", "monitoring", "app_dir")
+EXPERIMENT_OPTIONS = (
+    "backend",
+    "repeats",
+    "retries",
+    "on_failure",
+    "metrics_port",
+    "monitoring",
+    "app_dir",
+    "sim_client_cpus",
+    "sim_client_gpus",
+)
 RESUMABLE_OPTIONS = ("retries", "on_failure", "metrics_port", "monitoring")  # what --resume may change
 
 
@@ -56,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend",
         choices=BACKENDS,
         help="docker: one Compose stack per repeat; local: SuperLink and SuperNodes as local processes; "
+        "simulation: Flower's Simulation Engine on Ray (virtual clients); "
         "auto (default): docker when a Docker daemon answers (FEDIMDB_BACKEND)",
     )
     add("--rounds", dest="num_rounds", type=int, help="federated rounds (FEDIMDB_NUM_ROUNDS)")
@@ -89,6 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--app-dir",
         help="run this Flower App instead of fedimdb's own: a folder with its pyproject.toml, e.g. fedimdb's "
         "ClientApp with client mods of your own (FEDIMDB_APP_DIR)",
+    )
+    add(
+        "--sim-client-cpus",
+        type=int,
+        help="simulation backend: CPUs Ray reserves for each virtual client (FEDIMDB_SIM_CLIENT_CPUS)",
+    )
+    add(
+        "--sim-client-gpus",
+        type=float,
+        help="simulation backend: GPUs for each virtual client, a fraction shares one (FEDIMDB_SIM_CLIENT_GPUS)",
     )
     add(
         "--resume",
@@ -190,7 +211,9 @@ def main(argv: list[str] | None = None) -> int:
             record.backend if record else settings.experiment.backend, args.compose_file, log=console.print
         )
         if args.keep_up and backend.name != DOCKER_BACKEND:
-            raise ConfigError("--keep-up keeps a Compose stack up; the local backend has none: drop --keep-up")
+            raise ConfigError(
+                f"--keep-up keeps a Compose stack up; the {backend.name} backend has none: drop --keep-up"
+            )
         preflight(settings, backend.name, args.out)
         shards = prepare_shards(settings.data, log=console.print)
         verify_shards(shards)

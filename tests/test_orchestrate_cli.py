@@ -162,6 +162,10 @@ CASES: dict[str, Case] = {
     # the experiment
     "--resume of an unknown experiment": Case((*LOCAL, "--resume", "no-such"), "--resume: no experiment 'no-such'"),
     "--keep-up with local processes": Case((*LOCAL, "--keep-up"), "--keep-up keeps a Compose stack up"),
+    "warm-model on the simulation backend": Case(
+        ("--backend", "simulation", *MINI, "--set", "warm-model=true"),
+        "warm-model: keeps a worker per SuperNode, and the simulation backend has none",
+    ),
     "docker without a daemon": Case(
         ("--backend", "docker", *MINI),
         "--backend docker: no Docker daemon answers",

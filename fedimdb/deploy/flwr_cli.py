@@ -140,15 +140,23 @@ def stage_app(app_dir: Path, dest: Path) -> Path:
 
 
 def submit_run(
-    app_dir: Path, connection: str, run_config: Mapping[str, Any], env: Mapping[str, str], workdir: Path
+    app_dir: Path,
+    connection: str,
+    run_config: Mapping[str, Any],
+    env: Mapping[str, str],
+    workdir: Path,
+    federation_config: Mapping[str, float] | None = None,
 ) -> int:
     """``flwr run``: build the app's FAB (from a staged copy in ``workdir``), submit it with these
-    run-config overrides; return the run id."""
+    run-config overrides (and, to a simulating SuperLink, this federation config: ``num-supernodes``,
+    ``client-resources-num-cpus`` ...); return the run id."""
     overrides_file = workdir / "run-config.toml"
     overrides_file.write_text(tomli_w.dumps(dict(run_config)))
     app = stage_app(app_dir, workdir / "app")
-    out = _flwr(["run", str(app), connection, "--run-config", str(overrides_file)], env)
-    return int(out["run-id"])
+    args = ["run", str(app), connection, "--run-config", str(overrides_file)]
+    if federation_config:
+        args += ["--federation-config", " ".join(f"{k}={v}" for k, v in federation_config.items())]
+    return int(_flwr(args, env)["run-id"])
 
 
 def run_status(connection: str, run_id: int, env: Mapping[str, str]) -> dict[str, Any]:
@@ -261,6 +269,7 @@ def run_to_completion(
     check: Callable[[], None] | None = None,
     on_round: Callable[[int], None] | None = None,
     app_dir: Path = APP_DIR,
+    federation_config: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """Submit the app (``app_dir``: fedimdb's own unless told), follow it round by round, save the ServerApp log.
 
@@ -272,7 +281,7 @@ def run_to_completion(
     run_dir = Path(run_config["output-dir"])
     num_rounds = int(run_config["num-rounds"])
     with tempfile.TemporaryDirectory(prefix="fedimdb-submit-") as tmp:
-        run_id = submit_run(app_dir, connection, run_config, env, Path(tmp))
+        run_id = submit_run(app_dir, connection, run_config, env, Path(tmp), federation_config)
     log(
         f"run {run_id} submitted: {num_rounds} rounds of {run_config['strategy']} on model {run_config['model']}, "
         f"{run_config['num-clients']} clients; artifacts go to {run_dir}"

@@ -30,7 +30,7 @@ from fedimdb.deploy import flwr_cli, forkserver
 from fedimdb.deploy.backend import RoundCallback, Stack, StackError
 from fedimdb.deploy.credentials import Credentials, NodeCredentials, make_credentials, renew_node_key
 from fedimdb.deploy.proc import children, runs_one_of, stop_groups
-from fedimdb.deploy.processes import await_superlink, superlink_argv, supernode_argv
+from fedimdb.deploy.processes import await_superlink, simulation_superlink_argv, superlink_argv, supernode_argv
 from fedimdb.deploy.topology import FLOWER_POLL_VAR, LOCAL_CONNECTION, LOOPBACK
 from fedimdb.metrics.exporter import MULTIPROC_VAR
 
@@ -56,6 +56,7 @@ class LocalFederation:
     Inside the block, the ``flwr`` CLI (``env``'s FLWR_HOME) reaches the SuperLink as :data:`LOCAL_CONNECTION`.
     With ``credentials``, every API is TLS and each SuperNode's key is registered before it starts.
     With ``database``, the SuperLink keeps its state in that file (:meth:`restart_superlink`).
+    With ``simulation``, the SuperLink runs each run on Flower's Simulation Engine and no SuperNode starts.
     """
 
     def __init__(
@@ -69,8 +70,10 @@ class LocalFederation:
         log: Callable[[str], None] = lambda _: None,
         on_restart: Callable[[], None] = lambda: None,
         database: Path | None = None,
+        simulation: bool = False,
     ) -> None:
         self.database = database
+        self.simulation = simulation
         self.shards_dir = Path(shards_dir).resolve()
         self.log = log
         self.on_restart = on_restart  # called once a SuperNode was started again (a new process group)
@@ -107,7 +110,7 @@ class LocalFederation:
         try:
             registered = self._start_superlink()
             server = self.credentials.server if self.credentials else None
-            for pid in range(self.num_clients):
+            for pid in range(0 if self.simulation else self.num_clients):
                 if server is not None:
                     self.node_ids[pid] = registered[server.node_public_key(pid)]
                 self.supernodes.append(self._spawn(self._node_argv(pid), f"supernode-{pid}.log"))
@@ -122,9 +125,13 @@ class LocalFederation:
     def _start_superlink(self) -> dict[Path, int]:
         """The SuperLink, up and answering; the node id each registered key got (see :func:`await_superlink`)."""
         server = self.credentials.server if self.credentials else None
-        argv = superlink_argv(self.fleet_address, LOOPBACK, self.control_port, server, self.database)
+        ports: tuple[int, ...] = (self.control_port,)  # a simulating SuperLink has no Fleet API
+        if self.simulation:
+            argv = simulation_superlink_argv(LOOPBACK, self.control_port)
+        else:
+            argv = superlink_argv(self.fleet_address, LOOPBACK, self.control_port, server, self.database)
+            ports += (self.fleet_port,)
         self.superlink = self._spawn(argv, "superlink.log", mode="ab")
-        ports = (self.control_port, self.fleet_port)
         registered = await_superlink(self.superlink, ports, self.env, server)
         self.superexec = self._superexec_of(self.superlink)
         return registered
@@ -259,12 +266,20 @@ class LocalStack(Stack):
     def up(self) -> None:
         """A private FLWR_HOME, the SuperLink and one SuperNode per client; logs into run_dir/logs."""
         job = self.job
+        fed = self._start(simulation=False)
+        how = "TLS, registered keys" if fed.credentials else "plaintext"
+        self.log(f"{job.run.num_clients} SuperNodes connect over gRPC ({how}) to the SuperLink at {fed.fleet_address}")
+
+    def _start(self, simulation: bool) -> LocalFederation:
+        """The federation in a private FLWR_HOME (TLS and SuperNode keys if ``tls-auth``, unless simulating)."""
+        job = self.job
         self._flwr_home = tempfile.TemporaryDirectory(prefix="fedimdb-flwr-")
         self.env = process_env(job.run, Path(self._flwr_home.name), job.nodes.superexec_poll_interval)
         if job.metrics_dir is not None:  # the ServerApp and ClientApps record for the orchestrator's /metrics
             self.env[MULTIPROC_VAR] = str(job.metrics_dir)
         home = Path(self._flwr_home.name)
-        creds = make_credentials(home / "credentials", job.run.num_clients) if job.nodes.tls_auth else None
+        secure = job.nodes.tls_auth and not simulation
+        creds = make_credentials(home / "credentials", job.run.num_clients) if secure else None
         self.federation = LocalFederation(
             job.shards,
             job.run.num_clients,
@@ -274,31 +289,38 @@ class LocalStack(Stack):
             creds,
             self.log,
             on_restart=lambda: self.on_handle(self.handle()),
+            simulation=simulation,
         )
         self.federation.__enter__()
-        how = "TLS, registered keys" if creds else "plaintext"
-        self.log(
-            f"{job.run.num_clients} SuperNodes connect over gRPC ({how}) to the SuperLink at "
-            f"{self.federation.fleet_address}"
-        )
+        return self.federation
 
     def run(self, on_round: RoundCallback) -> None:
         """``flwr run`` against the local SuperLink, followed to its end."""
+        self._follow(on_round, {})
+
+    def _follow(
+        self,
+        on_round: RoundCallback,
+        run_config: Mapping[str, Any],
+        federation_config: Mapping[str, float] | None = None,
+    ) -> None:
+        """Submit the run with the job's settings and ``run_config`` on top; follow it to its end."""
         job, fed = self.job, self.federation
         assert fed is not None, "run() outside the stack's with-block"
-        run_config = {
-            **job.run.as_dict(),
-            "held-out-dir": str((job.shards / SERVER_DIR).resolve()),
-            "output-dir": str(job.run_dir.resolve()),
-        }
         flwr_cli.run_to_completion(
             LOCAL_CONNECTION,
-            run_config,
+            {
+                **job.run.as_dict(),
+                "held-out-dir": str((job.shards / SERVER_DIR).resolve()),
+                "output-dir": str(job.run_dir.resolve()),
+                **run_config,
+            },
             self.env,
             log=self.log,
             check=fed.check_alive,
             on_round=on_round,
             app_dir=flwr_cli.app_folder(job.nodes.app_dir),
+            federation_config=federation_config,
         )
 
     def collect(self) -> None:

@@ -63,6 +63,21 @@ def superlink_argv(
     ]
 
 
+def simulation_superlink_argv(host: str, port: int) -> list[str]:
+    """A SuperLink that runs each submitted run on Flower's Simulation Engine (Ray): no Fleet API, no
+    SuperNodes; its virtual clients run the ClientApp. Plaintext (SuperNode authentication does not apply)."""
+    return [
+        "flower-superlink",
+        "--insecure",
+        "--simulation",
+        "--disable-runtime-dependency-installation",
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
+
+
 def supernode_argv(
     superlink: str, partition_id: int, shard_dir: str, port: int = NODE_PORT, credentials: NodeCredentials | None = None
 ) -> list[str]:
@@ -117,20 +132,21 @@ def wait_for_port(address: str, timeout: float, proc: subprocess.Popen | None = 
 
 def await_superlink(
     superlink: subprocess.Popen,
-    ports: tuple[int, int],
+    ports: tuple[int, ...],
     env: Mapping[str, str],
     credentials: ServerCredentials | None = None,
 ) -> dict[Path, int]:
-    """Once the SuperLink listens on its (control, fleet) ``ports``: the flwr CLI's connection to it.
+    """Once the SuperLink listens on its ``ports`` (control first, then the Fleet API's unless it
+    simulates): the flwr CLI's connection to it.
 
     The connection is :data:`LOCAL_CONNECTION` in ``env``'s FLWR_HOME; with ``credentials`` it trusts
     their CA, and every SuperNode public key in them is registered (SuperNode authentication).
     Returns the node id each key was registered as now: none without ``credentials``, and none for
     the keys a SuperLink restarted on its database knows already.
     """
-    control, fleet = ports
-    wait_for_port(f"{LOOPBACK}:{control}", 60, superlink)
-    wait_for_port(f"{LOOPBACK}:{fleet}", 60, superlink)
+    for port in ports:
+        wait_for_port(f"{LOOPBACK}:{port}", 60, superlink)
+    control = ports[0]
     ca = credentials.ca if credentials else None
     flwr_cli.write_connection(Path(env["FLWR_HOME"]), LOCAL_CONNECTION, f"{LOOPBACK}:{control}", ca)
     if not credentials:
