@@ -6,6 +6,9 @@ is archived, each sampling 2 of the 3 clients per round. The second attempt (new
 from round 3 and must end with the same rows, sampled partitions included, and the same final model,
 byte for byte. The unit tests of the state it continues from:
 tests/test_continuation.py.
+
+The same seed on the simulation backend (Flower's Simulation Engine, virtual clients with node ids of
+its own) must sample the same partitions too, and end with the same rows and model.
 """
 
 from __future__ import annotations
@@ -64,15 +67,33 @@ def _kill_serverapp_after(results: Path, run: Orchestrator, server_round: int, t
     os.kill(serverapps[0].pid, signal.SIGKILL)
 
 
-def test_a_killed_serverapp_is_continued_after_its_last_archived_round(
-    shards: Path, imdb_dir: Path, tmp_path: Path
-) -> None:
-    def args(name: str) -> list[str]:
-        return local_run_args(tmp_path / name, shards, imdb_dir, clients=3, rounds=ROUNDS, settings=SETTINGS)
+def _args(results: Path, shards: Path, imdb_dir: Path) -> list[str]:
+    return local_run_args(results, shards, imdb_dir, clients=3, rounds=ROUNDS, settings=SETTINGS)
 
-    whole = orchestrate(*args("whole"), "--retries", "0")
+
+@pytest.fixture(scope="module")
+def uninterrupted(shards: Path, imdb_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run folder of the run of every round, never interrupted, on the local backend."""
+    results = tmp_path_factory.mktemp("whole")
+    whole = orchestrate(*_args(results, shards, imdb_dir), "--retries", "0")
     assert whole.returncode == 0, whole.stderr[-3000:]
-    with Orchestrator(*args("cut"), "--retries", "1") as cut:
+    (run_dir,) = (p / "repeat-0" for p in results.iterdir())
+    assert {r["clients_sampled"] for r in read_csv(run_dir / ROUNDS_FILE)} == {"2"}, "2 of 3 sampled"
+    return run_dir
+
+
+def _same_run(run_dir: Path, uninterrupted: Path) -> None:
+    """Every table's rows (timings and node ids aside) and the final model, byte for byte."""
+    for table in (ROUNDS_FILE, CLIENTS_FILE, WEIGHT_STATS_FILE, CLIENT_UPDATES_FILE):
+        assert _rows(run_dir, table) == _rows(uninterrupted, table), table
+    final = f"{WEIGHTS_DIR}/{FINAL_WEIGHTS}"
+    assert verify_run(run_dir).files[final] == verify_run(uninterrupted).files[final], "the final models differ"
+
+
+def test_a_killed_serverapp_is_continued_after_its_last_archived_round(
+    shards: Path, imdb_dir: Path, tmp_path: Path, uninterrupted: Path
+) -> None:
+    with Orchestrator(*_args(tmp_path / "cut", shards, imdb_dir), "--retries", "1") as cut:
         _kill_serverapp_after(tmp_path / "cut", cut, KILLED_AFTER)
         cut.wait(timeout=600)
     assert cut.returncode == 0, cut.stderr[-3000:]
@@ -86,9 +107,13 @@ def test_a_killed_serverapp_is_continued_after_its_last_archived_round(
     assert [(c.round, Path(c.folder).name) for c in continued.continued_from] == [(KILLED_AFTER, first.set_aside)]
     assert read_run_record(exp / first.set_aside / "run.json").run_id == continued.continued_from[0].run_id
 
-    (uninterrupted,) = (p / "repeat-0" for p in (tmp_path / "whole").iterdir())
-    assert {r["clients_sampled"] for r in read_csv(uninterrupted / ROUNDS_FILE)} == {"2"}, "2 of 3 sampled"
-    for table in (ROUNDS_FILE, CLIENTS_FILE, WEIGHT_STATS_FILE, CLIENT_UPDATES_FILE):
-        assert _rows(exp / "repeat-0", table) == _rows(uninterrupted, table), table
-    final = f"{WEIGHTS_DIR}/{FINAL_WEIGHTS}"
-    assert continued.files[final] == verify_run(uninterrupted).files[final], "the final models differ"
+    _same_run(exp / "repeat-0", uninterrupted)
+
+
+def test_the_simulation_backend_samples_the_same_partitions(
+    shards: Path, imdb_dir: Path, tmp_path: Path, uninterrupted: Path
+) -> None:
+    simulated = orchestrate(*_args(tmp_path, shards, imdb_dir), "--backend", "simulation", "--retries", "0")
+    assert simulated.returncode == 0, simulated.stderr[-3000:]
+    (exp,) = tmp_path.iterdir()
+    _same_run(exp / "repeat-0", uninterrupted)
