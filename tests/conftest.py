@@ -82,6 +82,7 @@ LONGEST_FIRST = (
     "test_continue_local",
     "test_e2e_local",
     "test_monitoring",
+    "test_scale",
     "test_security",
     "test_orchestrate_cli",
 )
