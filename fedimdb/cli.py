@@ -49,6 +49,7 @@ EXPERIMENT_OPTIONS = (
     "app_dir",
     "sim_client_cpus",
     "sim_client_gpus",
+    "ray_address",
 )
 RESUMABLE_OPTIONS = ("retries", "on_failure", "metrics_port", "monitoring")  # what --resume may change
 
@@ -110,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--sim-client-gpus",
         type=float,
         help="simulation backend: GPUs for each virtual client, a fraction shares one (FEDIMDB_SIM_CLIENT_GPUS)",
+    )
+    add(
+        "--ray-address",
+        help="simulation backend: run the virtual clients on this running Ray cluster, host:port of its head "
+        "(FEDIMDB_RAY_ADDRESS; docs/simulation.md)",
     )
     add(
         "--resume",

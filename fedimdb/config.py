@@ -444,6 +444,11 @@ class ExperimentConfig(_Settings):
         low=0.0,
         high=64.0,
     )
+    ray_address: str = setting(
+        "",
+        "simulation backend: a running Ray cluster to run the virtual clients on, as host:port of its head (Ray's "
+        "RAY_ADDRESS); empty: each run starts Ray on this machine",
+    )
     app_dir: str = setting(
         "",
         "The Flower App to run: a folder with its pyproject.toml and the files its fab-include names "

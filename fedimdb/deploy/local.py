@@ -270,11 +270,13 @@ class LocalStack(Stack):
         how = "TLS, registered keys" if fed.credentials else "plaintext"
         self.log(f"{job.run.num_clients} SuperNodes connect over gRPC ({how}) to the SuperLink at {fed.fleet_address}")
 
-    def _start(self, simulation: bool) -> LocalFederation:
-        """The federation in a private FLWR_HOME (TLS and SuperNode keys if ``tls-auth``, unless simulating)."""
+    def _start(self, simulation: bool, env: Mapping[str, str] | None = None) -> LocalFederation:
+        """The federation in a private FLWR_HOME (TLS and SuperNode keys if ``tls-auth``, unless simulating),
+        its processes' environment with ``env`` on top."""
         job = self.job
         self._flwr_home = tempfile.TemporaryDirectory(prefix="fedimdb-flwr-")
         self.env = process_env(job.run, Path(self._flwr_home.name), job.nodes.superexec_poll_interval)
+        self.env.update(env or {})
         if job.metrics_dir is not None:  # the ServerApp and ClientApps record for the orchestrator's /metrics
             self.env[MULTIPROC_VAR] = str(job.metrics_dir)
         home = Path(self._flwr_home.name)

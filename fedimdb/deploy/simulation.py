@@ -5,7 +5,9 @@ starts run the ServerApp and Ray); no SuperNodes. Ray runs the ClientApp for ``n
 virtual clients, partition ids 0 … N-1, each of which reads its shard from the run's
 ``client-shards-dir`` (client/task.py). The run is submitted with ``flwr run`` and followed as on
 the local backend (:class:`~fedimdb.deploy.local.LocalStack`, whose processes and logs this
-shares); the federation config carries the size and each virtual client's Ray resources.
+shares); the federation config carries the size and each virtual client's Ray resources. With
+``ray-address``, Flower's ``ray.init()`` attaches to that running cluster (``RAY_ADDRESS`` in the
+environment of the SuperLink and so of the simulation process), which places the clients on its nodes.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ NUM_SUPERNODES = "num-supernodes"  # Flower's SimulationConfig fields, as flwr r
 CLIENT_CPUS = "client-resources-num-cpus"
 CLIENT_GPUS = "client-resources-num-gpus"
 CLIENT_SHARDS_DIR = "client-shards-dir"  # the run setting a virtual client finds its shard by (fedimdb/config.py)
+RAY_ADDRESS = "RAY_ADDRESS"  # ray.init() without an address (Flower's RayBackend) attaches to the cluster it names
 
 
 def missing_ray() -> str | None:
@@ -34,10 +37,11 @@ class SimulationStack(LocalStack):
     def up(self) -> None:
         """A private FLWR_HOME and a SuperLink that simulates; logs into run_dir/logs."""
         nodes = self.job.nodes
-        fed = self._start(simulation=True)
+        fed = self._start(simulation=True, env={RAY_ADDRESS: nodes.ray_address} if nodes.ray_address else {})
+        where = f"the Ray cluster at {nodes.ray_address}" if nodes.ray_address else "Ray on this machine"
         self.log(
-            f"{self.job.run.num_clients} virtual clients on Flower's Simulation Engine (Ray; {nodes.sim_client_cpus:g} "
-            f"CPUs, {nodes.sim_client_gpus:g} GPUs each), SuperLink at {fed.control_address}"
+            f"{self.job.run.num_clients} virtual clients on Flower's Simulation Engine ({where}; "
+            f"{nodes.sim_client_cpus} CPUs, {nodes.sim_client_gpus:g} GPUs each), SuperLink at {fed.control_address}"
         )
 
     def run(self, on_round: RoundCallback) -> None:
