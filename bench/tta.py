@@ -170,6 +170,13 @@ def run_federated(variant: Variant, size: Size, work: Path, imdb: Path) -> Curve
     return federated_curve(variant, run)
 
 
+def round_chunk(data: Examples, server_round: int, size: int) -> Examples:
+    """The ``size`` reviews of round ``server_round`` (0-based): the next ones of ``data``, starting over
+    (another epoch) where it runs out, as each federated client cycles through its shard."""
+    picks = [(server_round * size + i) % len(data.labels) for i in range(size)]
+    return Examples([data.texts[i] for i in picks], [data.labels[i] for i in picks])
+
+
 def run_centralised(size: Size, shards: Path, seed: int = 42) -> Curve:
     """One process, every core: a round's worth of reviews at a time, one AdamW throughout."""
     data = pooled_train_rows(shards, size.clients, seed)
@@ -181,7 +188,7 @@ def run_centralised(size: Size, shards: Path, seed: int = 42) -> Curve:
     options = {"batch_size": size.batch_size, "max_length": size.max_length, "device": device}
     accuracy, train_s, eval_s, reviews = [], [], [], []
     for k in range(size.rounds):
-        chunk = Examples(*(x[k * size.round_reviews : (k + 1) * size.round_reviews] for x in (data.texts, data.labels)))
+        chunk = round_chunk(data, k, size.round_reviews)
         start = time.perf_counter()
         result = train(
             model,

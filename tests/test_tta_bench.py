@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.common import FedRun, RoundBreakdown, round_breakdown
-from bench.tta import Curve, Size, milestone_seconds, table
+from bench.tta import Curve, Size, milestone_seconds, round_chunk, table
+from fedimdb.data import Examples
 
 SIZE = Size(clients=2, rounds=3, steps=1, batch_size=4, max_length=8, eval_rows=4, target=0.8, milestones=(0.7,))
 CENTRAL = Curve("centralised", (0.72, 0.81, 0.84), (10.0, 20.0, 30.0), (8, 16, 24))
@@ -55,3 +56,16 @@ def test_a_rounds_breakdown_takes_the_slowest_client_of_each_round_and_skips_fai
     b = round_breakdown(FedRun(Path("run"), rounds, clients))
     assert b == RoundBreakdown(round_s=25.0, slowest_train_s=11.0, slowest_setup_s=4.0, central_eval_s=5.0)
     assert b.other_s == 25.0 - 11.0 - 4.0 - 5.0
+
+
+def test_the_centralised_arm_starts_over_when_the_pooled_reviews_run_out() -> None:
+    """Main size: 10 rounds of 2,560 reviews from ~22,500 pooled ones; every round trains a full round's worth."""
+    data = Examples([f"review {i}" for i in range(5)], [i % 2 for i in range(5)])
+    chunks = [round_chunk(data, k, 2) for k in range(4)]
+    assert [c.texts for c in chunks] == [
+        ["review 0", "review 1"],
+        ["review 2", "review 3"],
+        ["review 4", "review 0"],
+        ["review 1", "review 2"],
+    ]
+    assert [c.labels for c in chunks] == [[0, 1], [0, 1], [0, 0], [1, 0]]
