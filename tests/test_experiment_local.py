@@ -170,9 +170,10 @@ def test_corrupted_repeat_is_detected_and_redone(interrupted: dict, resumed: dic
 
 @pytest.fixture(scope="module")
 def hard_killed(imdb_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    """One repeat of 2 rounds; once its stack is recorded and round 1 archived, a second orchestrator tries to
-    --resume it (refused: it is still running), then the first is killed with SIGKILL (no teardown) and the
-    experiment resumed."""
+    """One repeat of 2 rounds; once its stack is recorded and round 1 archived, its ServerApp is frozen
+    (SIGSTOP: left running, its round 2 would race the resume and, on a loaded machine, could win it), a second
+    orchestrator tries to --resume it (refused: it is still running), then the first is killed with SIGKILL
+    (no teardown) and the experiment resumed."""
     base = tmp_path_factory.mktemp("hard-kill")
     out = base / "results"
     killed = Orchestrator(*_args(out, base / "shards", imdb_dir, "--metrics-port", "0", "--rounds", "2"))
@@ -184,6 +185,10 @@ def hard_killed(imdb_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
             attempts = _status(exps[0].parent).get("repeats", {}).get("0", {}).get("attempts", []) if exps else []
             if attempts and attempts[-1].get("stack") and _rounds_archived(exps[0].parent / "repeat-0") >= 1:
                 found["exp"] = exps[0].parent
+                serverapps = [p for p in marked_processes(killed.mark) if "flwr-serverapp" in " ".join(p.cmdline())]
+                for proc in serverapps:  # frozen, so its round 2 cannot end before the kill
+                    proc.suspend()
+                found["frozen"] = len(serverapps)
                 found["second"] = _resume(found["exp"], found)
                 killed.proc.kill()
                 killed.proc.wait(timeout=30)
@@ -214,6 +219,7 @@ def test_resume_while_the_orchestrator_runs_is_refused(hard_killed: dict) -> Non
 def test_resume_after_a_hard_kill_stops_the_stack_it_left_and_finishes(hard_killed: dict) -> None:
     assert hard_killed["record"]["repeats"]["0"]["status"] == "running"  # what a killed orchestrator leaves
     assert len(hard_killed["left"]) >= 3, "the killed orchestrator's SuperLink and SuperNodes ran on"
+    assert hard_killed["frozen"] == 1, "its ServerApp was found and frozen after round 1"
     run = hard_killed["resumed"]
     assert run.returncode == 0, run.stderr[-3000:]
     assert "repeat 0 attempt 1: its orchestrator was killed; stopped the 4 process groups it left running" in run.stderr
