@@ -84,11 +84,13 @@ def _worker_pid(context: Context) -> int:
 def stop_workers() -> Iterator[None]:
     """Kill every worker a test started (they would end by themselves once the test process is gone)."""
     yield
+    killed = []
     for proc in psutil.Process().children(recursive=True):
         with contextlib.suppress(psutil.Error):
             if worker.BOOT in proc.cmdline():
                 proc.kill()
-            proc.wait(10)
+                killed.append(proc)
+    psutil.wait_procs(killed, timeout=10)  # only those: another child (a resource tracker) runs on
 
 
 @pytest.mark.usefixtures("tmpdir_env", "stop_workers")
