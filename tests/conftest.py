@@ -83,7 +83,6 @@ LONGEST_FIRST = (
     "test_e2e_local",
     "test_monitoring",
     "test_scale",
-    "test_ray_cluster",
     "test_security",
     "test_orchestrate_cli",
 )
