@@ -451,8 +451,7 @@ def e2e_runs(imdb_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     The first evaluates locally inside the train replies (the default), the second with Flower's
     separate evaluate messages and the server's evaluation overlapped with the next round: the same
     numbers must come out. The third sends the weights in
-    int8, the fourth trains LoRA adapters (fine-tune = lora), the fifth runs the first's settings on the
-    simulation backend (Flower's Simulation Engine, Ray); each of those three in a folder of its own.
+    int8, the fourth trains LoRA adapters (fine-tune = lora); each of those two in a folder of its own.
     """
     base = tmp_path_factory.mktemp("e2e")
     source = imdb_sample(imdb_dir, base / "imdb", E2E_REVIEWS)
@@ -469,12 +468,10 @@ def e2e_runs(imdb_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
         run("results", "--set", "local-eval=separate", "--set", "overlap-central-eval=true"),
         run("results-int8", "--set", "weight-transport=int8"),
         run("results-lora", "--set", "fine-tune=lora"),
-        run("results-simulation", "--backend", "simulation"),
     ]
     results = {
         "results": base / "results",
         "int8_results": base / "results-int8",
         "lora_results": base / "results-lora",
-        "simulation_results": base / "results-simulation",
     }
     return {"runs": runs, **results, "watch": watch, "shards": base / "shards"}

@@ -7,8 +7,9 @@ from round 3 and must end with the same rows, sampled partitions included, and t
 byte for byte. The unit tests of the state it continues from:
 tests/test_continuation.py.
 
-The same seed on the simulation backend (Flower's Simulation Engine, virtual clients with node ids of
-its own) must sample the same partitions too, and end with the same rows and model.
+The same seed on the simulation backend (Flower's Simulation Engine on Ray, virtual clients with node ids
+of its own) must sample the same partitions too, and end with the same rows and every archived model (the
+global model of each round and each client's update) byte for byte.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ SETTINGS = [
     "local-eval-rows=32",
     "strategy=fedadam",
     "fraction-train=0.67",  # 2 of 3 sampled per round: the continued attempt's nodes are new, its sample must not be
+    "archive-client-weights=true",
 ]
 
 
@@ -116,4 +118,11 @@ def test_the_simulation_backend_samples_the_same_partitions(
     simulated = orchestrate(*_args(tmp_path, shards, imdb_dir), "--backend", "simulation", "--retries", "0")
     assert simulated.returncode == 0, simulated.stderr[-3000:]
     (exp,) = tmp_path.iterdir()
+    assert json.loads((exp / EXPERIMENT_FILE).read_text())["backend"] == "simulation"
     _same_run(exp / "repeat-0", uninterrupted)
+    local, simulated_run = verify_run(uninterrupted), verify_run(exp / "repeat-0")
+    models = sorted(
+        name for name in local.files if name.startswith(f"{WEIGHTS_DIR}/") and name.endswith(".safetensors")
+    )
+    assert len(models) == 2 + ROUNDS * (1 + 2), models  # rounds 0-4, final, the 2 sampled clients' of each round
+    assert {n: simulated_run.files.get(n) for n in models} == {n: local.files[n] for n in models}

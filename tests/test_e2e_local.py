@@ -1,7 +1,6 @@
 """The real thing on loopback: flower-superlink + 3 flower-supernode processes over gRPC,
 submitted with ``flwr run`` by ``orchestrate.py --backend local``, tiny model, 2 rounds on
-unequal (Dirichlet) shards; and the same run on ``--backend simulation`` (Flower's Simulation
-Engine on Ray)."""
+unequal (Dirichlet) shards. (The same seed on ``--backend simulation``: tests/test_continue_local.py.)"""
 
 from __future__ import annotations
 
@@ -19,7 +18,7 @@ from fedimdb.quantize import error_bound
 from fedimdb.training import evaluate
 from tests.conftest import E2E_CLIENTS, E2E_ROUNDS, TIMING_COLUMNS
 
-pytestmark = pytest.mark.slow  # every test reads the five real runs of the e2e_runs fixture
+pytestmark = pytest.mark.slow  # every test reads the four real runs of the e2e_runs fixture
 EMBEDDINGS = "bert.embeddings.word_embeddings.weight"
 QUERY = "bert.encoder.layer.0.attention.self.query.weight"
 
@@ -175,24 +174,6 @@ def test_lora_sends_a_sliver_and_archives_whole_models(e2e_runs: dict, run_dir: 
     assert torch.equal(first[EMBEDDINGS], last[EMBEDDINGS])
     assert not torch.equal(first[QUERY], last[QUERY]), "the merged adapters moved the attention weights"
     assert _traffic(lora_dir) < 0.5 * _traffic(run_dir)
-
-
-def test_the_simulation_backend_gives_the_local_backends_numbers_and_models(e2e_runs: dict, run_dir: Path) -> None:
-    """The same seed on Flower's Simulation Engine (virtual clients in Ray) as on real SuperNodes over gRPC:
-    rounds.csv and clients.csv identical apart from timings and node ids, and every archived model (global
-    and client weights) identical byte for byte."""
-    (sim_dir,) = _run_dirs(e2e_runs["simulation_results"])
-    assert read_json(sim_dir.parent / "experiment.json")["backend"] == "simulation"
-    local, simulated = verify_run(run_dir), verify_run(sim_dir)
-    for name in ("rounds.csv", "clients.csv"):
-        rows = [
-            [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in read_csv(d / name)]
-            for d in (run_dir, sim_dir)
-        ]
-        assert rows[0] == rows[1], name
-    models = sorted(name for name in local.files if name.startswith("weights/") and name.endswith(".safetensors"))
-    assert len(models) == 2 + E2E_ROUNDS * (1 + E2E_CLIENTS), models  # rounds 0-2, final, each client's rounds
-    assert {n: simulated.files.get(n) for n in models} == {n: local.files[n] for n in models}
 
 
 def test_weights_load_back_with_from_pretrained(run_dir: Path) -> None:
