@@ -36,10 +36,13 @@ def children(pid: int, word: bytes) -> list[int]:
 def stop_groups(groups: Sequence[int], running: Callable[[int], bool], grace: float = 10.0) -> None:
     """SIGTERM every process group, wait up to ``grace`` s while a leader is ``running``; then SIGKILL alike.
 
-    The SIGKILL goes to every group, also those whose leader has exited: its children may not have.
+    SIGCONT follows the SIGTERM, as systemd does: a stopped process (SIGSTOP, Ctrl-Z) acts on its SIGTERM
+    only once continued, and would otherwise wait out the grace for its SIGKILL. The SIGKILL goes to every
+    group, also those whose leader has exited: its children may not have.
     """
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+    for signals in ((signal.SIGTERM, signal.SIGCONT), (signal.SIGKILL,)):
         for group in groups:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(group, sig)
+            for sig in signals:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(group, sig)
         wait_until(lambda: not any(running(g) for g in groups), grace, step=0.1)
