@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, ClassVar, TypeVar, cast
 
@@ -59,6 +59,16 @@ RECEIVED_EVAL_EXAMPLES = "received-eval-examples"
 def arrays_of(content: RecordDict) -> ArrayRecord:
     """The weights of a message (:data:`ARRAYS`)."""
     return cast("ArrayRecord", content[ARRAYS])
+
+
+def payload_bytes(contents: Iterable[RecordDict]) -> int:
+    """Bytes of the arrays in messages' contents: the weights that travel (the same on every backend)."""
+    return sum(
+        len(array.data)
+        for content in contents
+        for record in content.array_records.values()
+        for array in record.values()
+    )
 
 
 def metrics_of(content: RecordDict) -> MetricRecord:

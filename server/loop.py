@@ -126,11 +126,11 @@ class RoundObserver(Protocol):
     def round_started(self, server_round: int, messages: Sequence[Message], online: int) -> None:
         """The round's train messages go out; ``online`` clients were online."""
 
-    def sent(self, messages: Sequence[Message]) -> None:
-        """Messages go out (train, resent train, or evaluate)."""
+    def sent(self, server_round: int, messages: Sequence[Message]) -> None:
+        """The round's messages go out (partition queries, train, resent train, or evaluate)."""
 
-    def received(self, replies: Sequence[Message]) -> None:
-        """Replies came in (error replies too)."""
+    def received(self, server_round: int, replies: Sequence[Message]) -> None:
+        """Replies to the round's messages came in (error replies too)."""
 
     def refused(self, server_round: int, refusal: Refusal) -> None:
         """A train reply is not aggregated."""
@@ -269,9 +269,9 @@ class Federation:
         if not unknown or not samples(self.strategy):
             return
         messages = identify_messages(unknown, server_round)
-        self.observer.sent(messages)
+        self.observer.sent(server_round, messages)
         replies = list(self.grid.send_and_receive(messages, timeout=self.policy.timeout))
-        self.observer.received(replies)
+        self.observer.received(server_round, replies)
         self.partitions.update((r.metadata.src_node_id, partition_of(r.content)) for r in replies if not r.has_error())
 
     def _by_partition(self) -> Grid:
@@ -297,10 +297,10 @@ class Federation:
 
     def _exchange(self, server_round: int, exchange: TrainExchange, messages: list[Message]) -> None:
         """Send train messages, wait for their replies, screen them into ``exchange``."""
-        self.observer.sent(messages)
+        self.observer.sent(server_round, messages)
         exchange.pushed += messages
         replies = list(self.grid.send_and_receive(messages, timeout=self.policy.timeout)) if messages else []
-        self.observer.received(replies)
+        self.observer.received(server_round, replies)
         screened = screen(replies, exchange.expected, exchange.decode, exchange.addressees(), self.partitions)
         self.partitions.update((msg.metadata.src_node_id, partition_of(msg.content)) for msg in screened.usable)
         for refusal in screened.refused:
@@ -337,9 +337,9 @@ class Federation:
             )
         if not messages:
             return
-        self.observer.sent(messages)
+        self.observer.sent(server_round, messages)
         replies = partition_order(self.grid.send_and_receive(messages, timeout=self.policy.timeout))
-        self.observer.received(replies)
+        self.observer.received(server_round, replies)
         if not replies:
             return
         self.observer.evaluated(server_round, replies)

@@ -14,7 +14,7 @@ from typing import cast
 from flwr.app import ArrayRecord, Message
 
 from fedimdb.metrics.server import ServerMetrics
-from fedimdb.protocol import NUM_EXAMPLES, arrays_of, metrics_of, partition_of, state_view
+from fedimdb.protocol import NUM_EXAMPLES, arrays_of, metrics_of, partition_of, payload_bytes, state_view
 from fedimdb.weights import ClientUpdate
 from server.checks import Refusal
 from server.records import RoundLog
@@ -57,13 +57,17 @@ class Recorder:
         self.round_log.start_round(server_round, len(messages))
         self.metrics.round_started_now(server_round, len(messages), online)
 
-    def sent(self, messages: Sequence[Message]) -> None:
-        """Bytes sent."""
-        self.metrics.sent(msg.content for msg in messages)
+    def sent(self, server_round: int, messages: Sequence[Message]) -> None:
+        """Bytes sent, in the metrics and the round's row."""
+        sent = payload_bytes(msg.content for msg in messages)
+        self.metrics.sent(sent)
+        self.round_log.traffic(server_round, sent=sent)
 
-    def received(self, replies: Sequence[Message]) -> None:
-        """Bytes received (error replies carry none)."""
-        self.metrics.received(msg.content for msg in replies if not msg.has_error())
+    def received(self, server_round: int, replies: Sequence[Message]) -> None:
+        """Bytes received (error replies carry none), in the metrics and the round's row."""
+        received = payload_bytes(msg.content for msg in replies if not msg.has_error())
+        self.metrics.received(received)
+        self.round_log.traffic(server_round, received=received)
 
     def refused(self, server_round: int, refusal: Refusal) -> None:
         """The client's row says it failed or was refused, and why."""

@@ -37,6 +37,8 @@ ROUND_COLUMNS = (
     "clients_failed",
     "clients_refused",
     "retries",
+    "bytes_sent",
+    "bytes_received",
     "central_eval_seconds",
     "round_seconds",
 )
@@ -99,6 +101,7 @@ class RoundLog:
         self._started: dict[int, float] = {}
         self._sampled: dict[int, int] = {}
         self._retries: dict[int, int] = {}
+        self._bytes: dict[int, list[int]] = {}  # the round's payload bytes: [sent, received]
         self._last_finished = 0.0  # time.monotonic() when the latest round's central evaluation ended
 
     def start_round(self, server_round: int, sampled: int) -> None:
@@ -109,6 +112,12 @@ class RoundLog:
     def retried(self, server_round: int) -> None:
         """The round's failed clients were sent their train messages again."""
         self._retries[server_round] = self._retries.get(server_round, 0) + 1
+
+    def traffic(self, server_round: int, sent: int = 0, received: int = 0) -> None:
+        """The round's messages carried ``sent`` payload bytes out, its replies ``received`` bytes in."""
+        counts = self._bytes.setdefault(server_round, [0, 0])
+        counts[0] += sent
+        counts[1] += received
 
     def _row(self, server_round: int, partition_id: int | None, node_id: int) -> dict[str, Any]:
         """The client's row of the round (by partition, or by node while its partition is unknown)."""
@@ -218,6 +227,8 @@ class RoundLog:
             "clients_failed": sum(r["status"] == ClientStatus.FAILED for r in rows),
             "clients_refused": sum(r["status"] == ClientStatus.REFUSED for r in rows),
             "retries": self._retries.get(server_round, 0),
+            "bytes_sent": self._bytes.get(server_round, [0, 0])[0],
+            "bytes_received": self._bytes.get(server_round, [0, 0])[1],
             "round_seconds": ended - began,
         }
         if central is not None:

@@ -19,7 +19,16 @@ from flwr.serverapp.strategy import FedAvg
 
 from fedimdb.config import RunConfig
 from fedimdb.metrics.server import ServerMetrics
-from fedimdb.protocol import ARRAYS, CONFIG, EVALUATE_RECEIVED, METRICS, TrainMetrics, arrays_of, server_round_of
+from fedimdb.protocol import (
+    ARRAYS,
+    CONFIG,
+    EVALUATE_RECEIVED,
+    METRICS,
+    TrainMetrics,
+    arrays_of,
+    payload_bytes,
+    server_round_of,
+)
 from fedimdb.run_record import RECURS
 from fedimdb.training import EvalResult
 from server.loop import Federation, RoundFailed, RoundPolicy, wait_for_nodes
@@ -239,3 +248,14 @@ def test_round_seconds_add_up_to_when_each_rounds_accuracy_was_known(monkeypatch
     overlapped.start_round(2, 2)  # round 1 aggregated at 8 s; its evaluation runs on
     assert overlapped.finish_round(1, central, 2.0, ended=10.0)["round_seconds"] == 10.0
     assert overlapped.finish_round(2, central, 2.0, ended=19.0)["round_seconds"] == 9.0  # 10 + 9: known at 19 s
+
+
+def test_each_rounds_row_counts_the_payload_bytes_its_messages_and_replies_carried() -> None:
+    """Round 1 sends 4 train messages (one resent) and gets 4 replies with weights back; its evaluate
+    messages carry the model out and metrics back. The same weights travel on every backend."""
+    run = Federated({11: honest(), 12: then(poisoned, honest()), 13: honest()})
+    run()
+    model = payload_bytes([RecordDict({ARRAYS: weights(0.0)})])
+    (row,) = run.log.rounds
+    evaluate = len(run.grid.sent("evaluate"))
+    assert (row["bytes_sent"], row["bytes_received"]) == ((4 + evaluate) * model, 4 * model), evaluate

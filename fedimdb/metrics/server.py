@@ -22,16 +22,6 @@ ROUND_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 3600, float("inf"
 AGGREGATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, float("inf"))
 
 
-def payload_bytes(contents: Iterable[Any]) -> int:
-    """Bytes of the arrays in messages' contents (RecordDicts): the weights that travel."""
-    return sum(
-        len(array.data)
-        for content in contents
-        for record in content.array_records.values()
-        for array in record.values()
-    )
-
-
 class ServerMetrics:
     """The ServerApp's metrics of one run.
 
@@ -99,13 +89,13 @@ class ServerMetrics:
         self.sampled.labels(self.run).set(sampled)
         self.nodes_online.labels(self.run).set(online)
 
-    def sent(self, contents: Iterable[Any]) -> None:
-        """Messages' contents went out."""
-        self.bytes_sent.labels(self.run).inc(payload_bytes(contents))
+    def sent(self, payload: int) -> None:
+        """Messages carrying ``payload`` bytes of arrays went out (:func:`~fedimdb.protocol.payload_bytes`)."""
+        self.bytes_sent.labels(self.run).inc(payload)
 
-    def received(self, contents: Iterable[Any]) -> None:
-        """Replies' contents came in."""
-        self.bytes_received.labels(self.run).inc(payload_bytes(contents))
+    def received(self, payload: int) -> None:
+        """Replies carrying ``payload`` bytes of arrays came in."""
+        self.bytes_received.labels(self.run).inc(payload)
 
     def updates_used(self, server_round: int, partition_ids: Iterable[int]) -> None:
         """The round aggregates the updates of these clients (the others are silent, failed or refused)."""
