@@ -8,12 +8,16 @@ any repeat starts; then :class:`~fedimdb.experiment.Experiment` runs the repeats
 from __future__ import annotations
 
 import argparse
-import signal
-import socket
 from pathlib import Path
-from typing import Any
 
 from fedimdb.artifacts import utc_now
+from fedimdb.command_settings import (
+    interrupt_on_sigterm,
+    load_settings,
+    note_ignored_on_resume,
+    recorded_settings,
+    refuse_if_running,
+)
 from fedimdb.config import (
     BACKENDS,
     DOCKER_BACKEND,
@@ -22,36 +26,17 @@ from fedimdb.config import (
     PARTITIONERS,
     STRATEGIES,
     ConfigError,
-    DataConfig,
-    ExperimentConfig,
-    RunConfig,
     Settings,
-    check_clients_fit,
-    check_env_file,
 )
 from fedimdb.data import ShardError, prepare_shards, verify_shards
 from fedimdb.deploy.choice import choose_backend
 from fedimdb.deploy.compose import COMPOSE_FILE
-from fedimdb.deploy.proc import runs_one_of
 from fedimdb.experiment import Experiment, console, load_record, new_experiment_dir, new_record
 from fedimdb.experiment_record import EXPERIMENT_FILE, ExperimentRecord, ExperimentStatus
 from fedimdb.preflight import preflight
-
-RUN_OPTIONS = ("num_rounds", "num_clients", "model", "strategy", "seed")
-DATA_OPTIONS = ("data_source", "partitioner", "alpha", "shards_dir")
-EXPERIMENT_OPTIONS = (
-    "backend",
-    "repeats",
-    "retries",
-    "on_failure",
-    "metrics_port",
-    "monitoring",
-    "app_dir",
-    "sim_client_cpus",
-    "sim_client_gpus",
-    "ray_address",
-)
-RESUMABLE_OPTIONS = ("retries", "on_failure", "metrics_port", "monitoring")  # what --resume may change
+from fedimdb.sweep.command import sweep_main
+from fedimdb.sweep.compare import TTA_TARGET
+from fedimdb.sweep.record import SWEEP_FILE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,39 +103,31 @@ def build_parser() -> argparse.ArgumentParser:
         "(FEDIMDB_RAY_ADDRESS; docs/simulation.md)",
     )
     add(
+        "--sweep",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="run the grid of these values (repeatable: one axis each) as one sweep of experiments, e.g. --sweep "
+        "strategy=fedavg,fedadam --sweep alpha=iid,0.1; a run setting as --set spells it, or alpha (iid or a "
+        "Dirichlet concentration); docs/sweeps.md",
+    )
+    add(
+        "--tta-target",
+        type=float,
+        default=TTA_TARGET,
+        help=f"a sweep's time to accuracy counts the seconds until central accuracy reaches this (default {TTA_TARGET})",
+    )
+    add(
         "--resume",
         metavar="EXPERIMENT_ID",
-        help="finish that experiment in --out with its recorded settings: verified repeats are kept, the others "
-        "redone; only --retries, --on-failure, --metrics-port and --monitoring may change",
+        help="finish that experiment (or sweep) in --out with its recorded settings: verified repeats are kept, the "
+        "others redone; only --retries, --on-failure, --metrics-port and --monitoring may change",
     )
     add("--keep-up", action="store_true", help="docker backend: leave the last repeat's stack up for inspection")
     add("--compose-file", type=Path, default=COMPOSE_FILE, help="docker: the stack (default: docker-compose.yml)")
     add("--out", type=Path, default=Path("results"), help="results root (default: results)")
     add("--env-file", type=Path, help=f"settings file (default: {ENV_FILE})")
     return p
-
-
-def _options(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, Any]:
-    return {name: getattr(args, name) for name in names}
-
-
-def load_settings(args: argparse.Namespace) -> Settings:
-    """The three configurations from defaults < --env-file < environment < options, validated."""
-    env_file = args.env_file or ENV_FILE
-    check_env_file(env_file, given=args.env_file is not None)
-    run_overrides = _options(args, RUN_OPTIONS)
-    for item in args.settings:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {item!r}: write it as KEY=VALUE, e.g. --set max-steps=5")
-        run_overrides[key.strip()] = value
-    settings = Settings(
-        run=RunConfig.from_env(env_file, overrides=run_overrides),
-        data=DataConfig.from_env(env_file, overrides=_options(args, DATA_OPTIONS)),
-        experiment=ExperimentConfig.from_env(env_file, overrides=_options(args, EXPERIMENT_OPTIONS)),
-    )
-    check_clients_fit(settings.run, settings.data.num_partitions)
-    return settings
 
 
 def resume_settings(exp_dir: Path, args: argparse.Namespace) -> tuple[Settings, ExperimentRecord]:
@@ -164,43 +141,10 @@ def resume_settings(exp_dir: Path, args: argparse.Namespace) -> tuple[Settings, 
         raise ConfigError(
             f"--resume: no experiment {exp_dir.name!r} in {parent}; known: {', '.join(known[-5:]) or 'none'}"
         )
-    given = [
-        f"--{n.replace('_', '-')}"
-        for n in (*RUN_OPTIONS, *DATA_OPTIONS, "backend", "repeats")
-        if getattr(args, n) is not None
-    ]
-    given += ["--set"] * bool(args.settings)
-    if given:
-        console.print(
-            f"notice: --resume takes every setting from {exp_dir / EXPERIMENT_FILE}; ignoring {', '.join(given)} "
-            "(only --retries, --on-failure, --metrics-port and --monitoring apply to a resumed experiment)"
-        )
+    note_ignored_on_resume(args, exp_dir / EXPERIMENT_FILE)
     record = load_record(exp_dir)
-    owner = record.orchestrator
-    alive = owner is not None and owner.host == socket.gethostname() and runs_one_of(owner.pid, (b"orchestrate",))
-    if record.status == ExperimentStatus.RUNNING and alive:
-        assert owner is not None
-        raise ConfigError(
-            f"--resume: experiment {exp_dir.name} is still being run by process {owner.pid}; wait for it, or "
-            "stop it (Ctrl-C) and resume then"
-        )
-    recorded = dict(record.experiment)
-    recorded.update({k.replace("_", "-"): v for k, v in _options(args, RESUMABLE_OPTIONS).items() if v is not None})
-    settings = Settings(
-        run=RunConfig.from_mapping(record.config),
-        data=DataConfig.from_mapping(record.data),
-        experiment=ExperimentConfig.from_mapping(recorded),
-    )
-    return settings, record
-
-
-def _interrupt_on_sigterm() -> None:
-    """SIGTERM (e.g. docker stop, a CI timeout) tears down like Ctrl-C."""
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, handler)
+    refuse_if_running(f"experiment {exp_dir.name}", record.status, record.orchestrator)
+    return recorded_settings(record, args), record
 
 
 def _resume_hint(exp_dir: Path) -> str:
@@ -211,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of orchestrate.py: validate everything, then run or resume the experiment."""
     args = build_parser().parse_args(argv)
     exp_dir = args.out / args.resume if args.resume else None
+    if args.sweep or (exp_dir is not None and (exp_dir / SWEEP_FILE).is_file()):
+        return sweep_main(args, exp_dir)
     try:
         settings, record = resume_settings(exp_dir, args) if exp_dir else (load_settings(args), None)
         backend = choose_backend(
@@ -232,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     assert record is not None, "resume_settings returns the resumed experiment's record"
     console.print(f"experiment {exp_dir} ({settings.experiment.repeats} repeats, backend {backend.name})")
     experiment = Experiment(exp_dir, record, settings, backend, shards, args.keep_up)
-    _interrupt_on_sigterm()
+    interrupt_on_sigterm()
     try:
         return experiment.run()
     except KeyboardInterrupt:

@@ -29,6 +29,7 @@ ORCHESTRATOR_EXTRA = {
     "rich": "rich",
     "matplotlib": "matplotlib",
     "pyyaml": "yaml",
+    "scipy": "scipy",
 }
 """The ``orchestrator`` extra (``prepare`` included)."""
 EXTRAS = {"prepare": PREPARE_EXTRA, "orchestrator": ORCHESTRATOR_EXTRA}

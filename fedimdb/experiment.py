@@ -161,6 +161,7 @@ class Experiment:
         self.save()
         self.metrics.flush()
         self.metrics.wait_for_last_scrape()
+        self.metrics.stop_serving()
         if self._flower_metrics is not None:
             self._flower_metrics.cleanup()
         self._print_table(n)

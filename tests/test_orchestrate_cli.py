@@ -162,6 +162,24 @@ CASES: dict[str, Case] = {
     # the experiment
     "--resume of an unknown experiment": Case((*LOCAL, "--resume", "no-such"), "--resume: no experiment 'no-such'"),
     "--keep-up with local processes": Case((*LOCAL, "--keep-up"), "--keep-up keeps a Compose stack up"),
+    # a sweep
+    "--sweep without values": Case((*LOCAL, "--sweep", "strategy"), "--sweep 'strategy': write it as KEY=V1,V2"),
+    "--sweep of what is not a setting": Case(
+        (*LOCAL, "--sweep", "colour=red,blue"), "colour is not a setting a sweep can vary"
+    ),
+    "--sweep value out of range": Case(
+        (*LOCAL, "--sweep", "max-steps=2,-1"), "sweep cell max-steps--1: max-steps: -1 is out of range; set it >= 0"
+    ),
+    "--sweep and the same option": Case(
+        (*LOCAL, "--strategy", "fedavg", "--sweep", "strategy=fedavg,fedadam"),
+        "--sweep strategy and --strategy both set it: drop the option",
+    ),
+    "--sweep alpha and --partitioner": Case(
+        (*LOCAL, "--partitioner", "iid", "--sweep", "alpha=iid,0.5"), "--sweep alpha and --partitioner both set it"
+    ),
+    "--keep-up with a sweep": Case(
+        (*LOCAL, "--keep-up", "--sweep", "strategy=fedavg,fedadam"), "a sweep runs many: drop --keep-up"
+    ),
     "warm-model on the simulation backend": Case(
         ("--backend", "simulation", *MINI, "--set", "warm-model=true"),
         "warm-model: keeps a worker per SuperNode, and the simulation backend has none",

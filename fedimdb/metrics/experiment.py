@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, make_server
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, make_wsgi_app, write_to_textfile
 from prometheus_client.exposition import ThreadingWSGIServer
@@ -103,6 +103,7 @@ class ExperimentMetrics:
         self.experiment_id = experiment_id
         self.rounds = rounds
         self.served: ScrapeWatch | None = None
+        self._server: WSGIServer | None = None
         self._clock = Progress()
         self.repeats_planned = gauge("fedimdb_repeats_planned", "Repeats planned in the experiment")
         self.repeats_done = counter("fedimdb_repeats_completed", "Repeats completed and verified")
@@ -119,8 +120,15 @@ class ExperimentMetrics:
         """Expose /metrics on ``port`` (0: do not serve)."""
         if port:
             self.served = ScrapeWatch(self.registry)
-            server = make_server("0.0.0.0", port, self.served, ThreadingWSGIServer, handler_class=_Quiet)
-            threading.Thread(target=server.serve_forever, daemon=True).start()
+            self._server = make_server("0.0.0.0", port, self.served, ThreadingWSGIServer, handler_class=_Quiet)
+            threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop_serving(self) -> None:
+        """Stop serving /metrics and free the port (a sweep's next cell serves on it)."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
 
     def wait_for_last_scrape(self) -> None:
         """If Prometheus has scraped /metrics, stay up until a scrape begun now has been sent, so that it
