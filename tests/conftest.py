@@ -81,6 +81,7 @@ LONGEST_FIRST = (
     "test_experiment_local",
     "test_continue_local",
     "test_e2e_local",
+    "test_sweep",
     "test_monitoring",
     "test_scale",
     "test_security",
