@@ -113,12 +113,15 @@ def test_same_seed_gives_identical_csvs_whatever_the_evaluation_schedule(e2e_run
     ]
     clients = read_csv(first / "clients.csv")
     assert all(r["local_eval_examples"] not in ("", "0") for r in clients), "a round's global model went unevaluated"
+    traffic = ("bytes_sent", "bytes_received")  # Flower's evaluate messages carry the model out once more
     for name in ("rounds.csv", "clients.csv"):
         rows = [
-            [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in read_csv(d / name)]
+            [{k: v for k, v in r.items() if k not in (*TIMING_COLUMNS, *traffic)} for r in read_csv(d / name)]
             for d in (first, second)
         ]
         assert rows[0] == rows[1], name
+    sent, received = ([[int(r[k]) for r in read_csv(d / "rounds.csv")] for d in (first, second)] for k in traffic)
+    assert sent[1] == [2 * b for b in sent[0]] and received[1] == received[0], (sent, received)
 
 
 def _traffic(run: Path) -> float:
