@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from fedimdb.artifacts import LOGS_DIR, read_csv, read_json, verify_run
 from fedimdb.data import SERVER_DIR, read_split
 from fedimdb.deploy.flwr_cli import FLWR_RUN_FILE
+from fedimdb.deploy.local import FORKSERVER_LOG
 from fedimdb.model import load_global_model, load_model
 from fedimdb.quantize import error_bound
 from fedimdb.training import evaluate
@@ -177,6 +178,15 @@ def test_lora_sends_a_sliver_and_archives_whole_models(e2e_runs: dict, run_dir: 
     assert torch.equal(first[EMBEDDINGS], last[EMBEDDINGS])
     assert not torch.equal(first[QUERY], last[QUERY]), "the merged adapters moved the attention weights"
     assert _traffic(lora_dir) < 0.5 * _traffic(run_dir)
+
+
+def test_one_fork_server_forks_every_supernodes_clientapps(run_dir: Path) -> None:
+    """The local backend's SuperNodes share one fork server: its log names a forked process for every train
+    message of every node, and no node's log has a fork server of its own."""
+    logs = run_dir / LOGS_DIR
+    assert (logs / FORKSERVER_LOG).read_text().count("fork server: task process") >= E2E_CLIENTS * E2E_ROUNDS
+    for k in range(E2E_CLIENTS):
+        assert "fork server" not in (logs / f"supernode-{k}.log").read_text(), k
 
 
 def test_weights_load_back_with_from_pretrained(run_dir: Path) -> None:

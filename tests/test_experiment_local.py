@@ -222,7 +222,8 @@ def test_resume_after_a_hard_kill_stops_the_stack_it_left_and_finishes(hard_kill
     assert hard_killed["frozen"] == 1, "its ServerApp was found and frozen after round 1"
     run = hard_killed["resumed"]
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "repeat 0 attempt 1: its orchestrator was killed; stopped the 4 process groups it left running" in run.stderr
+    said = "repeat 0 attempt 1: its orchestrator was killed; stopped the 5 process groups it left running"
+    assert said in run.stderr  # the SuperLink, its SuperExec, 2 SuperNodes and their fork server
     assert hard_killed["still-left"] == [], "the resumed orchestrator stopped what the killed one left"
     record = read_json(hard_killed["exp"] / "experiment.json")
     killed, resumed = record["repeats"]["0"]["attempts"]

@@ -5,9 +5,12 @@ torch and transformers again (1.4-2.5 CPU-s each time). ``python -m fedimdb.depl
 -- flower-supernode ...`` imports them once, starts the SuperNode as its child with
 :mod:`fedimdb.deploy.shim` first on its PATH as ``flwr-clientapp``, and for every task
 the shim hands over, forks a process that runs Flower's own ``flwr-clientapp`` entry point with
-the task's arguments and standard streams. Flower's contract holds: every message still gets a
-process of its own, which pulls the task, installs the FAB and imports the app's code from it,
-and reports errors and crashes as Flower does; only the library imports are shared.
+the task's arguments and standard streams (a client container's SuperNode). ``python -m
+fedimdb.deploy.forkserver --nodes`` serves every SuperNode of a host instead (the local backend's):
+the libraries are imported once for all of them, and each SuperNode runs with the shim first on its
+PATH. Flower's contract holds: every message still gets a process of its own, which pulls the task,
+installs the FAB and imports the app's code from it, and reports errors and crashes as Flower does;
+only the library imports are shared.
 
 The ``flwr`` command line costs ~0.9 CPU-s a call, nearly all of it imports. :func:`cli_env` gives
 the environment in which ``flwr`` is that shim, served by one fork server per process that
@@ -36,6 +39,7 @@ import threading
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import IO
 
 import fedimdb
 from fedimdb.deploy.shim import CLI, CLIENTAPP, COMMANDS, SOCKET_VAR
@@ -61,6 +65,7 @@ ENTRY_POINTS = {CLIENTAPP: ("flwr.supernode.cli.flwr_clientapp", "flwr_clientapp
 CLI_PRELOAD = ("flwr.cli.app",)
 CLI_START_TIMEOUT = 120.0  # seconds the flwr fork server may take to import flwr's command line
 CLI_FLAG = "--cli"  # python -m fedimdb.deploy.forkserver --cli: the fork server of the flwr command line
+NODES_FLAG = "--nodes"  # python -m fedimdb.deploy.forkserver --nodes: one fork server for a host's SuperNodes
 TRANSFORMERS_NAMES = ("AutoConfig", "AutoModelForSequenceClassification", "AutoTokenizer", "PreTrainedTokenizerFast")
 REQUEST_LIMIT = 1 << 16
 APP_PACKAGE = fedimdb.__name__  # this server runs from it, but a task must import the FAB's copy
@@ -235,14 +240,35 @@ def _caller_gone() -> bool:
     return bool(readable) and os.read(sys.stdin.fileno(), 1) == b""
 
 
-def serve_cli() -> None:
-    """Import flwr's command line, print the variables that make ``flwr`` its shim (one JSON line), and
-    serve calls until the process that started this server exits."""
-    preload(CLI_PRELOAD)
-    with tempfile.TemporaryDirectory(prefix="fedimdb-flwr-cli-") as tmp:
-        server, shims = _listening(Path(tmp), announce=False)
+def serve_callers(modules: Sequence[str], prefix: str, announce: bool, running: Callable[[], bool]) -> None:
+    """Import ``modules``, print the variables that make the commands its shims (one JSON line), and serve
+    calls as long as ``running()``."""
+    preload(modules)
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        server, shims = _listening(Path(tmp), announce=announce)
         print(json.dumps(shims), flush=True)
-        server.serve_while(lambda: not _caller_gone())
+        server.serve_while(running)
+
+
+def start_server(
+    flag: str, env: Mapping[str, str] | None = None, stderr: IO[bytes] | None = None, session: bool = False
+) -> tuple[subprocess.Popen, dict[str, str]]:
+    """Start ``python -m fedimdb.deploy.forkserver FLAG`` and read the variables it prints; none if it did not
+    start within :data:`CLI_START_TIMEOUT` s."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", __name__, flag],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        env=env,
+        start_new_session=session,
+    )
+    assert proc.stdout is not None
+    shims: dict[str, str] = {}
+    if select.select([proc.stdout], [], [], CLI_START_TIMEOUT)[0]:
+        with contextlib.suppress(ValueError):
+            shims = json.loads(proc.stdout.readline() or b"{}")
+    return proc, shims
 
 
 class CliServer:
@@ -262,13 +288,7 @@ class CliServer:
 
     def _start(self) -> None:
         """Start the server and read its variables; without them ``flwr`` stays Flower's own."""
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", __name__, CLI_FLAG], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-        )
-        assert self._proc.stdout is not None
-        if select.select([self._proc.stdout], [], [], CLI_START_TIMEOUT)[0]:
-            with contextlib.suppress(ValueError):
-                self._shims = json.loads(self._proc.stdout.readline() or b"{}")
+        self._proc, self._shims = start_server(CLI_FLAG)
 
 
 _CLI = CliServer()
@@ -287,8 +307,11 @@ def argv(node_argv: Sequence[str]) -> list[str]:
 def main(args: Sequence[str] | None = None) -> None:
     """``python -m fedimdb.deploy.forkserver -- flower-supernode ARGS...``, or ``... --cli``."""
     args = list(sys.argv[1:] if args is None else args)
-    if args == [CLI_FLAG]:
-        serve_cli()
+    if args == [CLI_FLAG]:  # until the process that started it exits
+        serve_callers(CLI_PRELOAD, "fedimdb-flwr-cli-", announce=False, running=lambda: not _caller_gone())
+        return
+    if args == [NODES_FLAG]:  # as long as the SuperNodes it serves: stopped with them, in its own process group
+        serve_callers(PRELOAD, "fedimdb-forkserver-", announce=True, running=lambda: True)
         return
     if args[:1] == ["--"]:
         args = args[1:]

@@ -40,6 +40,7 @@ MAX_NODE_RESTARTS = 5  # per SuperNode and attempt
 RESTART_BACKOFF = 2.0  # seconds before a SuperNode's first restart, doubling for each further one ...
 RESTART_BACKOFF_MAX = 20.0  # ... up to this: a node that keeps crashing is not restarted in a tight loop
 FLOWER_COMMANDS = ("flwr", "flower-superlink", "flower-supernode")
+FORKSERVER_LOG = "forkserver.log"  # the SuperNodes' fork server's, beside theirs
 SUPEREXEC = b"flower-superexec"  # in the command line of the SuperLink's child that starts the ServerApp
 
 
@@ -87,6 +88,8 @@ class LocalFederation:
         self.superlink: subprocess.Popen | None = None
         self.superexec: int | None = None  # pid of the SuperLink's SuperExec, which leads its own session
         self.supernodes: list[subprocess.Popen] = []
+        self.forkserver: subprocess.Popen | None = None  # with warm clients: the one fork server of the SuperNodes
+        self._node_env = self.env  # the SuperNodes' environment: with warm clients, the fork server's shims first
         self.restarts = [0] * num_clients
         self.node_ids: dict[int, int] = {}  # partition -> the node id its key is registered as (authentication on)
         self._restart_at: list[float | None] = [None] * num_clients  # when an exited SuperNode is started again
@@ -100,20 +103,28 @@ class LocalFederation:
     def fleet_address(self) -> str:
         return f"{LOOPBACK}:{self.fleet_port}"
 
-    def _spawn(self, args: list[str], log_name: str, mode: str = "wb") -> subprocess.Popen:
-        log = open(self.workdir / log_name, mode)  # noqa: SIM115 - open while the process runs; closed in stop()
+    def _spawn(
+        self, args: list[str], log_name: str, mode: str = "wb", env: Mapping[str, str] | None = None
+    ) -> subprocess.Popen:
+        log = self._open_log(log_name, mode)
+        return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env or self.env, start_new_session=True)
+
+    def _open_log(self, name: str, mode: str = "wb") -> IO[bytes]:
+        log = open(self.workdir / name, mode)  # noqa: SIM115 - open while the process runs; closed in stop()
         self._logs.append(log)
-        return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+        return log
 
     def __enter__(self) -> LocalFederation:
         self.workdir.mkdir(parents=True, exist_ok=True)
         try:
             registered = self._start_superlink()
             server = self.credentials.server if self.credentials else None
+            if self.warm_clients and not self.simulation:
+                self._start_forkserver()
             for pid in range(0 if self.simulation else self.num_clients):
                 if server is not None:
                     self.node_ids[pid] = registered[server.node_public_key(pid)]
-                self.supernodes.append(self._spawn(self._node_argv(pid), f"supernode-{pid}.log"))
+                self.supernodes.append(self._spawn(self._node_argv(pid), f"supernode-{pid}.log", env=self._node_env))
         except BaseException:
             self.stop()
             raise
@@ -136,6 +147,15 @@ class LocalFederation:
         self.superexec = self._superexec_of(self.superlink)
         return registered
 
+    def _start_forkserver(self) -> None:
+        """The one fork server of every SuperNode here (a session of its own), and the SuperNodes' environment."""
+        self.forkserver, shims = forkserver.start_server(
+            forkserver.NODES_FLAG, self.env, self._open_log(FORKSERVER_LOG), session=True
+        )
+        if not shims:
+            raise StackError(f"the SuperNodes' fork server did not start; see {self.workdir / FORKSERVER_LOG}")
+        self._node_env = {**self.env, **shims}
+
     def _superexec_of(self, link: subprocess.Popen) -> int:
         """The pid of the ``flower-superexec`` the SuperLink ``link`` started (in a session of its own).
 
@@ -150,8 +170,8 @@ class LocalFederation:
 
     @property
     def groups(self) -> list[int]:
-        """The process groups of the federation: the SuperLink, its SuperExec and every SuperNode."""
-        procs = [self.superlink, *self.supernodes]
+        """The process groups of the federation: the SuperLink, its SuperExec, every SuperNode and their fork server."""
+        procs = [self.superlink, *self.supernodes, self.forkserver]
         return [p.pid for p in procs if p is not None] + ([self.superexec] if self.superexec is not None else [])
 
     def restart_superlink(self) -> None:
@@ -174,7 +194,7 @@ class LocalFederation:
         creds = self.credentials
         key = key or (creds.node(pid) if creds else None)
         argv = supernode_argv(self.fleet_address, pid, str(self.shards_dir / client_dir_name(pid)), free_port(), key)
-        return forkserver.argv(argv) if self.warm_clients else argv
+        return argv
 
     def check_alive(self) -> None:
         """Raise if the SuperLink exited; replace a SuperNode that exited, as a site restarts a crashed node.
@@ -218,7 +238,7 @@ class LocalFederation:
             key = renew_node_key(self.credentials, k, self.restarts[k])
             self.node_ids[k] = flwr_cli.register_nodes(LOCAL_CONNECTION, [key.public_key], self.env)[key.public_key]
             how = f" as node {self.node_ids[k]} (a new key; the lost node was unregistered)"
-        self.supernodes[k] = self._spawn(self._node_argv(k, key), f"supernode-{k}.log", mode="ab")
+        self.supernodes[k] = self._spawn(self._node_argv(k, key), f"supernode-{k}.log", mode="ab", env=self._node_env)
         self.on_restart()
         self.log(
             f"SuperNode {k} exited with code {exited.returncode}; restarted it "
@@ -227,7 +247,7 @@ class LocalFederation:
 
     def stop(self, grace: float = 10.0) -> None:
         """SIGTERM every process group, then SIGKILL whatever is left of them after ``grace`` s."""
-        procs = {p.pid: p for p in [*self.supernodes, self.superlink] if p is not None}
+        procs = {p.pid: p for p in [*self.supernodes, self.superlink, self.forkserver] if p is not None}
 
         def running(pid: int) -> bool:  # poll() reaps our children; the SuperExec is the SuperLink's
             return procs[pid].poll() is None if pid in procs else runs_one_of(pid, (SUPEREXEC,))
