@@ -65,8 +65,9 @@ class CpuSampler(threading.Thread):
     def run(self) -> None:
         while not self._done.wait(self.interval):
             for pid, (cmdline, seconds) in cpu_seconds().items():
-                if pid not in self.before and seconds >= self.seen.get(pid, ("", 0.0))[1]:
-                    self.seen[pid] = (cmdline, seconds)
+                known, before = self.seen.get(pid, ("", 0.0))
+                if pid not in self.before and seconds >= before:
+                    self.seen[pid] = (cmdline or known, seconds)  # a zombie's command line is empty
 
     def stop(self) -> dict[str, float]:
         """Stop; CPU seconds by kind."""
