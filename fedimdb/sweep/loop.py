@@ -57,7 +57,7 @@ def new_sweep(
 
 
 def load_sweep(sweep_dir: Path) -> SweepRecord:
-    """An existing sweep's sweep.json, checked (ConfigError if damaged or if its orchestrator still runs it)."""
+    """An existing sweep's sweep.json, checked field by field (ConfigError naming the file if it is damaged)."""
     try:
         record = SweepRecord.from_json(read_json(sweep_dir / SWEEP_FILE))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
