@@ -13,6 +13,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 import contextlib
+import hashlib
 import importlib.util
 import secrets
 import shutil
@@ -433,6 +434,15 @@ def _is(process: psutil.Process, name: str) -> bool:
         return any(Path(part).name == name for part in process.cmdline()[:2])
     except psutil.Error:
         return False
+
+
+def fingerprint(folder: Path) -> dict[str, tuple[str, int]]:
+    """Every file under ``folder``: its SHA-256 and modification time, to show that nothing touched it."""
+    return {
+        str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def imdb_sample(imdb: Path, out: Path, rows: Mapping[str, int], seed: int = 0) -> Path:

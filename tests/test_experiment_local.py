@@ -3,7 +3,6 @@ a corrupted repeat detected and redone, metrics served while it runs, statistics
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import signal
@@ -18,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from fedimdb.artifacts import RUN_FILE, read_csv, read_json, verify_run
 from fedimdb.deploy.local import free_port
 from fedimdb.run_record import read_run_record
-from tests.conftest import Orchestrator, local_run_args, marked_processes, orchestrate
+from tests.conftest import Orchestrator, fingerprint, local_run_args, marked_processes, orchestrate
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]  # a test's share includes the module fixture it triggers
 SETTINGS = ["max-steps=2", "batch-size=8", "eval-rows=32", "local-eval-rows=16"]
@@ -26,14 +25,6 @@ SETTINGS = ["max-steps=2", "batch-size=8", "eval-rows=32", "local-eval-rows=16"]
 
 def _args(out: Path, shards_dir: Path, imdb: Path, *extra: str) -> list[str]:
     return [*local_run_args(out, shards_dir, imdb, clients=2, rounds=1, settings=SETTINGS), *extra]
-
-
-def _fingerprint(folder: Path) -> dict[str, tuple[str, int]]:
-    return {
-        str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 def _status(exp: Path) -> dict:
@@ -104,7 +95,7 @@ def interrupted(imdb_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
 def resumed(interrupted: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The interrupted experiment, copied to a fresh --out and finished with --resume."""
     exp = _copy_experiment(interrupted["exp"], tmp_path_factory.mktemp("resumed"))
-    repeat0 = _fingerprint(exp / "repeat-0")
+    repeat0 = fingerprint(exp / "repeat-0")
     run = _resume(exp, interrupted)
     return {"run": run, "exp": exp, "repeat0": repeat0}
 
@@ -135,7 +126,7 @@ def test_resume_finishes_without_touching_verified_repeats(resumed: dict) -> Non
     run, exp = resumed["run"], resumed["exp"]
     assert run.returncode == 0, run.stderr[-3000:]
     assert "repeat 0: verified earlier, kept as it is" in run.stderr
-    assert _fingerprint(exp / "repeat-0") == resumed["repeat0"]
+    assert fingerprint(exp / "repeat-0") == resumed["repeat0"]
     record = read_json(exp / "experiment.json")
     assert record["status"] == "completed"
     assert len(record["repeats"]["0"]["attempts"]) == 1
@@ -152,7 +143,7 @@ def test_resume_finishes_without_touching_verified_repeats(resumed: dict) -> Non
 def test_corrupted_repeat_is_detected_and_redone(interrupted: dict, resumed: dict, tmp_path: Path) -> None:
     assert resumed["run"].returncode == 0, resumed["run"].stderr[-3000:]
     exp = _copy_experiment(resumed["exp"], tmp_path)
-    before, repeat0 = read_json(exp / "experiment.json"), _fingerprint(exp / "repeat-0")
+    before, repeat0 = read_json(exp / "experiment.json"), fingerprint(exp / "repeat-0")
     assert before["status"] == "completed"
     with open(exp / "repeat-1" / "rounds.csv", "a") as fh:
         fh.write("9,tampered\n")
@@ -164,7 +155,7 @@ def test_corrupted_repeat_is_detected_and_redone(interrupted: dict, resumed: dic
     verify_run(exp / "repeat-1")
     after = read_json(exp / "experiment.json")
     assert len(after["repeats"]["1"]["attempts"]) == len(before["repeats"]["1"]["attempts"]) + 1
-    assert _fingerprint(exp / "repeat-0") == repeat0
+    assert fingerprint(exp / "repeat-0") == repeat0
     assert json.loads(json.dumps(after["repeats"]["0"])) == before["repeats"]["0"]
 
 

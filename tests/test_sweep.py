@@ -1,12 +1,17 @@
 """A 2 x 2 sweep with 2 repeats on the simulation backend, tiny model: ``orchestrate.py --sweep
 strategy=fedavg,fedadam --sweep alpha=iid,1.0 --repeats 2``. Every cell is an experiment of its own with
 its summary; sweep.csv must say what the cells' own summaries say, the paired tests must be scipy's on
-the cells' repeats, and ``--resume`` of a finished sweep must run nothing again. The pure parts:
+the cells' repeats. Ctrl-C after the first cell and ``--resume`` must leave that cell untouched and run
+the rest; ``--resume`` of a finished sweep must run nothing again. The pure parts:
 tests/test_sweep_grid.py."""
 
 from __future__ import annotations
 
 import math
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,7 +23,7 @@ from fedimdb.summary import SUMMARY_CSV
 from fedimdb.sweep.compare import FINAL_ACCURACY, PAIRED_TEST
 from fedimdb.sweep.files import SWEEP_CSV, SWEEP_MD, SWEEP_PLOT, SWEEP_TESTS_CSV
 from fedimdb.sweep.record import SWEEP_FILE
-from tests.conftest import imdb_sample, orchestrate
+from tests.conftest import fingerprint, imdb_sample, orchestrate
 
 pytestmark = pytest.mark.slow
 CELLS = [
@@ -30,9 +35,19 @@ CELLS = [
 REPEATS, ROUNDS = 2, 2
 
 
+@dataclass
+class Interrupted:
+    """What the sweep left when Ctrl-C came after its first cell: exit code, sweep.json, the cell's files."""
+
+    returncode: int | None
+    stderr: str
+    record: dict
+    first_cell: dict[str, tuple[str, int]]
+
+
 @pytest.fixture(scope="module")
-def sweep(imdb_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The sweep's folder, after it ran to the end."""
+def interrupted_sweep(imdb_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Interrupted]:
+    """The sweep's folder, after SIGINT once its first cell completed and a --resume that ran it to the end."""
     base = tmp_path_factory.mktemp("sweep")
     source = imdb_sample(imdb_dir, base / "imdb", {"train": 2000, "test": 300})
     args = ["--backend", "simulation", "--model", "tiny", "--clients", "2", "--rounds", str(ROUNDS)]
@@ -41,14 +56,45 @@ def sweep(imdb_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     args += ["--shards-dir", str(base / "shards"), "--data-source", str(source)]
     for setting in ("max-steps=2", "batch-size=16", "max-length=32", "eval-rows=64", "local-eval-rows=16"):
         args += ["--set", setting]
-    run = orchestrate(*args, env={"FEDIMDB_NUM_PARTITIONS": "2"})
-    assert run.returncode == 0, run.stderr[-3000:]
+    env = {"FEDIMDB_NUM_PARTITIONS": "2"}
+    run = orchestrate(*args, env=env, watch=lambda proc: _interrupt_after_first_cell(base / "results", proc))
     (sweep_dir,) = (base / "results").iterdir()
-    return sweep_dir
+    first = Interrupted(
+        run.returncode, run.stderr, read_json(sweep_dir / SWEEP_FILE), fingerprint(sweep_dir / CELLS[0])
+    )
+    resumed = orchestrate("--out", str(sweep_dir.parent), "--resume", sweep_dir.name, "--metrics-port", "0", env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    return sweep_dir, first
+
+
+@pytest.fixture(scope="module")
+def sweep(interrupted_sweep: tuple[Path, Interrupted]) -> Path:
+    """The sweep's folder, run to its end."""
+    return interrupted_sweep[0]
+
+
+def _interrupt_after_first_cell(out: Path, proc: subprocess.Popen) -> None:
+    """SIGINT to the orchestrator as soon as sweep.json says that the first cell completed."""
+    while proc.poll() is None:
+        records = list(out.glob(f"*/{SWEEP_FILE}"))
+        if records and read_json(records[0])["cells"][0].get("status") == "completed":  # none until it ran
+            proc.send_signal(signal.SIGINT)
+            return
+        time.sleep(0.2)
 
 
 def _final_accuracies(cell: Path) -> list[float]:
     return [float(read_csv(cell / f"repeat-{k}" / ROUNDS_FILE)[-1]["central_accuracy"]) for k in range(REPEATS)]
+
+
+def test_an_interrupted_sweep_resumes_where_it_stopped(interrupted_sweep: tuple[Path, Interrupted]) -> None:
+    sweep_dir, first = interrupted_sweep
+    assert first.returncode == 130, first.stderr[-3000:]
+    assert f"--resume {sweep_dir.name}" in " ".join(first.stderr.split())
+    assert first.record["status"] == "interrupted"
+    assert [c.get("status") for c in first.record["cells"]] == ["completed", "interrupted", None, None]
+    assert fingerprint(sweep_dir / CELLS[0]) == first.first_cell, "the completed cell was touched again"
+    assert [c["status"] for c in read_json(sweep_dir / SWEEP_FILE)["cells"]] == ["completed"] * len(CELLS)
 
 
 def test_each_cell_is_an_experiment_of_its_own_settings(sweep: Path) -> None:

@@ -1,8 +1,9 @@
 """A sweep: every cell of the grid as an experiment of its own, one after another, then the comparison.
 
 Every cell's folder and experiment.json are written before the first cell runs, so ``--resume`` of a
-sweep finds each cell's settings whether it ran or not, and goes on cell by cell: a cell's verified
-repeats are kept and the rest run, as for one experiment (fedimdb/experiment.py).
+sweep finds each cell's settings whether it ran or not, and goes on cell by cell: a completed cell is
+left as it is, and in the others the verified repeats are kept and the rest run, as for one
+experiment (fedimdb/experiment.py).
 """
 
 from __future__ import annotations
@@ -91,6 +92,12 @@ class Sweep:
         self.save()
         stopped = False
         for i, job in enumerate(self.jobs, 1):
+            if job.cell.status == ExperimentStatus.COMPLETED:
+                console.print(
+                    f"sweep {self.sweep_dir.name}: cell {i}/{len(self.jobs)}, {job.cell.name}: completed "
+                    "earlier, kept as it is"
+                )
+                continue
             console.print(f"sweep {self.sweep_dir.name}: cell {i}/{len(self.jobs)}, {job.cell.name}")
             self.current = job
             Experiment(self.sweep_dir / job.cell.name, job.record, job.settings, self.backend, job.shards, False).run()
