@@ -2,17 +2,22 @@
 
 Each message's work is :mod:`client.task`'s. With ``warm-model`` the node's warm worker does it
 (client/worker.py: the model, tokenizer and shard stay loaded across messages); otherwise this
-process loads them itself. Keys: fedimdb/protocol.py.
+process loads them itself. With ``dp = client-fixed`` the server's train messages carry a clipping
+norm, and Flower's ``fixedclipping_mod`` clips the update before it leaves (:func:`clipping_mod`).
+Keys: fedimdb/protocol.py.
 """
 
 from __future__ import annotations
 
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.mod import fixedclipping_mod
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from client import task, worker
 from fedimdb.config import RunConfig
-from fedimdb.protocol import METRICS, PARTITION_ID
+from fedimdb.protocol import METRICS, PARTITION_ID, config_of
 
 app = ClientApp()
 FRESH = task.Loads()
@@ -27,7 +32,15 @@ def _reply(kind: str, msg: Message, context: Context) -> Message:
     return Message(content=content, reply_to=msg)
 
 
-@app.train()
+def clipping_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Flower's ``fixedclipping_mod`` for a train message that carries a clipping norm (``dp = client-fixed``:
+    Flower's client-side DP wrapper puts it in the config); other train messages pass as they are."""
+    if KEY_CLIPPING_NORM in config_of(msg.content):
+        return fixedclipping_mod(msg, context, call_next)
+    return call_next(msg, context)
+
+
+@app.train(mods=[clipping_mod])
 def train(msg: Message, context: Context) -> Message:
     """Train the global model on the local train split; reply with weights and metrics."""
     return _reply(task.TRAIN, msg, context)

@@ -4,7 +4,7 @@
 #   install.sh base LOCK MINILM  a venv at /opt/venv with LOCK (torch and the core requirements), the
 #                                minilm preset's weights (MINILM, --no-deps) and the non-root user that
 #                                runs everything; the same step in both images, so they share that layer
-#   install.sh extra LOCK        the rest of LOCK into that venv (the server's: core + prepare)
+#   install.sh extra LOCK        the rest of LOCK into that venv (the server's: core + prepare + dp)
 #   TORCH_INDEX_URL  the index beside PyPI that holds the locked torch (PyTorch's CPU index by default;
 #                    PyPI itself for the CUDA build of requirements/client-cuda.txt)
 #   WHEELHOUSE_ONLY=1  air-gapped: install only from the wheelhouse mounted at /wheelhouse

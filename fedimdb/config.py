@@ -55,6 +55,9 @@ LOCAL_EVAL_MODES = (LOCAL_EVAL_WITH_TRAIN, "separate")
 LR_SCHEDULES = ("constant", "cosine")
 FULL_MODEL, NO_EMBEDDINGS, LORA = "full", "no-embeddings", "lora"
 FINE_TUNE_MODES = (FULL_MODEL, NO_EMBEDDINGS, LORA)
+DP_OFF, DP_SERVER_FIXED, DP_CLIENT_FIXED = "off", "server-fixed", "client-fixed"
+DP_MODES = (DP_OFF, DP_SERVER_FIXED, DP_CLIENT_FIXED)
+DP_STRATEGIES = ("fedavg", "fedprox")  # those aggregating with FedAvg.aggregate_train, as Flower's accountant needs
 FULL_PRECISION = "float32"
 TRANSPORT_DTYPES = (FULL_PRECISION, "float16", "int8")
 MAX_SEED = 2**31 - 1  # a client's seed (seed + 1000 x round + partition) stays below NumPy's 2**32
@@ -314,6 +317,38 @@ class RunConfig(_Settings):
         low=1.0,
         high=WEEK_SECONDS,
     )
+    dp: str = setting(
+        DP_OFF,
+        "Differential privacy (Flower's wrappers and RDP accountant, docs/privacy.md): off; server-fixed (the server "
+        "clips each update to dp-clipping-norm, then adds Gaussian noise to the mean); client-fixed (each client "
+        "clips its own update, the server adds the noise)",
+        choices=DP_MODES,
+    )
+    dp_noise_multiplier: float = setting(
+        1.0,
+        "DP: the noise's standard deviation on the sum of the clipped updates, in clipping norms (on their mean: "
+        "divided by the sampled clients)",
+        low=0.0,
+        low_open=True,
+        high=1000.0,
+    )
+    dp_clipping_norm: float = setting(
+        1.0,
+        "DP: the L2 norm each client's update (its weights less the global model) is clipped to",
+        low=0.0,
+        low_open=True,
+        high=1e6,
+    )
+    dp_delta: float = setting(
+        1e-5, "DP: the delta at which epsilon is reported (below 1 / num-clients)", low=0.0, low_open=True, high=0.5
+    )
+    dp_target_epsilon: float = setting(
+        0.0,
+        "DP: the most epsilon the run may spend (0 = no limit); a run whose planned rounds would spend more is "
+        "refused before it starts",
+        low=0.0,
+        high=1e6,
+    )
     archive_client_weights: bool = setting(False, "Also archive every client's returned weights per round")
     weight_stats: bool = setting(
         True,
@@ -344,12 +379,39 @@ class RunConfig(_Settings):
     )
 
     def validate(self) -> None:
-        """Ranges, then the model name (a preset, a directory or a hub id)."""
+        """Ranges, then the model name (a preset, a directory or a hub id), then what differential privacy needs."""
         super().validate()
         if self.model not in MODEL_PRESETS and not Path(self.model).is_dir() and not _HUB_ID.match(self.model):
             raise ConfigError(
                 f"model: unknown model {self.model!r}; use a preset ({', '.join(MODEL_PRESETS)}), "
                 "an existing local model directory, or a hub id like owner/name"
+            )
+        if self.dp != DP_OFF:
+            self._check_dp()
+
+    def _check_dp(self) -> None:
+        """The combinations Flower's DP wrappers and accountant can state an (epsilon, delta) for."""
+        if self.strategy not in DP_STRATEGIES:
+            raise ConfigError(
+                f"dp={self.dp} with strategy={self.strategy}: Flower's accountant states epsilon only for FedAvg's "
+                "mean of the clipped updates (fedavg, fedprox); a robust aggregator would act on clipped updates and "
+                "void the noise's calibration: use strategy=fedavg or fedprox, or dp=off"
+            )
+        if self.min_reply_fraction < 1.0:
+            raise ConfigError(
+                f"dp={self.dp} with min-reply-fraction={self.min_reply_fraction}: the noise is calibrated for the "
+                "number of sampled clients, and Flower aggregates only when every one of them replies: set "
+                "min-reply-fraction=1 (a client that fails is sent its train message again, round-retries)"
+            )
+        if self.weight_transport != FULL_PRECISION:
+            raise ConfigError(
+                f"dp={self.dp} with weight-transport={self.weight_transport}: an update is clipped against the "
+                "model the server sent, which only float32 transport sends as it is: set weight-transport=float32"
+            )
+        if self.dp_delta >= 1 / self.num_clients:
+            raise ConfigError(
+                f"dp-delta={self.dp_delta} with {self.num_clients} clients: a delta of 1 / num-clients or more "
+                f"allows one client's data to leak whole; set dp-delta below {1 / self.num_clients:g} (e.g. 1e-5)"
             )
 
 

@@ -22,8 +22,11 @@ from dataclasses import dataclass
 
 PREPARE_EXTRA = {"datasets": "datasets", "flwr-datasets": "flwr_datasets"}
 """The ``prepare`` extra: distribution name -> the module it installs (tests/test_console.py checks pyproject)."""
+DP_EXTRA = {"dp-accounting": "dp_accounting"}
+"""The ``dp`` extra: Flower's privacy accountant's backend (fedimdb/privacy.py)."""
 ORCHESTRATOR_EXTRA = {
     **PREPARE_EXTRA,
+    **DP_EXTRA,
     "docker": "docker",
     "requests": "requests",
     "rich": "rich",
@@ -31,8 +34,8 @@ ORCHESTRATOR_EXTRA = {
     "pyyaml": "yaml",
     "scipy": "scipy",
 }
-"""The ``orchestrator`` extra (``prepare`` included)."""
-EXTRAS = {"prepare": PREPARE_EXTRA, "orchestrator": ORCHESTRATOR_EXTRA}
+"""The ``orchestrator`` extra (``prepare`` and ``dp`` included)."""
+EXTRAS = {"prepare": PREPARE_EXTRA, "dp": DP_EXTRA, "orchestrator": ORCHESTRATOR_EXTRA}
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from fedimdb.config import (
     RunConfig,
     Settings,
 )
+from fedimdb.privacy import check_budget
 
 SPACE_MARGIN = 64 * 2**20
 """Bytes of one repeat besides its weights: logs, CSVs, plots, manifests."""
@@ -152,5 +153,6 @@ def preflight(settings: Settings, backend: str, out: Path) -> None:
     check_port(settings.experiment.metrics_port, "metrics-port")
     check_monitoring(settings.experiment, backend)
     check_simulation(settings.run, backend)
+    check_budget(settings.run)
     check_device(settings.run, backend)
     check_out(out, needed_bytes(settings, check_model(settings.run, backend)))

@@ -41,6 +41,7 @@ NODE_SHARD_DIR = "shard-dir"
 # MetricRecord entries of the replies.
 PARTITION_ID = "partition-id"
 NUM_EXAMPLES = "num-examples"  # FedAvg weights replies by this key (its default weighted_by_key)
+UNIFORM_WEIGHT = "uniform-weight"  # 1 in every train and evaluate reply: FedAvg's key under differential privacy
 TRAIN_LOSS = "train-loss"
 TRAIN_STEPS = "train-steps"
 TRAIN_SECONDS = "train-seconds"
@@ -128,6 +129,7 @@ class TrainMetrics(_ReplyMetrics):
     seconds: float
     samples_per_second: float
     setup_seconds: float  # before training: model and weights, data, the local evaluation if asked
+    uniform_weight: int = 1  # the same for every client: differential privacy's noise is calibrated for a plain mean
 
     KEYS: ClassVar[dict[str, str]] = {
         "partition_id": PARTITION_ID,
@@ -137,6 +139,7 @@ class TrainMetrics(_ReplyMetrics):
         "seconds": TRAIN_SECONDS,
         "samples_per_second": TRAIN_SAMPLES_PER_S,
         "setup_seconds": SETUP_SECONDS,
+        "uniform_weight": UNIFORM_WEIGHT,
     }
 
 
@@ -148,12 +151,14 @@ class EvalMetrics(_ReplyMetrics):
     num_examples: int
     loss: float
     accuracy: float
+    uniform_weight: int = 1  # FedAvg weights evaluate replies by the train replies' key
 
     KEYS: ClassVar[dict[str, str]] = {
         "partition_id": PARTITION_ID,
         "num_examples": NUM_EXAMPLES,
         "loss": EVAL_LOSS,
         "accuracy": EVAL_ACCURACY,
+        "uniform_weight": UNIFORM_WEIGHT,
     }
 
 

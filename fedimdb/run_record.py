@@ -30,6 +30,24 @@ class RunStatus(StrEnum):
 
 
 @dataclass
+class Privacy:
+    """A differentially private run's guarantee: its mechanism and settings, and the (epsilon, delta) spent so far.
+
+    ``releases`` counts the rounds whose noised aggregate was released; ``stopped`` says why the run ended
+    before its last round, if the budget did that (None: it did not).
+    """
+
+    mechanism: str
+    noise_multiplier: float
+    clipping_norm: float
+    delta: float
+    target_epsilon: float | None
+    epsilon: float = 0.0
+    releases: int = 0
+    stopped: str | None = None
+
+
+@dataclass
 class ContinuedFrom:
     """An earlier attempt a run continues: its run id, the last round it archived, and its folder then."""
 
@@ -45,7 +63,8 @@ class RunRecord:
     ``config`` is the run's RunConfig ``as_dict()``, ``data`` the recipe of the shards it used (as the
     held-out set's manifest has it), ``versions`` the software it ran on; the evaluations are the
     central evaluation of the model before round 1 and of the final model on the whole held-out set;
-    ``continued_from`` lists the failed attempts this run continues, oldest first (empty: it started at round 1).
+    ``continued_from`` lists the failed attempts this run continues, oldest first (empty: it started at round 1);
+    ``privacy`` is the differential-privacy guarantee, after every round (None: ``dp = off``).
     ``replaced`` holds, while files that ``files`` lists are being rewritten, their previous sha256: a run
     killed then still verifies, each such file holding either content (fedimdb/artifacts.py).
     """
@@ -63,6 +82,7 @@ class RunRecord:
     ended: str | None = None
     error: str | None = None
     continued_from: list[ContinuedFrom] = field(default_factory=list)
+    privacy: Privacy | None = None
     files: dict[str, str] = field(default_factory=dict)
     replaced: dict[str, str] = field(default_factory=dict)
 

@@ -23,6 +23,7 @@ SUMMARY_METRICS = (
     "local_eval_accuracy",
     "local_eval_loss",
     "round_seconds",
+    "epsilon",  # differential privacy only: the epsilon spent after the round
 )
 SUMMARY_CSV = "summary.csv"
 SUMMARY_MD = "summary.md"

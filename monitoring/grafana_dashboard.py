@@ -176,8 +176,16 @@ ROWS: tuple[tuple[str, tuple[PanelSpec, ...]], ...] = (
     (
         "Server: central evaluation",
         (
-            one("Central accuracy", selected("fedimdb_server_central_accuracy"), "", RUN, width=12, unit="percentunit"),
-            one("Central loss", selected("fedimdb_server_central_loss"), "", RUN, width=12),
+            one("Central accuracy", selected("fedimdb_server_central_accuracy"), "", RUN, width=8, unit="percentunit"),
+            one("Central loss", selected("fedimdb_server_central_loss"), "", RUN, width=8),
+            one(
+                "Privacy spent (epsilon)",
+                selected("fedimdb_server_privacy_epsilon"),
+                "",
+                RUN,
+                width=8,
+                description="Differential privacy: the epsilon the run has spent, at its dp-delta; +Inf: dp off",
+            ),
         ),
     ),
     (

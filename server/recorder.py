@@ -15,6 +15,7 @@ from flwr.app import ArrayRecord, Message
 
 from fedimdb.metrics.server import ServerMetrics
 from fedimdb.protocol import NUM_EXAMPLES, arrays_of, metrics_of, partition_of, payload_bytes, state_view
+from fedimdb.run_record import Privacy
 from fedimdb.weights import ClientUpdate
 from server.checks import Refusal
 from server.records import RoundLog
@@ -37,6 +38,8 @@ class Recorder:
         Called with every aggregated train reply's arrays (e.g. to archive client weights).
     weight_log : WeightLog, optional
         Where each round's client updates are compared with the aggregated one (None: they are not).
+    privacy : Privacy, optional
+        run.json's differential-privacy block, kept up to date with the epsilon spent (None: ``dp = off``).
     """
 
     def __init__(
@@ -45,11 +48,13 @@ class Recorder:
         metrics: ServerMetrics,
         archive_client: ClientArchiver | None = None,
         weight_log: WeightLog | None = None,
+        privacy: Privacy | None = None,
     ) -> None:
         self.round_log = round_log
         self.metrics = metrics
         self.archive_client = archive_client
         self.weight_log = weight_log
+        self.privacy = privacy
         self._updates: list[ClientUpdate] = []  # the round's accepted updates, until they are aggregated
 
     def round_started(self, server_round: int, messages: Sequence[Message], online: int) -> None:
@@ -97,6 +102,18 @@ class Recorder:
         updates, self._updates = self._updates, []
         if self.weight_log is not None and aggregate is not None:
             self.weight_log.client_updates(server_round, state_view(sent), state_view(aggregate), updates)
+
+    def released(self, server_round: int, epsilon: float, delta: float) -> None:
+        """The epsilon spent so far: in the round's row, the metrics and run.json's privacy block."""
+        self.round_log.released(server_round, epsilon)
+        self.metrics.privacy_spent(epsilon)
+        if self.privacy is not None:
+            self.privacy.epsilon, self.privacy.delta, self.privacy.releases = epsilon, delta, server_round
+
+    def budget_spent(self, server_round: int, reason: str) -> None:
+        """run.json's privacy block says that the run stopped before ``server_round``, and why."""
+        if self.privacy is not None:
+            self.privacy.stopped = f"round {server_round} not run: {reason}"
 
     def evaluated(self, server_round: int, replies: Sequence[Message]) -> None:
         """The clients' evaluations join their rows of the round."""

@@ -39,6 +39,7 @@ ROUND_COLUMNS = (
     "retries",
     "bytes_sent",
     "bytes_received",
+    "epsilon",
     "central_eval_seconds",
     "round_seconds",
 )
@@ -102,6 +103,7 @@ class RoundLog:
         self._sampled: dict[int, int] = {}
         self._retries: dict[int, int] = {}
         self._bytes: dict[int, list[int]] = {}  # the round's payload bytes: [sent, received]
+        self._epsilon: dict[int, float] = {}  # differential privacy: the epsilon spent once the round was released
         self._last_finished = 0.0  # time.monotonic() when the latest round's central evaluation ended
 
     def start_round(self, server_round: int, sampled: int) -> None:
@@ -118,6 +120,10 @@ class RoundLog:
         counts = self._bytes.setdefault(server_round, [0, 0])
         counts[0] += sent
         counts[1] += received
+
+    def released(self, server_round: int, epsilon: float) -> None:
+        """The round's aggregate was released with differential privacy; the run has spent ``epsilon`` so far."""
+        self._epsilon[server_round] = epsilon
 
     def _row(self, server_round: int, partition_id: int | None, node_id: int) -> dict[str, Any]:
         """The client's row of the round (by partition, or by node while its partition is unknown)."""
@@ -229,6 +235,7 @@ class RoundLog:
             "retries": self._retries.get(server_round, 0),
             "bytes_sent": self._bytes.get(server_round, [0, 0])[0],
             "bytes_received": self._bytes.get(server_round, [0, 0])[1],
+            "epsilon": self._epsilon.get(server_round, ""),
             "round_seconds": ended - began,
         }
         if central is not None:

@@ -39,12 +39,13 @@ from fedimdb.artifacts import (
     software_versions,
     utc_now,
 )
-from fedimdb.config import LOCAL_EVAL_WITH_TRAIN, ConfigError, RunConfig, check_clients_fit
+from fedimdb.config import DP_OFF, LOCAL_EVAL_WITH_TRAIN, ConfigError, RunConfig, check_clients_fit
 from fedimdb.data import MANIFEST, Examples, read_split
 from fedimdb.finetune import Tuned
 from fedimdb.metrics.server import ServerMetrics
 from fedimdb.model import load_model, pick_device
-from fedimdb.run_record import RECURS, RunRecord, RunStatus
+from fedimdb.privacy import check_budget
+from fedimdb.run_record import RECURS, Privacy, RunRecord, RunStatus
 from fedimdb.training import EvalResult, evaluate, seed_everything
 from fedimdb.weights import CLIENT_UPDATE_COLUMNS, WEIGHT_STATS_COLUMNS
 from server.continuation import Continuation, read_continuation, restore_strategy, server_state
@@ -74,6 +75,7 @@ def main(grid: Grid, context: Context) -> None:
             raise ConfigError("held-out-dir: not set; pass the prepared shards' server/ folder with --run-config")
         data_recipe = read_json(Path(cfg.held_out_dir) / MANIFEST)["recipe"]
         check_clients_fit(cfg, int(data_recipe["num-partitions"]))
+        check_budget(cfg)
         earlier = read_continuation(Path(cfg.continue_from), cfg.num_rounds) if cfg.continue_from else None
     except ConfigError as exc:
         raise ConfigError(f"{RECURS} {exc}") from None
@@ -85,10 +87,12 @@ def main(grid: Grid, context: Context) -> None:
         data=data_recipe,
         versions=software_versions(),
         started=utc_now(),
+        privacy=privacy_record(cfg),
     )
     if earlier is not None:
         record.continued_from, record.rounds_completed = earlier.lineage(), earlier.round
         record.initial_evaluation = earlier.record.initial_evaluation
+        record.privacy = earlier.record.privacy
     artifacts = RunArtifacts(output, record)
     metrics = ServerMetrics(context.run_id, cfg)
     try:
@@ -99,6 +103,14 @@ def main(grid: Grid, context: Context) -> None:
         raise
     artifacts.finish(RunStatus.COMPLETED)
     metrics.finished(RunStatus.COMPLETED)
+
+
+def privacy_record(cfg: RunConfig) -> Privacy | None:
+    """run.json's privacy block before round 1: the mechanism and its settings (None: ``dp = off``)."""
+    if cfg.dp == DP_OFF:
+        return None
+    target = cfg.dp_target_epsilon or None
+    return Privacy(cfg.dp, cfg.dp_noise_multiplier, cfg.dp_clipping_norm, cfg.dp_delta, target)
 
 
 @dataclass(frozen=True)
@@ -249,7 +261,7 @@ def run_federation(
         artifacts.add_folder(Path(tmp), WEIGHTS_DIR)
     tuned = Tuned(model, cfg.fine_tune, cfg.lora_rank)
     initial = {k: v.clone() for k, v in tuned.travelling().items()}  # as every client loads it first
-    strategy = make_strategy(cfg)
+    strategy = make_strategy(cfg, releases=earlier.round if earlier is not None else 0)
     round_log, weight_log = RoundLog(), WeightLog(cfg.outlier_z) if cfg.weight_stats else None
     start, first_round = ArrayRecord(initial), 1
     if earlier is not None:
@@ -259,7 +271,7 @@ def run_federation(
     federation = Federation(
         strategy,
         PollingGrid(grid, cfg.reply_poll_interval),
-        Recorder(round_log, metrics, archiver, weight_log),
+        Recorder(round_log, metrics, archiver, weight_log, artifacts.record.privacy),
         RoundPolicy.of(cfg),
         Wire(cfg.weight_transport, initial),
         evaluate_received=cfg.local_eval == LOCAL_EVAL_WITH_TRAIN and cfg.fraction_evaluate > 0,

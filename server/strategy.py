@@ -1,8 +1,10 @@
 """Which Flower strategy a run uses, and with which arguments.
 
 :func:`make_strategy` builds the Flower strategy named in the run config (``strategy``), unchanged:
-it samples the clients and aggregates their replies. The round loop around it (waiting, screening,
-resending, recording) is server/loop.py's.
+it samples the clients and aggregates their replies. With ``dp`` on, Flower's own differential-privacy
+wrapper goes around it, with Flower's RDP accountant (fedimdb/privacy.py), and the strategy averages
+the clipped updates with equal weights, as the noise's calibration assumes. The round loop around it
+(waiting, screening, resending, recording) is server/loop.py's.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import math
 from typing import Any
 
 from flwr.serverapp.strategy import (
+    DifferentialPrivacyClientSideFixedClipping,
+    DifferentialPrivacyServerSideFixedClipping,
     FedAdagrad,
     FedAdam,
     FedAvg,
@@ -23,7 +27,9 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
-from fedimdb.config import RunConfig
+from fedimdb.config import DP_SERVER_FIXED, RunConfig
+from fedimdb.privacy import PrivacyPlan
+from fedimdb.protocol import UNIFORM_WEIGHT
 from server.loop import RoundPolicy
 
 STRATEGY_CLASSES: dict[str, type[Strategy]] = {
@@ -37,6 +43,9 @@ STRATEGY_CLASSES: dict[str, type[Strategy]] = {
     "fedtrimmedavg": FedTrimmedAvg,
     "krum": Krum,
 }
+DP_STRATEGY_CLASSES: dict[str, type[FedAvg]] = {"fedavg": FedAvg, "fedprox": FedProx}
+"""The strategies differential privacy wraps (fedimdb/config.py's DP_STRATEGIES): those whose aggregation is
+FedAvg's, as Flower's accountant requires."""
 
 
 def strategy_kwargs(cfg: RunConfig) -> dict[str, Any]:
@@ -68,6 +77,27 @@ def strategy_kwargs(cfg: RunConfig) -> dict[str, Any]:
     return kwargs
 
 
-def make_strategy(cfg: RunConfig) -> Strategy:
-    """Flower's strategy named by ``cfg.strategy``, with the run's arguments."""
-    return STRATEGY_CLASSES[cfg.strategy](**strategy_kwargs(cfg))
+def sample_size(cfg: RunConfig, kwargs: dict[str, Any]) -> int:
+    """The clients a round samples with every client online, as Flower's ``configure_train`` counts them."""
+    return max(int(cfg.num_clients * cfg.fraction_train), kwargs["min_train_nodes"])
+
+
+def make_strategy(cfg: RunConfig, releases: int = 0) -> Strategy:
+    """Flower's strategy named by ``cfg.strategy``, with the run's arguments; with ``dp`` on, inside Flower's DP
+    wrapper, whose accountant has ``releases`` rounds composed already (those of the run it continues)."""
+    kwargs = strategy_kwargs(cfg)
+    plan = PrivacyPlan.of(cfg, sample_size(cfg, kwargs))
+    if plan is None:
+        return STRATEGY_CLASSES[cfg.strategy](**kwargs)
+    wrapper = (
+        DifferentialPrivacyServerSideFixedClipping
+        if cfg.dp == DP_SERVER_FIXED
+        else DifferentialPrivacyClientSideFixedClipping
+    )
+    return wrapper(
+        DP_STRATEGY_CLASSES[cfg.strategy](**kwargs, weighted_by_key=UNIFORM_WEIGHT),
+        cfg.dp_noise_multiplier,
+        cfg.dp_clipping_norm,
+        plan.sampled,
+        accountant=plan.accountant(releases),
+    )

@@ -46,6 +46,7 @@ SERVER_METRICS = {
     "fedimdb_server_received_bytes_total": {RUN},
     "fedimdb_server_central_loss": {RUN},
     "fedimdb_server_central_accuracy": {RUN},
+    "fedimdb_server_privacy_epsilon": {RUN},
 }
 CLIENT_METRICS = {
     name: {PARTITION, RUN}

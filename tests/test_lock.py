@@ -24,7 +24,7 @@ LOCKS = ROOT / "requirements"
 # torch, build backend.
 SETS: dict[str, tuple[list[str], bool, bool]] = {
     "host": (["all"], True, True),
-    "server": (["prepare"], True, False),
+    "server": (["prepare", "dp"], True, False),
     "client": ([], True, False),
     "client-cuda": ([], False, False),
 }

@@ -180,6 +180,26 @@ CASES: dict[str, Case] = {
     "--keep-up with a sweep": Case(
         (*LOCAL, "--keep-up", "--sweep", "strategy=fedavg,fedadam"), "a sweep runs many: drop --keep-up"
     ),
+    # differential privacy
+    "dp with a robust strategy": Case(
+        (*LOCAL, "--strategy", "krum", "--set", "dp=server-fixed", "--set", "min-reply-fraction=1"),
+        "dp=server-fixed with strategy=krum: Flower's accountant states epsilon only for FedAvg's mean",
+    ),
+    "dp target epsilon the rounds exceed": Case(
+        (
+            *LOCAL,
+            "--rounds",
+            "10",
+            "--set",
+            "dp=client-fixed",
+            "--set",
+            "min-reply-fraction=1",
+            "--set",
+            "dp-target-epsilon=8",
+        ),
+        "dp-target-epsilon=8: 10 rounds with dp-noise-multiplier=1 would spend epsilon 19.054 at delta 1e-05; "
+        "lower num-rounds to 2, raise dp-noise-multiplier, or raise dp-target-epsilon",
+    ),
     "warm-model on the simulation backend": Case(
         ("--backend", "simulation", *MINI, "--set", "warm-model=true"),
         "warm-model: keeps a worker per SuperNode, and the simulation backend has none",

@@ -246,16 +246,18 @@ class RoundProgress:
 
 
 def round_line(run_dir: Path, done: int, num_rounds: int) -> str:
-    """A completed round as the log tells it: its clients, central accuracy and seconds (from rounds.csv)."""
+    """A completed round as the log tells it: its clients, central accuracy, epsilon spent (differential privacy)
+    and seconds (from rounds.csv)."""
     path = run_dir / ROUNDS_FILE
     rows = [r for r in read_csv(path) if r["round"] == str(done)] if path.is_file() else []
     if not rows:
         return f"round {done}/{num_rounds} done"
     row = rows[-1]
     accuracy = f", central accuracy {float(row['central_accuracy']):.4f}" if row["central_accuracy"] else ""
+    epsilon = f", epsilon spent {float(row['epsilon']):.3f}" if row.get("epsilon") else ""
     return (
         f"round {done}/{num_rounds}: {row['clients_participating']} of {row['clients_sampled']} clients aggregated "
-        f"({row['clients_failed']} failed, {row['clients_refused']} refused){accuracy}, "
+        f"({row['clients_failed']} failed, {row['clients_refused']} refused){accuracy}{epsilon}, "
         f"{float(row['round_seconds']):.1f} s"
     )
 

@@ -7,6 +7,7 @@ report (:class:`ExperimentReport`) is its repeats' reports, keyed by repeat.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import statistics
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fedimdb.artifacts import CLIENT_UPDATES_FILE, RUN_FILE, WEIGHT_STATS_FILE, read_csv, read_json
+from fedimdb.run_record import Privacy, RunRecord
 from fedimdb.weights import GROUP, MODEL, TENSOR
 
 EXPLODING = 10.0  # a round's model update norm over this many times the median of the earlier rounds'
@@ -148,6 +150,7 @@ class RunReport:
     outliers: list[Outlier] = field(default_factory=list)
     anomalies: list[Anomaly] = field(default_factory=list)
     cosines: list[ClientCosine] = field(default_factory=list)
+    privacy: Privacy | None = None  # run.json's differential-privacy block (None: dp off)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready: non-finite numbers become null (the anomalies say where they were)."""
@@ -232,8 +235,11 @@ def _parse(path: Path, parse: Callable[[Mapping[str, str]], Row]) -> list[Row]:
 
 
 def read_run(run_dir: Path) -> RunReport:
-    """The report of one run folder."""
-    return build_report(run_dir.name, read_tables(run_dir))
+    """The report of one run folder, with run.json's differential-privacy block if it has one."""
+    report = build_report(run_dir.name, read_tables(run_dir))
+    with contextlib.suppress(OSError, ValueError):  # no or a damaged run.json: the report still describes the weights
+        report.privacy = RunRecord.from_json(read_json(run_dir / RUN_FILE)).privacy
+    return report
 
 
 def repeat_dirs(exp_dir: Path) -> dict[int, Path]:
@@ -410,7 +416,19 @@ def _run_lines(rep: RunReport, top: int) -> list[str]:
     ]
     lines.append("anomalies:" + ("" if rep.anomalies else " none"))
     lines += [f"  [{a.kind}] {a}" for a in rep.anomalies]
+    lines.append(f"differential privacy: {_privacy(rep.privacy)}")
     return lines
+
+
+def _privacy(p: Privacy | None) -> str:
+    """The guarantee of a run, in a line."""
+    if p is None:
+        return "off"
+    stopped = f"; {p.stopped}" if p.stopped else ""
+    return (
+        f"{p.mechanism}, epsilon {p.epsilon:.4g} at delta {p.delta:g} after {p.releases} rounds (noise multiplier "
+        f"{p.noise_multiplier:g}, clipping norm {p.clipping_norm:g}){stopped}"
+    )
 
 
 def _num(value: float | None, spec: str) -> str:

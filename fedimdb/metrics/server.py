@@ -1,4 +1,4 @@
-"""What the ServerApp records for Prometheus, per run: progress, timing, clients, traffic, accuracy.
+"""What the ServerApp records for Prometheus, per run: progress, timing, clients, traffic, accuracy, privacy.
 
 Every series carries the Flower run id as ``run`` (the dashboard's run selector). Gauges keep the
 most recent value any process set (multiprocess mode ``mostrecent``), so a finished run's last
@@ -7,6 +7,7 @@ values stay visible while the container lives.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Mapping
 from functools import partial
@@ -14,7 +15,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from fedimdb.config import RunConfig
+from fedimdb.config import DP_OFF, RunConfig
 from fedimdb.run_record import RunStatus
 
 RUN_LABEL = "run"
@@ -74,9 +75,14 @@ class ServerMetrics:
         self.bytes_received = counter("fedimdb_server_received_bytes", "Bytes of weights received from clients")
         self.central_loss = gauge("fedimdb_server_central_loss", "Held-out loss of the latest global model")
         self.central_accuracy = gauge("fedimdb_server_central_accuracy", "Held-out accuracy of the latest global model")
+        self.epsilon = gauge(
+            "fedimdb_server_privacy_epsilon",
+            "Differential privacy: the epsilon the run has spent, at its dp-delta (+Inf: dp off, no guarantee)",
+        )
         self.info.labels(self.run, cfg.strategy, cfg.model, str(cfg.num_clients), str(cfg.num_rounds)).set(1)
         self.round_timeout.labels(self.run).set(cfg.round_timeout)
         self.round.labels(self.run).set(0)
+        self.epsilon.labels(self.run).set(0.0 if cfg.dp != DP_OFF else math.inf)
         self.rounds_completed.labels(self.run)
         self.bytes_sent.labels(self.run)
         self.bytes_received.labels(self.run)
@@ -110,6 +116,10 @@ class ServerMetrics:
         """The central evaluation of the latest global model (round 0: the initial one)."""
         self.central_loss.labels(self.run).set(loss)
         self.central_accuracy.labels(self.run).set(accuracy)
+
+    def privacy_spent(self, epsilon: float) -> None:
+        """Differential privacy: the run has spent ``epsilon`` so far."""
+        self.epsilon.labels(self.run).set(epsilon)
 
     def round_finished(self, row: Mapping[str, Any]) -> None:
         """A round closed; ``row`` is its rounds.csv row (server/records.py)."""
