@@ -11,6 +11,7 @@ a run is therefore that of ``num-rounds`` releases, whatever ``fraction-train`` 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -94,6 +95,20 @@ class PrivacyPlan:
         return low
 
 
+def noise_for(epsilon: float, rounds: int, delta: float, population: int) -> float:
+    """The smallest noise multiplier (to 3 significant digits, rounded up) whose ``rounds`` rounds spend at most
+    ``epsilon`` at ``delta``: epsilon falls as the noise rises, so a bisection on its logarithm finds it."""
+    low, high = 1e-2, 1e4
+    while high / low > 1.0005:
+        mid = math.sqrt(low * high)
+        if PrivacyPlan(mid, delta, population, population).epsilon_after(rounds) > epsilon:
+            low = mid
+        else:
+            high = mid
+    digits = 2 - math.floor(math.log10(high))
+    return math.ceil(high * 10**digits) / 10**digits
+
+
 def check_budget(cfg: RunConfig) -> None:
     """ConfigError, before anything starts, when the planned rounds would spend more than the target epsilon."""
     plan = PrivacyPlan.of(cfg)
@@ -103,8 +118,9 @@ def check_budget(cfg: RunConfig) -> None:
     if planned > plan.target_epsilon:
         fits = plan.rounds_within(plan.target_epsilon, cfg.num_rounds)
         fewer = f"lower num-rounds to {fits}, " if fits else ""
+        noise = noise_for(plan.target_epsilon, cfg.num_rounds, plan.delta, plan.population)
         raise ConfigError(
             f"dp-target-epsilon={plan.target_epsilon:g}: {cfg.num_rounds} rounds with dp-noise-multiplier="
             f"{plan.noise_multiplier:g} would spend epsilon {planned:.3f} at delta {plan.delta:g}; {fewer}raise "
-            "dp-noise-multiplier, or raise dp-target-epsilon"
+            f"dp-noise-multiplier to {noise:g}, or raise dp-target-epsilon"
         )

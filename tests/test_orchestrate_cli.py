@@ -198,7 +198,7 @@ CASES: dict[str, Case] = {
             "dp-target-epsilon=8",
         ),
         "dp-target-epsilon=8: 10 rounds with dp-noise-multiplier=1 would spend epsilon 19.054 at delta 1e-05; "
-        "lower num-rounds to 2, raise dp-noise-multiplier, or raise dp-target-epsilon",
+        "lower num-rounds to 2, raise dp-noise-multiplier to 2.02, or raise dp-target-epsilon",
     ),
     "warm-model on the simulation backend": Case(
         ("--backend", "simulation", *MINI, "--set", "warm-model=true"),

@@ -16,7 +16,7 @@ from flwr.serverapp.strategy import FedAvg
 from client.client_app import clipping_mod
 from fedimdb.config import DP_CLIENT_FIXED, DP_SERVER_FIXED, DP_STRATEGIES, ConfigError, RunConfig
 from fedimdb.metrics.server import ServerMetrics
-from fedimdb.privacy import PrivacyPlan, check_budget
+from fedimdb.privacy import PrivacyPlan, check_budget, noise_for
 from fedimdb.run_record import Privacy
 from fedimdb.training import EvalResult
 from server.loop import Federation, RoundPolicy
@@ -49,8 +49,15 @@ def test_a_target_epsilon_the_planned_rounds_exceed_is_refused_naming_what_fits(
     with pytest.raises(ConfigError, match=r"would spend epsilon 19\.054 at delta 1e-05; lower num-rounds to 2"):
         check_budget(cfg)
     check_budget(dp_config(num_rounds=2, dp_target_epsilon=8.0))
-    with pytest.raises(ConfigError, match=r"epsilon 4\.729 .*; raise dp-noise-multiplier"):  # not even one round
+    with pytest.raises(ConfigError, match=r"epsilon 4\.729 .*; raise dp-noise-multiplier to 4\.05,"):  # 0 rounds fit
         check_budget(dp_config(num_rounds=1, dp_target_epsilon=1.0))
+
+
+@pytest.mark.parametrize(("epsilon", "rounds"), [(1.0, 10), (8.0, 6), (19.0, 10)])
+def test_noise_for_is_the_smallest_noise_multiplier_within_the_target(epsilon: float, rounds: int) -> None:
+    z = noise_for(epsilon, rounds, 1e-5, 10)
+    assert PrivacyPlan(z, 1e-5, 10, 10).epsilon_after(rounds) <= epsilon
+    assert PrivacyPlan(z * 0.99, 1e-5, 10, 10).epsilon_after(rounds) > epsilon
 
 
 def test_dp_wraps_exactly_the_strategies_that_aggregate_with_fedavgs_mean() -> None:

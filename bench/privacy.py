@@ -1,0 +1,109 @@
+"""The price of differential privacy: central accuracy against epsilon, every arm side by side in one invocation.
+
+Arms: epsilon = inf (``dp=off``: fedimdb's defaults) and each finite target (``dp=server-fixed``), the same
+federation, seed, shards, local budget and held-out rows. The inf arm runs first; the clipping norm of the
+private arms is the median of its round-1 client update norms (client_updates.csv), so that clipping leaves
+about half the updates alone; each private arm's noise multiplier is the smallest whose planned rounds stay
+within its epsilon (fedimdb.privacy.noise_for). Time and bytes per round are printed too (DP adds neither: the
+clipping and the noise are the server's). Run from the repository root::
+
+    python -m bench.privacy                    # 10 clients (the main job's), minilm, the TTA bench's quick budget
+    python -m bench.privacy --rounds 3 --epsilons 8
+    python -m bench.privacy --backend simulation --model tiny --clients 100   # more clients: less noise per client
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from bench.common import DEFAULT_IMDB, FedRun, run_fedimdb, work_dir, write_result
+from bench.tta import SIZES
+from fedimdb.artifacts import CLIENT_UPDATES_FILE, read_csv
+from fedimdb.config import DP_OFF, DP_SERVER_FIXED, RunConfig
+from fedimdb.privacy import noise_for
+
+EPSILONS = (1.0, 4.0, 8.0)
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One epsilon's run: its settings and what came of them."""
+
+    epsilon: float | None  # None: dp off (epsilon infinite)
+    noise_multiplier: float
+    clipping_norm: float
+    accuracy: tuple[float, ...]  # central accuracy after each round
+    round_seconds: float  # mean
+    bytes_per_round: float  # sent and received
+
+
+def arm_of(epsilon: float | None, noise: float, clip: float, run: FedRun) -> Arm:
+    """An arm's figures from its rounds.csv."""
+    return Arm(
+        epsilon,
+        noise,
+        clip,
+        tuple(float(r["central_accuracy"]) for r in run.rounds),
+        statistics.mean(float(r["round_seconds"]) for r in run.rounds),
+        statistics.mean(int(r["bytes_sent"]) + int(r["bytes_received"]) for r in run.rounds),
+    )
+
+
+def median_update_norm(run: FedRun) -> float:
+    """The median L2 norm of the round-1 client updates of a run (client_updates.csv)."""
+    rows = read_csv(run.run_dir / CLIENT_UPDATES_FILE)
+    return statistics.median(float(r["update_l2_norm"]) for r in rows if r["round"] == "1")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the arms, print accuracy against epsilon, write bench/results/privacy-*.json."""
+    quick = SIZES["quick"]
+    p = argparse.ArgumentParser(prog="python -m bench.privacy", description=__doc__.split("\n\n")[0])
+    p.add_argument("--clients", type=int, default=RunConfig().num_clients)
+    p.add_argument("--rounds", type=int, default=quick.rounds)
+    p.add_argument("--model", default="minilm")
+    p.add_argument("--backend", default="local", choices=("local", "simulation"))
+    p.add_argument("--epsilons", type=float, nargs="+", default=list(EPSILONS), help="besides inf (dp off)")
+    p.add_argument("--data-source", type=Path, default=DEFAULT_IMDB)
+    a = p.parse_args(argv)
+    delta = RunConfig().dp_delta
+    args = ["--model", a.model, "--clients", str(a.clients), "--rounds", str(a.rounds), "--seed", "42"]
+    with work_dir("privacy") as work:
+        args += ["--data-source", str(a.data_source), "--shards-dir", str(work / "shards")]
+        shared = {**quick.run_settings(), "min-reply-fraction": 1.0}
+        if a.backend == "simulation":
+            args += ["--retries", "0"]
+
+        partitions = {"FEDIMDB_NUM_PARTITIONS": str(max(a.clients, RunConfig().num_clients))}
+
+        def run(settings: dict[str, object]) -> FedRun:
+            return run_fedimdb(work / "results", args, {**shared, **settings}, partitions, backend=a.backend)
+
+        plain = run({"dp": DP_OFF})
+        clip = median_update_norm(plain)
+        arms = [arm_of(None, 0.0, 0.0, plain)]
+        for epsilon in sorted(a.epsilons, reverse=True):
+            noise = noise_for(epsilon, a.rounds, delta, a.clients)
+            dp = {"dp": DP_SERVER_FIXED, "dp-noise-multiplier": noise, "dp-clipping-norm": clip}
+            arms.append(arm_of(epsilon, noise, clip, run({**dp, "dp-target-epsilon": epsilon})))
+    print(f"{a.clients} clients x {a.rounds} rounds of {a.model}, delta {delta:g}, clipping norm {clip:.4g}")
+    print(f"{'epsilon':>8}{'noise':>8}{'final acc':>11}{'÷ inf':>8}{'s/round':>9}{'MB/round':>10}  accuracy by round")
+    for arm in arms:
+        print(
+            f"{arm.epsilon or math.inf:>8g}{arm.noise_multiplier:>8.3g}{arm.accuracy[-1]:>11.4f}"
+            f"{arm.accuracy[-1] / arms[0].accuracy[-1]:>8.3f}{arm.round_seconds:>9.1f}{arm.bytes_per_round / 1e6:>10.1f}  "
+            + " ".join(f"{x:.3f}" for x in arm.accuracy)
+        )
+    figures = {"clients": a.clients, "rounds": a.rounds, "model": a.model, "backend": a.backend, "delta": delta}
+    path = write_result("privacy", {**figures, "arms": [asdict(x) for x in arms]}, sys.argv)
+    print(f"written: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
