@@ -8,7 +8,7 @@ within its epsilon (fedimdb.privacy.noise_for). Time and bytes per round are pri
 clipping and the noise are the server's). Run from the repository root::
 
     python -m bench.privacy                    # 10 clients (the main job's), minilm, the TTA bench's quick budget
-    python -m bench.privacy --rounds 3 --epsilons 8
+    python -m bench.privacy --rounds 3 --steps 8   # a quarter of the time
     python -m bench.privacy --backend simulation --model tiny --clients 100   # more clients: less noise per client
 """
 
@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.privacy", description=__doc__.split("\n\n")[0])
     p.add_argument("--clients", type=int, default=RunConfig().num_clients)
     p.add_argument("--rounds", type=int, default=quick.rounds)
+    p.add_argument("--steps", type=int, default=quick.steps, help="local steps per round")
     p.add_argument("--model", default="minilm")
     p.add_argument("--backend", default="local", choices=("local", "simulation"))
     p.add_argument("--epsilons", type=float, nargs="+", default=list(EPSILONS), help="besides inf (dp off)")
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ["--model", a.model, "--clients", str(a.clients), "--rounds", str(a.rounds), "--seed", "42"]
     with work_dir("privacy") as work:
         args += ["--data-source", str(a.data_source), "--shards-dir", str(work / "shards")]
-        shared = {**quick.run_settings(), "min-reply-fraction": 1.0}
+        shared = {**quick.run_settings(), "max-steps": a.steps, "min-reply-fraction": 1.0}
         if a.backend == "simulation":
             args += ["--retries", "0"]
 
@@ -91,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
             noise = noise_for(epsilon, a.rounds, delta, a.clients)
             dp = {"dp": DP_SERVER_FIXED, "dp-noise-multiplier": noise, "dp-clipping-norm": clip}
             arms.append(arm_of(epsilon, noise, clip, run({**dp, "dp-target-epsilon": epsilon})))
-    print(f"{a.clients} clients x {a.rounds} rounds of {a.model}, delta {delta:g}, clipping norm {clip:.4g}")
+    print(
+        f"{a.clients} clients x {a.rounds} rounds x {a.steps} steps of {a.model}, delta {delta:g}, clipping norm {clip:.4g}"
+    )
     print(f"{'epsilon':>8}{'noise':>8}{'final acc':>11}{'÷ inf':>8}{'s/round':>9}{'MB/round':>10}  accuracy by round")
     for arm in arms:
         print(
@@ -99,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{arm.accuracy[-1] / arms[0].accuracy[-1]:>8.3f}{arm.round_seconds:>9.1f}{arm.bytes_per_round / 1e6:>10.1f}  "
             + " ".join(f"{x:.3f}" for x in arm.accuracy)
         )
-    figures = {"clients": a.clients, "rounds": a.rounds, "model": a.model, "backend": a.backend, "delta": delta}
+    figures = {"clients": a.clients, "rounds": a.rounds, "steps": a.steps, "model": a.model, "backend": a.backend}
+    figures |= {"delta": delta, "settings": {**quick.run_settings(), "max-steps": a.steps}}
     path = write_result("privacy", {**figures, "arms": [asdict(x) for x in arms]}, sys.argv)
     print(f"written: {path}")
     return 0
