@@ -18,7 +18,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Message, RecordDict
 from flwr.common.constant import ErrorCode
 
-from fedimdb.protocol import ARRAYS, METRICS, NUM_EXAMPLES, PARTITION_ID
+from fedimdb.protocol import ARRAYS, METRICS, NUM_EXAMPLES, PARTITION_ID, UNIFORM_WEIGHT
 from server.records import ClientStatus
 from server.wire import Decoder
 
@@ -92,8 +92,13 @@ def train_reply_problem(content: RecordDict, expected: Expected) -> str | None:
         return f"no weights: the reply has no ArrayRecord {ARRAYS!r}"
     if METRICS not in content.metric_records or PARTITION_ID not in content.metric_records[METRICS]:
         return f"no {PARTITION_ID} in the reply's MetricRecord {METRICS!r}"
-    claimed = content.metric_records[METRICS].get(NUM_EXAMPLES)
-    return examples_problem(claimed, expected.max_examples) or arrays_problem(content.array_records[ARRAYS], expected)
+    metrics = content.metric_records[METRICS]
+    # Under differential privacy FedAvg weights replies by it: a client must not count more than the others.
+    if metrics.get(UNIFORM_WEIGHT, 1) != 1:
+        return f"{UNIFORM_WEIGHT} is {metrics[UNIFORM_WEIGHT]!r}; every client reports 1"
+    return examples_problem(metrics.get(NUM_EXAMPLES), expected.max_examples) or arrays_problem(
+        content.array_records[ARRAYS], expected
+    )
 
 
 @dataclass(frozen=True)

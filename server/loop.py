@@ -17,8 +17,11 @@ real deployment needs between them, each step visible in :meth:`Federation.train
 
 Then the clients' evaluate exchange (with ``local-eval = with-train`` the train messages carry it,
 and one evaluate exchange follows the last round) and ``end_round`` (Flower's ``evaluate_fn``:
-archive and evaluate the global model, server/server_app.py). What happens is told to a
-:class:`RoundObserver` (server/recorder.py); the loop keeps no record of its own.
+archive and evaluate the global model, server/server_app.py). With a differentially private
+strategy (Flower's DP wrapper, server/strategy.py) the (epsilon, delta) spent is told after each
+aggregation, and a round the wrapper refuses because the budget is spent ends the run after the
+round before. What happens is told to a :class:`RoundObserver` (server/recorder.py); the loop keeps
+no record of its own.
 """
 
 from __future__ import annotations

@@ -142,6 +142,28 @@ def test_client_side_clipping_clips_each_update_before_it_leaves_the_client() ->
     assert noise.std() == pytest.approx(0.5 / 3, rel=0.03)
 
 
+def test_a_client_claiming_more_than_the_uniform_weight_is_refused_and_asked_again() -> None:
+    """Under DP, FedAvg weights replies by uniform-weight: a client claiming more would count more than the
+    noise is calibrated for (and Flower would raise on unequal weights)."""
+
+    def heavy(msg: Message) -> Message | None:
+        reply = honest()(msg)
+        if reply is not None and msg.metadata.message_type == "train":
+            reply.content["metrics"]["uniform-weight"] = 1000  # type: ignore[index]
+        return reply
+
+    trains: list[Message] = []
+
+    def once_heavy(msg: Message) -> Message | None:
+        trains.extend([msg] if msg.metadata.message_type == "train" else [])
+        return (heavy if len(trains) == 1 else honest())(msg)
+
+    run = PrivateFederation(dp_config(), {11: honest(), 12: once_heavy, 13: honest()})
+    run(num_rounds=1)
+    assert run.grid.sent("train") == [11, 12, 12, 13]
+    assert run.log.rounds[0]["retries"] == 1 and len(run.epsilons()) == 1
+
+
 def test_clipping_mod_clips_only_messages_that_carry_a_clipping_norm() -> None:
     model = ArrayRecord({"w": torch.zeros(100)})
     for config, norm in [({"clipping_norm": 1.5}, 1.5), ({}, 10.0)]:
