@@ -14,7 +14,8 @@ Arms: ``centralised``; ``stock-flower`` (the same app the way Flower's defaults 
 
     python -m bench.tta                      # the quick size: target 0.80 (0.70 and 0.75 on the way)
     python -m bench.tta --size main          # the main job's size: target 0.85
-    python -m bench.tta --arms fedimdb int8  # some arms (centralised always runs)
+    python -m bench.tta --arms fedimdb int8  # some arms, in the order given, beside the centralised one
+    python -m bench.tta --size main --arms no-embeddings fedimdb --without-centralised  # a lever's before/after alone
 """
 
 from __future__ import annotations
@@ -318,15 +319,21 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         default=[v.name for v in ARMS],
         choices=[v.name for v in ARMS],
-        help="federated arms to run beside the centralised one",
+        help="federated arms to run beside the centralised one, in this order",
+    )
+    p.add_argument(
+        "--without-centralised",
+        action="store_true",
+        help="leave the centralised arm out (a lever's before and after alone; the ratios to it stay empty)",
     )
     p.add_argument("--data-source", type=Path, default=DEFAULT_IMDB)
     a = p.parse_args(argv)
     size = SIZES[a.size]
     with work_dir("tta") as work:
         shards = prepare_shards(DataConfig(data_source=str(a.data_source), shards_dir=str(work / "shards")))
-        curves = [progress(run_centralised(size, shards))]
-        for variant in (v for v in ARMS if v.name in a.arms):
+        curves = [] if a.without_centralised else [progress(run_centralised(size, shards))]
+        by_name = {v.name: v for v in ARMS}
+        for variant in (by_name[name] for name in dict.fromkeys(a.arms)):
             if (curve := run_arm(variant, size, work, a.data_source)) is not None:
                 curves.append(progress(curve))
     rows = table(curves, size, fp32_bound(size))
