@@ -268,7 +268,9 @@ class Federation:
         outgoing = self.wire.outgoing(arrays)
         config = ConfigRecord({EVALUATE_RECEIVED: True} if self.evaluate_received and server_round > 1 else {})
         with seeded(self.seed, server_round):
-            messages = list(self.strategy.configure_train(server_round, outgoing, config, self._by_partition()))
+            messages = self.wire.carry(
+                self.strategy.configure_train(server_round, arrays, config, self._by_partition()), outgoing
+            )
         self.observer.round_started(server_round, messages, len(online))
         exchange = TrainExchange(messages, Expected.of(outgoing, self.policy.max_examples), self.wire.decoder(outgoing))
         self._exchange(server_round, exchange, messages)
@@ -353,8 +355,9 @@ class Federation:
         """The clients' evaluate exchange of the global model; the aggregate joins ``result``."""
         outgoing = self.wire.outgoing(result.arrays)
         with seeded(self.seed, server_round):
-            messages = list(
-                self.strategy.configure_evaluate(server_round, outgoing, ConfigRecord(), self._by_partition())
+            messages = self.wire.carry(
+                self.strategy.configure_evaluate(server_round, result.arrays, ConfigRecord(), self._by_partition()),
+                outgoing,
             )
         if not messages:
             return

@@ -8,7 +8,7 @@ into float32 before anything else sees them. Encoding and decoding are fedimdb/p
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -50,6 +50,16 @@ class Wire:
         if self.transport == FULL_PRECISION:
             return arrays
         return transport_arrays(arrays.to_torch_state_dict(), self.transport, self.reference)
+
+    def carry(self, messages: Iterable[Message], outgoing: ArrayRecord) -> list[Message]:
+        """The strategy's ``messages``, each carrying ``outgoing`` (:meth:`outgoing`'s encoding of the global
+        model) in place of the float32 model the strategy was given: strategies that keep that model and step
+        from it (Flower's FedOpt, FedAvgM, the DP wrappers) never see an encoding."""
+        messages = list(messages)
+        for msg in messages:
+            if ARRAYS in msg.content:
+                msg.content[ARRAYS] = outgoing
+        return messages
 
     def decoder(self, outgoing: ArrayRecord) -> Decoder:
         """How replies to messages that carried ``outgoing`` are turned back into float32."""

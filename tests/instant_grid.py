@@ -16,7 +16,16 @@ from flwr.proto.node_pb2 import NodeInfo
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
-from fedimdb.protocol import ARRAYS, METRICS, PARTITION_ID, EvalMetrics, TrainMetrics, arrays_of
+from fedimdb.protocol import (
+    ARRAYS,
+    METRICS,
+    PARTITION_ID,
+    EvalMetrics,
+    TrainMetrics,
+    arrays_of,
+    received_state,
+    transport_arrays,
+)
 
 SUPERLINK = 1  # the node id the SuperLink answers with for a node that is gone
 PARTITIONS = {11: 0, 12: 1, 13: 2}  # node id -> partition id
@@ -92,5 +101,21 @@ def honest(examples: int = 64, step: float = 1.0, partitions: Mapping[int, int] 
         arrays = {k: torch.from_numpy(v.numpy() + step) for k, v in arrays_of(msg.content).items()}
         metrics = TrainMetrics(partition, examples, 0.5, 2, 1.0, 64.0, 0.1).to_record()
         return Message(RecordDict({ARRAYS: ArrayRecord(arrays), METRICS: metrics}), reply_to=msg)
+
+    return answer
+
+
+def wire_client(step: float, transport: str, reference: Mapping[str, torch.Tensor]) -> Node:
+    """A client as client/task.py is on the wire: it decodes the global model it gets (an int8 one against
+    ``reference``), adds ``step`` to every weight and encodes its model against the one it received."""
+
+    def answer(msg: Message) -> Message:
+        if msg.metadata.message_type != MessageType.TRAIN:
+            return honest()(msg)
+        received = received_state(arrays_of(msg.content), reference)
+        trained = {k: v + step for k, v in received.items()}
+        metrics = TrainMetrics(PARTITIONS[msg.metadata.dst_node_id], 64, 0.5, 2, 1.0, 64.0, 0.1).to_record()
+        arrays = transport_arrays(trained, transport, reference=received)
+        return Message(RecordDict({ARRAYS: arrays, METRICS: metrics}), reply_to=msg)
 
     return answer

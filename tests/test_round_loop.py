@@ -17,12 +17,13 @@ from flwr.app import ArrayRecord, Error, Message, MessageType, MetricRecord, Rec
 from flwr.common.constant import ErrorCode
 from flwr.serverapp.strategy import FedAvg
 
-from fedimdb.config import RunConfig
+from fedimdb.config import FULL_PRECISION, RunConfig
 from fedimdb.metrics.server import ServerMetrics
 from fedimdb.protocol import (
     ARRAYS,
     CONFIG,
     EVALUATE_RECEIVED,
+    INT8,
     METRICS,
     TrainMetrics,
     arrays_of,
@@ -36,7 +37,7 @@ from server.recorder import Recorder
 from server.records import ClientStatus, RoundLog
 from server.strategy import make_strategy
 from server.wire import Wire
-from tests.instant_grid import PARTITIONS, SUPERLINK, InstantGrid, Node, honest, weights
+from tests.instant_grid import PARTITIONS, SUPERLINK, InstantGrid, Node, honest, weights, wire_client
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("task_identity")]
 
@@ -201,6 +202,23 @@ def test_the_global_model_stays_float32_under_flowers_fedadam() -> None:
     fed.federation.strategy = make_strategy(RunConfig(strategy="fedadam", num_clients=2))
     result = fed(num_rounds=2)
     assert result.arrays["w"].dtype == "float32" and fed.ends[-1][1] != 0.0
+
+
+@pytest.mark.parametrize("strategy", ["fedadam", "fedavgm"])
+@pytest.mark.parametrize("transport", ["float16", INT8])
+def test_a_server_optimiser_steps_from_the_global_model_not_from_its_encoding(strategy: str, transport: str) -> None:
+    """Flower's FedOpt and FedAvgM keep the arrays configure_train is given and step from them: the loop gives
+    them the float32 global model and encodes the messages' copies, so every transport ends where float32 does."""
+    reference = {"w": torch.zeros(3)}
+
+    def final(wire: str) -> np.ndarray:
+        fed = Federated({node: wire_client(0.1 * (node - 10), wire, reference) for node in (11, 12)})
+        cfg = RunConfig(strategy=strategy, server_momentum=0.5, num_clients=2, weight_transport=wire)
+        fed.federation.strategy = make_strategy(cfg)
+        fed.federation.wire = Wire(wire, reference)
+        return fed(num_rounds=3).arrays["w"].numpy()
+
+    np.testing.assert_allclose(final(transport), final(FULL_PRECISION), atol=2e-3)
 
 
 def test_too_few_clients_online_fails_the_round_after_the_node_wait() -> None:
