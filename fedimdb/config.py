@@ -403,10 +403,12 @@ class RunConfig(_Settings):
                 "number of sampled clients, and Flower aggregates only when every one of them replies: set "
                 "min-reply-fraction=1 (a client that fails is sent its train message again, round-retries)"
             )
-        if self.weight_transport != FULL_PRECISION:
+        if self.dp == DP_CLIENT_FIXED and self.weight_transport != FULL_PRECISION:
             raise ConfigError(
-                f"dp={self.dp} with weight-transport={self.weight_transport}: an update is clipped against the "
-                "model the server sent, which only float32 transport sends as it is: set weight-transport=float32"
+                f"dp={self.dp} with weight-transport={self.weight_transport}: Flower's clipping mod clips the "
+                "weights as they travel, which only float32 transport sends as they are (the encoded update would "
+                "not be within dp-clipping-norm): set weight-transport=float32, or dp=server-fixed (the server "
+                "clips what it decodes)"
             )
         if self.dp_delta >= 1 / self.num_clients:
             raise ConfigError(

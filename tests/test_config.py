@@ -68,7 +68,7 @@ def test_run_config_values_from_flower_are_typed() -> None:
         ({"final-eval-full": "maybe"}, "final-eval-full .*'maybe' is not a valid bool"),
         ({"dp": "server-fixed", "min-reply-fraction": 1.0, "strategy": "krum"}, "use strategy=fedavg or fedprox"),
         ({"dp": "client-fixed"}, "set min-reply-fraction=1"),
-        ({"dp": "server-fixed", "min-reply-fraction": 1.0, "weight-transport": "int8"}, "set weight-transport=float32"),
+        ({"dp": "client-fixed", "min-reply-fraction": 1.0, "weight-transport": "int8"}, "or dp=server-fixed"),
         ({"dp": "server-fixed", "min-reply-fraction": 1.0, "dp-delta": 0.2}, "set dp-delta below 0.1"),
         ({"dp": "server-fixed", "dp-noise-multiplier": 0}, "dp-noise-multiplier: 0.0 is out of range; set it > 0.0"),
     ],

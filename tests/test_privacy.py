@@ -14,7 +14,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
 from client.client_app import clipping_mod
-from fedimdb.config import DP_CLIENT_FIXED, DP_SERVER_FIXED, DP_STRATEGIES, ConfigError, RunConfig
+from fedimdb.config import DP_CLIENT_FIXED, DP_SERVER_FIXED, DP_STRATEGIES, TRANSPORT_DTYPES, ConfigError, RunConfig
 from fedimdb.metrics.server import ServerMetrics
 from fedimdb.privacy import PrivacyPlan, check_budget, noise_for
 from fedimdb.run_record import Privacy
@@ -25,7 +25,7 @@ from server.records import RoundLog
 from server.server_app import privacy_record
 from server.strategy import DP_STRATEGY_CLASSES, STRATEGY_CLASSES, make_strategy
 from server.wire import Wire
-from tests.instant_grid import PARTITIONS, InstantGrid, Node, honest
+from tests.instant_grid import PARTITIONS, InstantGrid, Node, honest, wire_client
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("task_identity")]
 SIZE = 40_000  # elements of the model: the noise's standard deviation is estimated from them
@@ -69,13 +69,13 @@ def test_dp_wraps_exactly_the_strategies_that_aggregate_with_fedavgs_mean() -> N
 class PrivateFederation:
     """A differentially private federation over an InstantGrid, recorded by a real Recorder."""
 
-    def __init__(self, cfg: RunConfig, nodes: dict[int, Node]) -> None:
+    def __init__(self, cfg: RunConfig, nodes: dict[int, Node], wire: Wire | None = None) -> None:
         self.cfg, self.log, self.privacy = cfg, RoundLog(), privacy_record(cfg)
         self.strategy, self.metrics = make_strategy(cfg), ServerMetrics(7, cfg)
         recorder = Recorder(self.log, self.metrics, privacy=self.privacy)
         self.grid = InstantGrid(nodes)
         policy = RoundPolicy(3, 1.0, 1, 60, 0)
-        self.federation = Federation(self.strategy, self.grid, recorder, policy, Wire())
+        self.federation = Federation(self.strategy, self.grid, recorder, policy, wire or Wire())
         self.models: list[np.ndarray] = []
 
     def end_round(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
@@ -114,9 +114,13 @@ def clipping_client(step: float, norms: list[float] | None = None) -> Node:
     return answer
 
 
-def test_server_side_clipping_adds_noise_of_the_stated_deviation_to_the_mean_of_clipped_updates() -> None:
-    cfg = dp_config(dp_noise_multiplier=1.0, dp_clipping_norm=2.0)
-    run = PrivateFederation(cfg, {node: honest(step=0.5 * (node - 10)) for node in PARTITIONS})
+@pytest.mark.parametrize("transport", TRANSPORT_DTYPES)
+def test_server_side_clipping_adds_noise_of_the_stated_deviation_to_the_mean_of_clipped_updates(transport: str) -> None:
+    """On every transport: the server clips the update it decodes, against the float32 global model."""
+    cfg = dp_config(dp_noise_multiplier=1.0, dp_clipping_norm=2.0, weight_transport=transport)
+    reference = {"w": torch.zeros(SIZE)}
+    clients = {node: wire_client(0.5 * (node - 10), transport, reference) for node in PARTITIONS}
+    run = PrivateFederation(cfg, clients, Wire(transport, reference))
     run(num_rounds=3)
     plan = PrivacyPlan.of(cfg)
     assert plan is not None
