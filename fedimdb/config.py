@@ -57,6 +57,7 @@ FULL_MODEL, NO_EMBEDDINGS, LORA = "full", "no-embeddings", "lora"
 FINE_TUNE_MODES = (FULL_MODEL, NO_EMBEDDINGS, LORA)
 DP_OFF, DP_SERVER_FIXED, DP_CLIENT_FIXED = "off", "server-fixed", "client-fixed"
 DP_MODES = (DP_OFF, DP_SERVER_FIXED, DP_CLIENT_FIXED)
+DP_ADAPTIVE = ("server-adaptive", "client-adaptive")  # refused with the reason (docs/privacy.md#adaptive-clipping)
 DP_STRATEGIES = ("fedavg", "fedprox")  # those aggregating with FedAvg.aggregate_train, as Flower's accountant needs
 FULL_PRECISION = "float32"
 TRANSPORT_DTYPES = (FULL_PRECISION, "float16", "int8")
@@ -380,6 +381,13 @@ class RunConfig(_Settings):
 
     def validate(self) -> None:
         """Ranges, then the model name (a preset, a directory or a hub id), then what differential privacy needs."""
+        if self.dp in DP_ADAPTIVE:
+            raise ConfigError(
+                f"dp={self.dp}: not offered: Flower 1.39's adaptive clipping moves the clipping norm away from its "
+                "target quantile and noises each round for the next round's norm (docs/privacy.md#adaptive-clipping); "
+                "use dp=server-fixed or client-fixed, with dp-clipping-norm near the median update_l2_norm of a run "
+                "without DP (its client_updates.csv)"
+            )
         super().validate()
         if self.model not in MODEL_PRESETS and not Path(self.model).is_dir() and not _HUB_ID.match(self.model):
             raise ConfigError(

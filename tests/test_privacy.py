@@ -11,10 +11,19 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import DifferentialPrivacyServerSideAdaptiveClipping, FedAvg
+from flwr.supercore.differential_privacy import compute_adaptive_noise_params
 
 from client.client_app import clipping_mod
-from fedimdb.config import DP_CLIENT_FIXED, DP_SERVER_FIXED, DP_STRATEGIES, TRANSPORT_DTYPES, ConfigError, RunConfig
+from fedimdb.config import (
+    DP_ADAPTIVE,
+    DP_CLIENT_FIXED,
+    DP_SERVER_FIXED,
+    DP_STRATEGIES,
+    TRANSPORT_DTYPES,
+    ConfigError,
+    RunConfig,
+)
 from fedimdb.metrics.server import ServerMetrics
 from fedimdb.privacy import PrivacyPlan, check_budget, noise_for
 from fedimdb.run_record import Privacy
@@ -195,3 +204,37 @@ def test_a_spent_budget_ends_the_run_after_the_last_round_that_fits() -> None:
     assert run.privacy is not None and run.privacy.releases == 2
     assert run.privacy.stopped and run.privacy.stopped.startswith("round 3 not run: The next private release")
     assert run.grid.sent("train") == [11, 11, 12, 12, 13, 13]
+
+
+@pytest.mark.parametrize("mode", DP_ADAPTIVE)
+def test_adaptive_clipping_is_refused_with_the_reason(mode: str) -> None:
+    with pytest.raises(
+        ConfigError, match=rf"dp={mode}: not offered: Flower 1\.39's adaptive clipping .*#adaptive-clipping"
+    ):
+        RunConfig.from_mapping({"dp": mode, "min-reply-fraction": 1.0})
+
+
+def test_flowers_adaptive_clipping_shrinks_a_norm_that_clips_every_update_and_noises_for_the_shrunk_norm() -> None:
+    """Why adaptive clipping is refused (docs/privacy.md#adaptive-clipping), pinned on Flower 1.39's own wrapper:
+    when every update is clipped the norm should grow towards the updates' target quantile (Andrew et al. 2021;
+    TF Privacy's quantile estimator), but Flower's shrinks it, and the round's noise is drawn for the shrunk norm,
+    not for the norm the updates were clipped to. Should Flower fix either, this fails: offer adaptive clipping."""
+    clients, noise = 4, 0.3  # Flower's clipped-count deviation: clients / 20 = 0.2, and noise must be < 2 x 0.2
+    np.random.seed(0)
+    dp = DifferentialPrivacyServerSideAdaptiveClipping(FedAvg(), noise, clients, initial_clipping_norm=1.0)
+    update_noise = compute_adaptive_noise_params(noise, clients, None)[1]
+    dp.current_arrays = ArrayRecord([np.zeros(SIZE, dtype=np.float32)])
+    replies = []
+    for node in range(clients):
+        sent = Message(RecordDict({"arrays": dp.current_arrays}), dst_node_id=node + 2, message_type="train")
+        sent.metadata.__dict__["_message_id"] = f"m{node}"
+        update = ArrayRecord([np.ones(SIZE, dtype=np.float32)])  # norm 200: clipped to 1
+        replies.append(
+            Message(RecordDict({"arrays": update, "metrics": MetricRecord({"num-examples": 1})}), reply_to=sent)
+        )
+    aggregate, _ = dp.aggregate_train(1, replies)
+    assert aggregate is not None
+    assert dp.clipping_norm < 0.95, "every update was clipped, yet the clipping norm did not shrink"
+    drawn = (aggregate.to_numpy_ndarrays()[0] - 1 / np.sqrt(SIZE)).std()  # the mean of the clipped updates, less
+    assert drawn == pytest.approx(update_noise * dp.clipping_norm / clients, rel=0.03)
+    assert drawn < 0.97 * update_noise * 1.0 / clients, "noised for the norm the updates were clipped to"
