@@ -37,6 +37,9 @@ OPTIONS = {  # the named options of orchestrate.py besides --set (fedimdb/cli.py
     "strategy": "--strategy",
     "partitioner": "--partitioner",
 }
+# Settings whose values other than the default are valid only beside another's (fedimdb/config.py's cross-field
+# checks): that one goes with them.
+COMPANIONS: dict[str, dict[str, Any]] = {"dp": {"min_reply_fraction": 1.0}}
 RUN_FOR_EVER = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
@@ -130,17 +133,20 @@ def test_a_valid_value_round_trips_through_env_command_line_and_flower(tmp: Path
     cls, f = data.draw(st.sampled_from(FIELDS), label="setting")
     value = data.draw(valid_values(f), label="value")
     key, text = config_key(f.name), _text(value)
+    companions = COMPANIONS.get(f.name, {}) if value != f.default else {}
     env_file = tmp / "values.env"
-    env_file.write_text(f"{env_name(f.name)}='{text}'\n")
+    env_file.write_text("".join(f"{env_name(n)}='{_text(v)}'\n" for n, v in {f.name: value, **companions}.items()))
     assert getattr(cls.from_env(env_file, environ={}), f.name) == value
     argv = [OPTIONS[f.name], text] if f.name in OPTIONS else ["--set", f"{key}={text}"] if cls is RunConfig else []
     if argv:
         fit = "FEDIMDB_NUM_PARTITIONS=1000\n" if f.name == "num_clients" else ""  # clients <= shards
         (tmp / "empty.env").write_text(fit)
+        argv += [a for n, v in companions.items() for a in ("--set", f"{config_key(n)}={_text(v)}")]
         assert getattr(_where(cls)(_cli_settings(tmp, *argv)), f.name) == value
     if cls is RunConfig:
         overrides = tmp / "run-config.toml"  # what fedimdb/deploy/flwr_cli.py gives flwr run
-        overrides.write_text(tomli_w.dumps(RunConfig.from_mapping({key: value}).as_dict()))
+        mapping = {key: value, **{config_key(n): v for n, v in companions.items()}}
+        overrides.write_text(tomli_w.dumps(RunConfig.from_mapping(mapping).as_dict()))
         assert getattr(RunConfig.from_mapping(parse_config_args([str(overrides)])), f.name) == value
 
 
