@@ -3,7 +3,9 @@
 Each message's work is :mod:`client.task`'s. With ``warm-model`` the node's warm worker does it
 (client/worker.py: the model, tokenizer and shard stay loaded across messages); otherwise this
 process loads them itself. With ``dp = client-fixed`` the server's train messages carry a clipping
-norm, and Flower's ``fixedclipping_mod`` clips the update before it leaves (:func:`clipping_mod`).
+norm, and Flower's ``fixedclipping_mod`` clips the update before it leaves (:func:`clipping_mod`). With
+``secure-aggregation = secaggplus`` Flower's ``secaggplus_mod`` answers the protocol's train messages and
+masks the update (client/secure.py).
 Keys: fedimdb/protocol.py.
 """
 
@@ -16,6 +18,7 @@ from flwr.clientapp.typing import ClientAppCallable
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from client import task, worker
+from client.secure import secure_mod
 from fedimdb.config import RunConfig
 from fedimdb.protocol import METRICS, PARTITION_ID, config_of
 
@@ -40,7 +43,7 @@ def clipping_mod(msg: Message, context: Context, call_next: ClientAppCallable) -
     return call_next(msg, context)
 
 
-@app.train(mods=[clipping_mod])
+@app.train(mods=[secure_mod, clipping_mod])
 def train(msg: Message, context: Context) -> Message:
     """Train the global model on the local train split; reply with weights and metrics."""
     return _reply(task.TRAIN, msg, context)

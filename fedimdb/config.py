@@ -58,6 +58,8 @@ FINE_TUNE_MODES = (FULL_MODEL, NO_EMBEDDINGS, LORA)
 DP_OFF, DP_SERVER_FIXED, DP_CLIENT_FIXED = "off", "server-fixed", "client-fixed"
 DP_MODES = (DP_OFF, DP_SERVER_FIXED, DP_CLIENT_FIXED)
 DP_ADAPTIVE = ("server-adaptive", "client-adaptive")  # refused with the reason (docs/privacy.md#adaptive-clipping)
+SECAGG_OFF, SECAGG_PLUS = "off", "secaggplus"
+SECURE_AGGREGATION_MODES = (SECAGG_OFF, SECAGG_PLUS)
 DP_STRATEGIES = ("fedavg", "fedprox")  # those aggregating with FedAvg.aggregate_train, as Flower's accountant needs
 FULL_PRECISION = "float32"
 TRANSPORT_DTYPES = (FULL_PRECISION, "float16", "int8")
@@ -350,6 +352,20 @@ class RunConfig(_Settings):
         low=0.0,
         high=1e6,
     )
+    secure_aggregation: str = setting(
+        SECAGG_OFF,
+        "Secure aggregation (Flower's SecAgg+, docs/privacy.md#secure-aggregation): off; secaggplus (the server "
+        "learns only the example-weighted mean of the clients' updates, four train exchanges a round)",
+        choices=SECURE_AGGREGATION_MODES,
+    )
+    secagg_clipping_range: float = setting(
+        0.1,
+        "SecAgg+: each element of a client's update, times its examples over max-steps x batch-size, is clipped to "
+        "this range either side of 0, then quantised to 2**22 levels",
+        low=0.0,
+        low_open=True,
+        high=1e3,
+    )
     archive_client_weights: bool = setting(False, "Also archive every client's returned weights per round")
     weight_stats: bool = setting(
         True,
@@ -396,6 +412,45 @@ class RunConfig(_Settings):
             )
         if self.dp != DP_OFF:
             self._check_dp()
+        if self.secure_aggregation != SECAGG_OFF:
+            self._check_secure_aggregation()
+
+    def _check_secure_aggregation(self) -> None:
+        """What SecAgg+ can be combined with: the server gets the mean update only."""
+        mode = f"secure-aggregation={self.secure_aggregation}"
+        conflicts = {
+            f"strategy={self.strategy}": (
+                self.strategy not in DP_STRATEGIES,
+                "SecAgg+ releases only the example-weighted mean of the updates, FedAvg's aggregate: use "
+                "strategy=fedavg or fedprox",
+            ),
+            f"weight-transport={self.weight_transport}": (
+                self.weight_transport != FULL_PRECISION,
+                "SecAgg+ quantises the update itself: set weight-transport=float32",
+            ),
+            f"dp={self.dp}": (
+                self.dp != DP_OFF,
+                "Flower's DP wrappers clip and noise the replies they are given, which SecAgg+ keeps from the "
+                "server: set dp=off (not combined yet, docs/privacy.md)",
+            ),
+            "archive-client-weights=true": (
+                self.archive_client_weights,
+                "the server never holds a client's weights: set archive-client-weights=false",
+            ),
+            f"max-steps={self.max_steps}": (
+                self.max_steps == 0,
+                "SecAgg+ needs the most examples an update can be weighted by before the round: set max-steps > 0",
+            ),
+        }
+        for setting_, (conflicting, fix) in conflicts.items():
+            if conflicting:
+                raise ConfigError(f"{mode} with {setting_}: {fix}")
+        if self.num_clients * self.fraction_train < 2:
+            raise ConfigError(
+                f"{mode} with {self.num_clients} clients x fraction-train {self.fraction_train}: SecAgg+ masks each "
+                "update with the others', so a round needs at least 2 sampled clients; raise num-clients or "
+                "fraction-train"
+            )
 
     def _check_dp(self) -> None:
         """The combinations Flower's DP wrappers and accountant can state an (epsilon, delta) for."""

@@ -28,6 +28,9 @@ PROXIMAL_MU = "proximal-mu"  # FedProx only
 # ... and the one fedimdb adds to train messages (local-eval = with-train): evaluate the received
 # global model on the validation split before training, and put the result in the train reply.
 EVALUATE_RECEIVED = "evaluate-received"
+# ... and, with secure-aggregation, the global model's tensor names in order, as a JSON list (Flower's legacy
+# FitIns, which SecAgg+ carries, has no names and no lists: client/secure.py).
+TENSOR_NAMES = "tensor-names"
 
 # The int8 weight transport's entries of an ArrayRecord (see transport_arrays).
 INT8 = "int8"
@@ -63,13 +66,15 @@ def arrays_of(content: RecordDict) -> ArrayRecord:
 
 
 def payload_bytes(contents: Iterable[RecordDict]) -> int:
-    """Bytes of the arrays in messages' contents: the weights that travel (the same on every backend)."""
-    return sum(
-        len(array.data)
-        for content in contents
-        for record in content.array_records.values()
-        for array in record.values()
-    )
+    """Bytes of the weights that travel in messages' contents (the same on every backend): their arrays, and the
+    byte strings of their configs (SecAgg+'s masked updates, keys and key shares: server/secure.py)."""
+    total = 0
+    for content in contents:
+        total += sum(len(array.data) for record in content.array_records.values() for array in record.values())
+        for config in content.config_records.values():
+            for value in config.values():
+                total += sum(len(v) for v in (value if isinstance(value, list) else [value]) if isinstance(v, bytes))
+    return total
 
 
 def metrics_of(content: RecordDict) -> MetricRecord:

@@ -47,8 +47,9 @@ from fedimdb.run_record import RECURS
 from fedimdb.waiting import wait_until
 from server.checks import Expected, Refusal, raised_alike, screen
 from server.grid import PartitionGrid
-from server.records import partition_order
+from server.records import ClientStatus, partition_order
 from server.sampling import identify_messages, samples, seeded
+from server.secure import SecureAggregation
 from server.wire import Decoder, Wire
 
 NODE_WAIT_STEP = 1.0  # seconds between checks for online clients
@@ -215,6 +216,9 @@ class Federation:
         the last.
     seed : int, default 0
         The run's seed: the strategy samples the same partitions for the same seed and round.
+    secure : SecureAggregation, optional
+        Train with Flower's SecAgg+ (server/secure.py): the strategy samples and configures the round, and
+        the server learns only the mean update (None: every reply's weights are screened and aggregated).
     """
 
     def __init__(
@@ -226,9 +230,11 @@ class Federation:
         wire: Wire,
         evaluate_received: bool = False,
         seed: int = 0,
+        secure: SecureAggregation | None = None,
     ) -> None:
         self.strategy, self.grid, self.observer = strategy, grid, observer
         self.policy, self.wire, self.evaluate_received, self.seed = policy, wire, evaluate_received, seed
+        self.secure = secure
         self.partitions: dict[int, int] = {}  # node id -> partition id, as replies named them
         self.first_round = 1
 
@@ -272,6 +278,8 @@ class Federation:
                 self.strategy.configure_train(server_round, arrays, config, self._by_partition()), outgoing
             )
         self.observer.round_started(server_round, messages, len(online))
+        if self.secure is not None:
+            return self._train_securely(server_round, arrays, messages, self.secure)
         exchange = TrainExchange(messages, Expected.of(outgoing, self.policy.max_examples), self.wire.decoder(outgoing))
         self._exchange(server_round, exchange, messages)
         needed = self.policy.needed(len(messages))
@@ -283,6 +291,37 @@ class Federation:
             self.observer.round_failed(server_round)
             raise self._failed(server_round, exchange, needed)
         return self._aggregate(server_round, arrays, partition_order(exchange.usable))
+
+    def _train_securely(
+        self, server_round: int, arrays: ArrayRecord, messages: list[Message], secure: SecureAggregation
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """The round's training through SecAgg+: the global model plus the clients' mean update, which is all the
+        server learns of them (their replies' metrics are recorded; there are no weights to screen or resend)."""
+        start = time.perf_counter()
+        done = secure.train(self.grid, server_round, messages, self.observer)
+        for node, msg in done.failed:
+            refusal = Refusal(
+                node,
+                self.partitions.get(node),
+                ClientStatus.FAILED,
+                f"error reply {msg.error.code}: {msg.error.reason}",
+                msg.error.code,
+            )
+            self.observer.refused(server_round, refusal)
+        usable = partition_order(done.replies)
+        needed = self.policy.needed(len(messages))
+        if done.mean_update is None or len(usable) < needed:
+            self.observer.round_failed(server_round)
+            raise RoundFailed(
+                f"round {server_round}: SecAgg+ aggregated {len(usable) if done.mean_update else 0} of {len(messages)} "
+                f"sampled clients, {needed} needed: {len(done.failed)} error replies; see the clients' logs"
+            )
+        self.partitions.update((msg.metadata.src_node_id, partition_of(msg.content)) for msg in usable)
+        self.observer.accepted(server_round, usable)
+        update = done.mean_update
+        aggregate = ArrayRecord({k: Array(a.numpy() + update[k].numpy()) for k, a in arrays.items()})
+        self.observer.aggregated(server_round, arrays, aggregate, time.perf_counter() - start)
+        return aggregate, None
 
     def _identify(self, server_round: int, online: Sequence[int]) -> None:
         """When the strategy samples: ask the online nodes not known yet which partition they serve."""

@@ -85,7 +85,8 @@ class Recorder:
     def accepted(self, server_round: int, ordered: Sequence[Message]) -> None:
         """Rows and metrics for the aggregated clients; their weights archived and kept for the weight log.
 
-        The updates are read before aggregation: FedMedian and others empty the replies.
+        The updates are read before aggregation: FedMedian and others empty the replies. A securely aggregated
+        round's replies hold no weights (server/secure.py): nothing to archive or compare.
         """
         self.round_log.record_train(server_round, list(ordered))
         partitions = [partition_of(msg.content) for msg in ordered]
@@ -94,13 +95,13 @@ class Recorder:
                 self.archive_client(server_round, partition, arrays_of(msg.content))
         self.metrics.updates_used(server_round, partitions)
         if self.weight_log is not None:
-            self._updates = [_client_update(msg) for msg in ordered]
+            self._updates = [_client_update(msg) for msg in ordered if msg.content.array_records]
 
     def aggregated(self, server_round: int, sent: ArrayRecord, aggregate: ArrayRecord | None, seconds: float) -> None:
         """Aggregation time; each accepted update against the aggregate, in the weight log."""
         self.metrics.aggregated(seconds)
         updates, self._updates = self._updates, []
-        if self.weight_log is not None and aggregate is not None:
+        if self.weight_log is not None and aggregate is not None and updates:
             self.weight_log.client_updates(server_round, state_view(sent), state_view(aggregate), updates)
 
     def released(self, server_round: int, epsilon: float, delta: float) -> None:

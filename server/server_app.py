@@ -39,7 +39,7 @@ from fedimdb.artifacts import (
     software_versions,
     utc_now,
 )
-from fedimdb.config import DP_OFF, LOCAL_EVAL_WITH_TRAIN, ConfigError, RunConfig, check_clients_fit
+from fedimdb.config import DP_OFF, LOCAL_EVAL_WITH_TRAIN, SECAGG_OFF, ConfigError, RunConfig, check_clients_fit
 from fedimdb.data import MANIFEST, Examples, read_split
 from fedimdb.finetune import Tuned
 from fedimdb.metrics.server import ServerMetrics
@@ -54,6 +54,7 @@ from server.loop import Federation, RoundFailed, RoundPolicy
 from server.recorder import ClientArchiver, Recorder
 from server.records import CLIENT_COLUMNS, ROUND_COLUMNS, RoundLog
 from server.scrutiny import WeightLog
+from server.secure import SecureAggregation
 from server.strategy import make_strategy
 from server.wire import Wire
 
@@ -221,6 +222,14 @@ class RoundEnd:
             self.artifacts.write_csv(CLIENT_UPDATES_FILE, CLIENT_UPDATE_COLUMNS, self.weight_log.clients)
 
 
+def secure_aggregation(cfg: RunConfig) -> SecureAggregation | None:
+    """Flower's SecAgg+ for the run's rounds (None: ``secure-aggregation = off``); an update weighs at most a
+    full local budget's examples."""
+    if cfg.secure_aggregation == SECAGG_OFF:
+        return None
+    return SecureAggregation(cfg.secagg_clipping_range, cfg.max_steps * cfg.batch_size, cfg.round_timeout)
+
+
 def client_archiver(artifacts: RunArtifacts) -> ClientArchiver:
     """Writes a client's returned weights of a round into the run's weights/ folder."""
 
@@ -276,6 +285,7 @@ def run_federation(
         Wire(cfg.weight_transport, initial),
         evaluate_received=cfg.local_eval == LOCAL_EVAL_WITH_TRAIN and cfg.fraction_evaluate > 0,
         seed=cfg.seed,
+        secure=secure_aggregation(cfg),
     )
     round_end = RoundEnd(cfg, tuned, tokenizer, artifacts, round_log, metrics, weight_log, strategy)
     try:

@@ -30,7 +30,7 @@ from fedimdb.artifacts import (
     read_csv,
     write_json_atomic,
 )
-from fedimdb.config import APP_CONFIG
+from fedimdb.config import APP_CONFIG, SECAGG_OFF
 from fedimdb.deploy import APP_DIR, forkserver
 from fedimdb.deploy.backend import StackError
 from fedimdb.run_record import RunRecord, RunStatus, read_run_record
@@ -284,9 +284,11 @@ def run_to_completion(
     num_rounds = int(run_config["num-rounds"])
     with tempfile.TemporaryDirectory(prefix="fedimdb-submit-") as tmp:
         run_id = submit_run(app_dir, connection, run_config, env, Path(tmp), federation_config)
+    secure = run_config.get("secure-aggregation", SECAGG_OFF)
     log(
         f"run {run_id} submitted: {num_rounds} rounds of {run_config['strategy']} on model {run_config['model']}, "
-        f"{run_config['num-clients']} clients; artifacts go to {run_dir}"
+        f"{run_config['num-clients']} clients{'' if secure == SECAGG_OFF else f', aggregated with {secure}'}; "
+        f"artifacts go to {run_dir}"
     )
 
     def report(done: int) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fedimdb.artifacts import CLIENT_UPDATES_FILE, RUN_FILE, WEIGHT_STATS_FILE, read_csv, read_json
+from fedimdb.config import SECAGG_OFF, config_key
 from fedimdb.run_record import Privacy, RunRecord
 from fedimdb.weights import GROUP, MODEL, TENSOR
 
@@ -151,6 +152,7 @@ class RunReport:
     anomalies: list[Anomaly] = field(default_factory=list)
     cosines: list[ClientCosine] = field(default_factory=list)
     privacy: Privacy | None = None  # run.json's differential-privacy block (None: dp off)
+    secure_aggregation: str = SECAGG_OFF  # run.json's secure-aggregation setting
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready: non-finite numbers become null (the anomalies say where they were)."""
@@ -235,10 +237,12 @@ def _parse(path: Path, parse: Callable[[Mapping[str, str]], Row]) -> list[Row]:
 
 
 def read_run(run_dir: Path) -> RunReport:
-    """The report of one run folder, with run.json's differential-privacy block if it has one."""
+    """The report of one run folder, with run.json's differential-privacy block and secure-aggregation setting."""
     report = build_report(run_dir.name, read_tables(run_dir))
     with contextlib.suppress(OSError, ValueError):  # no or a damaged run.json: the report still describes the weights
-        report.privacy = RunRecord.from_json(read_json(run_dir / RUN_FILE)).privacy
+        record = RunRecord.from_json(read_json(run_dir / RUN_FILE))
+        report.privacy = record.privacy
+        report.secure_aggregation = str(record.config.get(config_key("secure_aggregation"), SECAGG_OFF))
     return report
 
 
@@ -408,7 +412,10 @@ def _run_lines(rep: RunReport, top: int) -> list[str]:
     lines += [
         f"  round {k:>3}: {v:.4g} ({_num(rep.relative_updates.get(k), '.3g')})" for k, v in rep.update_norms.items()
     ]
-    lines.append("outlier clients:" + ("" if rep.outliers else " none"))
+    secure = rep.secure_aggregation != SECAGG_OFF
+    lines.append(
+        "outlier clients:" + (" not observable (secure aggregation)" if secure else "" if rep.outliers else " none")
+    )
     lines += [
         f"  round {o.round}: client {o.partition_id} (norm z {o.norm_z:.2f}, cosine z {o.cosine_z:.2f}, "
         f"update L2 norm {o.update_l2_norm:.4g}, cosine {o.cosine_to_aggregate:.3f})"
@@ -417,6 +424,8 @@ def _run_lines(rep: RunReport, top: int) -> list[str]:
     lines.append("anomalies:" + ("" if rep.anomalies else " none"))
     lines += [f"  [{a.kind}] {a}" for a in rep.anomalies]
     lines.append(f"differential privacy: {_privacy(rep.privacy)}")
+    held = "the server held no client's update" if secure else "the server held every client's update"
+    lines.append(f"secure aggregation: {rep.secure_aggregation} ({held})")
     return lines
 
 
