@@ -10,10 +10,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.proto.node_pb2 import NodeInfo
 from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Result
 from flwr.supercore.run import Run
 
 from fedimdb.protocol import (
@@ -26,6 +28,9 @@ from fedimdb.protocol import (
     received_state,
     transport_arrays,
 )
+from fedimdb.training import EvalResult
+from server.loop import Federation
+from server.records import RoundLog
 
 SUPERLINK = 1  # the node id the SuperLink answers with for a node that is gone
 PARTITIONS = {11: 0, 12: 1, 13: 2}  # node id -> partition id
@@ -119,3 +124,24 @@ def wire_client(step: float, transport: str, reference: Mapping[str, torch.Tenso
         return Message(RecordDict({ARRAYS: arrays, METRICS: metrics}), reply_to=msg)
 
     return answer
+
+
+class OneTensorRun:
+    """What the tests' federations over an InstantGrid share: a model of one tensor ``w`` of ``size`` zeros, each
+    round's global model kept in ``models``, each round's row finished with a fixed central evaluation. A
+    subclass sets ``log``, ``federation`` and ``size``."""
+
+    log: RoundLog
+    federation: Federation
+    size: int
+
+    def end_round(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        """server_app's RoundEnd, in short."""
+        self.models.append(arrays["w"].numpy().copy())
+        if server_round > 0:
+            self.log.finish_round(server_round, EvalResult(0.7, 0.5, 100), 0.0)
+        return MetricRecord({"accuracy": 0.5})
+
+    def __call__(self, num_rounds: int) -> Result:
+        self.models: list[np.ndarray] = []
+        return self.federation.run(ArrayRecord({"w": torch.zeros(self.size)}), num_rounds, self.end_round)

@@ -27,14 +27,13 @@ from fedimdb.config import (
 from fedimdb.metrics.server import ServerMetrics
 from fedimdb.privacy import PrivacyPlan, check_budget, noise_for
 from fedimdb.run_record import Privacy
-from fedimdb.training import EvalResult
 from server.loop import Federation, RoundPolicy
 from server.recorder import Recorder
 from server.records import RoundLog
 from server.server_app import privacy_record
 from server.strategy import DP_STRATEGY_CLASSES, STRATEGY_CLASSES, make_strategy
 from server.wire import Wire
-from tests.instant_grid import PARTITIONS, InstantGrid, Node, honest, wire_client
+from tests.instant_grid import PARTITIONS, InstantGrid, Node, OneTensorRun, honest, wire_client
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("task_identity")]
 SIZE = 40_000  # elements of the model: the noise's standard deviation is estimated from them
@@ -75,7 +74,7 @@ def test_dp_wraps_exactly_the_strategies_that_aggregate_with_fedavgs_mean() -> N
     assert all(STRATEGY_CLASSES[n] is c for n, c in DP_STRATEGY_CLASSES.items())
 
 
-class PrivateFederation:
+class PrivateFederation(OneTensorRun):
     """A differentially private federation over an InstantGrid, recorded by a real Recorder."""
 
     def __init__(self, cfg: RunConfig, nodes: dict[int, Node], wire: Wire | None = None) -> None:
@@ -85,16 +84,7 @@ class PrivateFederation:
         self.grid = InstantGrid(nodes)
         policy = RoundPolicy(3, 1.0, 1, 60, 0)
         self.federation = Federation(self.strategy, self.grid, recorder, policy, wire or Wire())
-        self.models: list[np.ndarray] = []
-
-    def end_round(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        self.models.append(arrays["w"].numpy().copy())
-        if server_round > 0:
-            self.log.finish_round(server_round, EvalResult(0.7, 0.5, 100), 0.0)
-        return MetricRecord({"accuracy": 0.5})
-
-    def __call__(self, num_rounds: int) -> Any:
-        return self.federation.run(ArrayRecord({"w": torch.zeros(SIZE)}), num_rounds, self.end_round)
+        self.size = SIZE
 
     def epsilons(self) -> list[float]:
         return [row["epsilon"] for row in self.log.rounds]

@@ -9,14 +9,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
-from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import Context, Error, Message, RecordDict
 from flwr.common.constant import ErrorCode
 
 from client.secure import secure_mod
 from fedimdb.config import SECAGG_PLUS, ConfigError, RunConfig
 from fedimdb.metrics.server import ServerMetrics
-from fedimdb.training import EvalResult
 from server.loop import Federation, RoundFailed, RoundPolicy
 from server.recorder import Recorder
 from server.records import ClientStatus, RoundLog
@@ -24,7 +22,7 @@ from server.scrutiny import WeightLog
 from server.secure import SecureAggregation, error_bound
 from server.strategy import make_strategy
 from server.wire import Wire
-from tests.instant_grid import PARTITIONS, InstantGrid, Node, honest
+from tests.instant_grid import PARTITIONS, InstantGrid, Node, OneTensorRun, honest
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("task_identity")]
 SIZE = 10_000
@@ -57,7 +55,7 @@ def secure_client(node: int, step: float, crashes: bool = False) -> Node:
     return answer
 
 
-class SecureFederation:
+class SecureFederation(OneTensorRun):
     """A securely aggregated federation over an InstantGrid, recorded by a real Recorder (weight stats on)."""
 
     def __init__(self, steps: dict[int, float], crashing: int | None = None, min_reply_fraction: float = 1.0) -> None:
@@ -68,16 +66,7 @@ class SecureFederation:
         secure = SecureAggregation(CLIP, max(EXAMPLES.values()), 60)
         policy = RoundPolicy(3, min_reply_fraction, 1, 60, 0)
         self.federation = Federation(make_strategy(cfg), self.grid, recorder, policy, Wire(), secure=secure)
-        self.models: list[np.ndarray] = []
-
-    def end_round(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        self.models.append(arrays["w"].numpy().copy())
-        if server_round > 0:
-            self.log.finish_round(server_round, EvalResult(0.7, 0.5, 100), 0.0)
-        return MetricRecord({"accuracy": 0.5})
-
-    def __call__(self, num_rounds: int) -> Any:
-        return self.federation.run(ArrayRecord({"w": torch.zeros(SIZE)}), num_rounds, self.end_round)
+        self.size = SIZE
 
 
 def test_the_secure_aggregate_is_fedavgs_mean_within_the_quantisation_bound() -> None:
