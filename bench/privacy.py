@@ -5,11 +5,14 @@ federation, seed, shards, local budget and held-out rows. The inf arm runs first
 private arms is the median of its round-1 client update norms (client_updates.csv), so that clipping leaves
 about half the updates alone; each private arm's noise multiplier is the smallest whose planned rounds stay
 within its epsilon (fedimdb.privacy.noise_for). Time and bytes per round are printed too (DP adds neither: the
-clipping and the noise are the server's). Run from the repository root::
+clipping and the noise are the server's). With ``--secure``, an arm with ``secure-aggregation=secaggplus`` (dp
+off) follows the inf arm: the time and bytes SecAgg+ adds per round, and its accuracy. Run from the repository
+root::
 
     python -m bench.privacy                    # 10 clients (the main job's), minilm, the TTA bench's quick budget
     python -m bench.privacy --rounds 3 --steps 8   # a quarter of the time
     python -m bench.privacy --backend simulation --model tiny --clients 100   # more clients: less noise per client
+    python -m bench.privacy --secure --epsilons --rounds 2 --steps 8   # SecAgg+ against plain FedAvg only
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from pathlib import Path
 from bench.common import DEFAULT_IMDB, FedRun, run_fedimdb, work_dir, write_result
 from bench.tta import SIZES
 from fedimdb.artifacts import CLIENT_UPDATES_FILE, read_csv
-from fedimdb.config import DP_OFF, DP_SERVER_FIXED, RunConfig
+from fedimdb.config import DP_OFF, DP_SERVER_FIXED, SECAGG_PLUS, RunConfig
 from fedimdb.privacy import noise_for
 
 EPSILONS = (1.0, 4.0, 8.0)
@@ -35,6 +38,7 @@ class Arm:
     """One epsilon's run: its settings and what came of them."""
 
     epsilon: float | None  # None: dp off (epsilon infinite)
+    secure: bool  # secure-aggregation=secaggplus
     noise_multiplier: float
     clipping_norm: float
     accuracy: tuple[float, ...]  # central accuracy after each round
@@ -42,10 +46,11 @@ class Arm:
     bytes_per_round: float  # sent and received
 
 
-def arm_of(epsilon: float | None, noise: float, clip: float, run: FedRun) -> Arm:
+def arm_of(epsilon: float | None, noise: float, clip: float, run: FedRun, secure: bool = False) -> Arm:
     """An arm's figures from its rounds.csv."""
     return Arm(
         epsilon,
+        secure,
         noise,
         clip,
         tuple(float(r["central_accuracy"]) for r in run.rounds),
@@ -69,7 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=quick.steps, help="local steps per round")
     p.add_argument("--model", default="minilm")
     p.add_argument("--backend", default="local", choices=("local", "simulation"))
-    p.add_argument("--epsilons", type=float, nargs="+", default=list(EPSILONS), help="besides inf (dp off)")
+    p.add_argument(
+        "--epsilons", type=float, nargs="*", default=list(EPSILONS), help="besides inf (dp off); none: no DP arm"
+    )
+    p.add_argument("--secure", action="store_true", help="a SecAgg+ arm (secure-aggregation=secaggplus, dp off)")
     p.add_argument("--data-source", type=Path, default=DEFAULT_IMDB)
     a = p.parse_args(argv)
     delta = RunConfig().dp_delta
@@ -88,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         plain = run({"dp": DP_OFF})
         clip = median_update_norm(plain)
         arms = [arm_of(None, 0.0, 0.0, plain)]
+        if a.secure:
+            arms.append(arm_of(None, 0.0, 0.0, run({"dp": DP_OFF, "secure-aggregation": SECAGG_PLUS}), secure=True))
         for epsilon in sorted(a.epsilons, reverse=True):
             noise = noise_for(epsilon, a.rounds, delta, a.clients)
             dp = {"dp": DP_SERVER_FIXED, "dp-noise-multiplier": noise, "dp-clipping-norm": clip}
@@ -95,12 +105,16 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{a.clients} clients x {a.rounds} rounds x {a.steps} steps of {a.model}, delta {delta:g}, clipping norm {clip:.4g}"
     )
-    print(f"{'epsilon':>8}{'noise':>8}{'final acc':>11}{'÷ inf':>8}{'s/round':>9}{'MB/round':>10}  accuracy by round")
+    print(
+        f"{'arm':>8}{'noise':>8}{'final acc':>11}{'÷ inf':>8}{'s/round':>9}{'÷ inf':>7}{'MB/round':>10}{'÷ inf':>7}  by round"
+    )
+    base = arms[0]
     for arm in arms:
+        name = "secagg+" if arm.secure else f"{arm.epsilon or math.inf:g}"
         print(
-            f"{arm.epsilon or math.inf:>8g}{arm.noise_multiplier:>8.3g}{arm.accuracy[-1]:>11.4f}"
-            f"{arm.accuracy[-1] / arms[0].accuracy[-1]:>8.3f}{arm.round_seconds:>9.1f}{arm.bytes_per_round / 1e6:>10.1f}  "
-            + " ".join(f"{x:.3f}" for x in arm.accuracy)
+            f"{name:>8}{arm.noise_multiplier:>8.3g}{arm.accuracy[-1]:>11.4f}{arm.accuracy[-1] / base.accuracy[-1]:>8.3f}"
+            f"{arm.round_seconds:>9.1f}{arm.round_seconds / base.round_seconds:>7.2f}{arm.bytes_per_round / 1e6:>10.1f}"
+            f"{arm.bytes_per_round / base.bytes_per_round:>7.2f}  " + " ".join(f"{x:.3f}" for x in arm.accuracy)
         )
     figures = {"clients": a.clients, "rounds": a.rounds, "steps": a.steps, "model": a.model, "backend": a.backend}
     figures |= {"delta": delta, "settings": {**quick.run_settings(), "max-steps": a.steps}}
