@@ -96,7 +96,6 @@ class SecureAggregation:
     """
 
     def __init__(self, clipping_range: float, max_weight: float, timeout: float) -> None:
-        self.clipping_range, self.max_weight = clipping_range, max_weight
         self.workflow = SecAggPlusWorkflow(
             num_shares=1.0,
             reconstruction_threshold=RECONSTRUCTION_SHARE,
