@@ -175,19 +175,33 @@ def screen(
     """
     screened = Screened([], [])
     for msg in replies:
-        code = msg.error.code if msg.has_error() else None
         if msg.has_error():
-            status, reason = ClientStatus.FAILED, f"error reply {msg.error.code}: {msg.error.reason}"
+            screened.refused.append(failure(msg, addressees, partitions))
         elif (problem := train_reply_problem(msg.content, expected) or decode(msg)) is not None:
-            status, reason = ClientStatus.REFUSED, problem
+            screened.refused.append(_refusal(msg, ClientStatus.REFUSED, problem, addressees, partitions))
         else:
             screened.usable.append(msg)
-            continue
-        node = addressees.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
-        partition = _named_partition(msg)
-        partition = partitions.get(node) if partition is None else partition
-        screened.refused.append(Refusal(node, partition, status, reason, code))
     return screened
+
+
+def failure(msg: Message, addressees: Mapping[str, int], partitions: Mapping[int, int]) -> Refusal:
+    """The refusal of an error reply (``FAILED``, with Flower's error code and reason); arguments as :func:`screen`'s."""
+    reason = f"error reply {msg.error.code}: {msg.error.reason}"
+    return _refusal(msg, ClientStatus.FAILED, reason, addressees, partitions)
+
+
+def _refusal(
+    msg: Message, status: ClientStatus, reason: str, addressees: Mapping[str, int], partitions: Mapping[int, int]
+) -> Refusal:
+    node = addressees.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
+    partition = _named_partition(msg)
+    partition = partitions.get(node) if partition is None else partition
+    return Refusal(node, partition, status, reason, msg.error.code if msg.has_error() else None)
+
+
+def addressees_of(messages: Iterable[Message]) -> dict[str, int]:
+    """Message id to the node it went to, for ``messages`` (as :func:`screen` takes them)."""
+    return {msg.metadata.message_id: msg.metadata.dst_node_id for msg in messages}
 
 
 def raised_alike(refused: Sequence[Refusal], sampled: int) -> bool:

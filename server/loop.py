@@ -45,9 +45,9 @@ from fedimdb.config import RunConfig
 from fedimdb.protocol import EVALUATE_RECEIVED, partition_of
 from fedimdb.run_record import RECURS
 from fedimdb.waiting import wait_until
-from server.checks import Expected, Refusal, raised_alike, screen
+from server.checks import Expected, Refusal, addressees_of, failure, raised_alike, screen
 from server.grid import PartitionGrid
-from server.records import ClientStatus, partition_order
+from server.records import partition_order
 from server.sampling import identify_messages, samples, seeded
 from server.secure import SecureAggregation
 from server.wire import Decoder, Wire
@@ -187,7 +187,7 @@ class TrainExchange:
 
     def addressees(self) -> dict[str, int]:
         """Message id to the node it went to, for every message pushed so far."""
-        return {msg.metadata.message_id: msg.metadata.dst_node_id for msg in self.pushed}
+        return addressees_of(self.pushed)
 
     def again(self, online: set[int]) -> list[Message]:
         """New copies of the train messages to the sampled nodes still online without a usable update."""
@@ -299,15 +299,8 @@ class Federation:
         server learns of them (their replies' metrics are recorded; there are no weights to screen or resend)."""
         start = time.perf_counter()
         done = secure.train(self.grid, server_round, messages, self.observer)
-        for node, msg in done.failed:
-            refusal = Refusal(
-                node,
-                self.partitions.get(node),
-                ClientStatus.FAILED,
-                f"error reply {msg.error.code}: {msg.error.reason}",
-                msg.error.code,
-            )
-            self.observer.refused(server_round, refusal)
+        for msg in done.failed:
+            self._refuse(server_round, failure(msg, done.addressees, self.partitions))
         usable = partition_order(done.replies)
         needed = self.policy.needed(len(messages))
         if done.mean_update is None or len(usable) < needed:
@@ -364,10 +357,14 @@ class Federation:
         screened = screen(replies, exchange.expected, exchange.decode, exchange.addressees(), self.partitions)
         self.partitions.update((msg.metadata.src_node_id, partition_of(msg.content)) for msg in screened.usable)
         for refusal in screened.refused:
-            log(WARNING, "round %s: node %s %s: %s", server_round, refusal.node, refusal.status, refusal.reason)
-            self.observer.refused(server_round, refusal)
+            self._refuse(server_round, refusal)
         exchange.usable += screened.usable
         exchange.refused += screened.refused
+
+    def _refuse(self, server_round: int, refusal: Refusal) -> None:
+        """Log and record a reply that is not aggregated."""
+        log(WARNING, "round %s: node %s %s: %s", server_round, refusal.node, refusal.status, refusal.reason)
+        self.observer.refused(server_round, refusal)
 
     def _resend(self, server_round: int, exchange: TrainExchange) -> None:
         """The round's train messages again, to the sampled clients still online without a usable update."""

@@ -35,6 +35,7 @@ from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.serverapp import Grid
 
 from fedimdb.protocol import METRICS, TENSOR_NAMES, arrays_of, config_of
+from server.checks import addressees_of
 from server.grid import DelegatingGrid
 
 QUANTISATION_LEVELS = 2**22  # SecAggPlusWorkflow's default quantization_range
@@ -63,13 +64,16 @@ class SecureRound:
     replies : list[Message]
         The masked replies, their content replaced by the metrics they carried (fedimdb's train-reply
         layout, without arrays): what the server may record of each client.
-    failed : list[tuple[int, Message]]
-        The error replies of every stage, each with the node its message went to.
+    failed : list[Message]
+        The error replies of every stage.
+    addressees : dict[str, int]
+        Message id to the node it went to, for every stage's messages.
     """
 
     mean_update: ArrayRecord | None
     replies: list[Message] = field(default_factory=list)
-    failed: list[tuple[int, Message]] = field(default_factory=list)
+    failed: list[Message] = field(default_factory=list)
+    addressees: dict[str, int] = field(default_factory=dict)
 
 
 def error_bound(clipping_range: float, max_weight: float, weights: Sequence[float]) -> float:
@@ -116,8 +120,8 @@ class SecureAggregation:
         masked = [msg for msg in observed.replies if not msg.has_error() and _is_masked(msg)]
         for msg in masked:
             msg.content = RecordDict({METRICS: MetricRecord(dict(msg.content.config_records[FITRES_METRICS]))})  # type: ignore[arg-type]
-        failed = [(observed.addressees[m.metadata.reply_to_message_id], m) for m in observed.replies if m.has_error()]
-        return SecureRound(handover.mean_update(), masked, failed)
+        failed = [msg for msg in observed.replies if msg.has_error()]
+        return SecureRound(handover.mean_update(), masked, failed, observed.addressees)
 
 
 def _is_masked(msg: Message) -> bool:
@@ -140,7 +144,7 @@ class _Observed(DelegatingGrid):
         messages = list(messages)
         self.traffic.sent(self.server_round, messages)
         replies = list(self.inner.send_and_receive(messages, timeout=timeout))
-        self.addressees.update((msg.metadata.message_id, msg.metadata.dst_node_id) for msg in messages)
+        self.addressees.update(addressees_of(messages))
         self.traffic.received(self.server_round, replies)
         self.replies += replies
         return replies
