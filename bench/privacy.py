@@ -11,8 +11,9 @@ root::
 
     python -m bench.privacy                    # 10 clients (the main job's), minilm, the TTA bench's quick budget
     python -m bench.privacy --rounds 3 --steps 8   # a quarter of the time
-    python -m bench.privacy --backend simulation --model tiny --clients 100   # more clients: less noise per client
     python -m bench.privacy --secure --epsilons --rounds 2 --steps 8   # SecAgg+ against plain FedAvg only
+    python -m bench.privacy --backend simulation --clients 100 --rounds 3 --steps 2 \\
+        --set fine-tune=lora --set learning-rate=1e-3   # more clients, fewer weights in flight: less noise
 """
 
 from __future__ import annotations
@@ -79,12 +80,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--secure", action="store_true", help="a SecAgg+ arm (secure-aggregation=secaggplus, dp off)")
     p.add_argument("--data-source", type=Path, default=DEFAULT_IMDB)
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="a setting of every arm (orchestrate.py's)"
+    )
     a = p.parse_args(argv)
+    if bad := [item for item in a.set if "=" not in item]:
+        p.error(f"--set {bad[0]}: write KEY=VALUE, e.g. --set fine-tune=lora")
+    extra = dict(item.split("=", 1) for item in a.set)
     delta = RunConfig().dp_delta
     args = ["--model", a.model, "--clients", str(a.clients), "--rounds", str(a.rounds), "--seed", "42"]
     with work_dir("privacy") as work:
         args += ["--data-source", str(a.data_source), "--shards-dir", str(work / "shards")]
-        shared = {**quick.run_settings(), "max-steps": a.steps, "min-reply-fraction": 1.0}
+        shared = {**quick.run_settings(), "max-steps": a.steps, "min-reply-fraction": 1.0, **extra}
         if a.backend == "simulation":
             args += ["--retries", "0"]
 
@@ -103,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
             dp = {"dp": DP_SERVER_FIXED, "dp-noise-multiplier": noise, "dp-clipping-norm": clip}
             arms.append(arm_of(epsilon, noise, clip, run({**dp, "dp-target-epsilon": epsilon})))
     print(
-        f"{a.clients} clients x {a.rounds} rounds x {a.steps} steps of {a.model}, delta {delta:g}, clipping norm {clip:.4g}"
+        f"{a.clients} clients x {a.rounds} rounds x {a.steps} steps of {a.model} {' '.join(a.set)}, delta {delta:g}, "
+        f"clipping norm {clip:.4g}"
     )
     print(
         f"{'arm':>8}{'noise':>8}{'final acc':>11}{'÷ inf':>8}{'s/round':>9}{'÷ inf':>7}{'MB/round':>10}{'÷ inf':>7}  by round"
@@ -117,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{arm.bytes_per_round / base.bytes_per_round:>7.2f}  " + " ".join(f"{x:.3f}" for x in arm.accuracy)
         )
     figures = {"clients": a.clients, "rounds": a.rounds, "steps": a.steps, "model": a.model, "backend": a.backend}
-    figures |= {"delta": delta, "settings": {**quick.run_settings(), "max-steps": a.steps}}
+    figures |= {"delta": delta, "settings": {**quick.run_settings(), "max-steps": a.steps, **extra}}
     path = write_result("privacy", {**figures, "arms": [asdict(x) for x in arms]}, sys.argv)
     print(f"written: {path}")
     return 0
