@@ -31,7 +31,7 @@ from fedimdb.artifacts import (
     write_bytes_atomic,
     write_json_atomic,
 )
-from fedimdb.config import RunConfig
+from fedimdb.config import SECAGG_PLUS, RunConfig
 from fedimdb.data import MANIFEST, Examples, read_split
 from fedimdb.inspect.cli import PLOTS_DIR, USAGE_ERROR, main
 from fedimdb.inspect.evaluate import evaluate_round
@@ -505,3 +505,10 @@ def test_cli_evaluate(run_folder: tuple[Path, dict[int, Any]], capsys: pytest.Ca
     assert err.startswith("error: round 7 is out of range") and err.count("\n") == 1
     assert main(["evaluate", str(run_dir.parent / "nowhere"), "--round", "0"]) == USAGE_ERROR
     assert "no such folder" in capsys.readouterr().err
+
+
+def test_a_securely_aggregated_runs_cosine_panel_says_the_clients_are_not_observable(tmp_path: Path) -> None:
+    plain = RunReport("plain")
+    secure = RunReport("secure", secure_aggregation=SECAGG_PLUS)
+    texts = [[t.get_text() for t in ax.texts] for ax in cosines_figure({"plain": plain, "secure": secure}).axes]
+    assert texts == [["no client updates"], ["client updates not observable (secure aggregation)"]]

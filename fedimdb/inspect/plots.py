@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fedimdb.figures import new_figure, write_png
-from fedimdb.inspect.report import ExperimentReport, InspectError, RunReport
+from fedimdb.inspect.report import HIDDEN_BY_SECAGG, ExperimentReport, InspectError, RunReport
 
 NORMS_PLOT = "update-norms.png"
 COSINES_PLOT = "client-cosines.png"
@@ -85,7 +85,8 @@ def cosines_figure(runs: Mapping[str, RunReport]) -> Any:
         rounds, partitions, grid = cosine_grid(rep)
         ax.set(title=f"{name}: cosine of client updates to the aggregate", xlabel="partition", ylabel="round")
         if not rounds:
-            ax.text(0.5, 0.5, "no client updates", ha="center", va="center", transform=ax.transAxes)
+            text = f"client updates {HIDDEN_BY_SECAGG}" if rep.secured else "no client updates"
+            ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
             continue
         image = ax.imshow(np.ma.masked_invalid(np.array(grid)), cmap=cmap, vmin=-1, vmax=1, aspect="auto")
         ax.set_xticks(range(len(partitions)), [str(p) for p in partitions])

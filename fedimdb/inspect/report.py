@@ -25,6 +25,7 @@ EXPLODING = 10.0  # a round's model update norm over this many times the median 
 VANISHING = 1e-7  # a round's relative model update below this: the model stood still
 REPEAT_DIR = re.compile(r"^repeat-(\d+)$")  # an experiment's repeats; set-aside ones (repeat-1.failed-1) are not
 WEIGHT_STATS_KEY = "weight-stats"  # run.json's config key that switches the two files on
+HIDDEN_BY_SECAGG = "not observable (secure aggregation)"  # what a securely aggregated run says of its clients
 NONFINITE, EXPLODED, VANISHED, FROZEN = "nonfinite", "exploding", "vanishing", "never-moved"  # anomaly kinds
 Row = TypeVar("Row")
 
@@ -153,6 +154,11 @@ class RunReport:
     cosines: list[ClientCosine] = field(default_factory=list)
     privacy: Privacy | None = None  # run.json's differential-privacy block (None: dp off)
     secure_aggregation: str = SECAGG_OFF  # run.json's secure-aggregation setting
+
+    @property
+    def secured(self) -> bool:
+        """Whether the run was securely aggregated: no client's update was observable."""
+        return self.secure_aggregation != SECAGG_OFF
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready: non-finite numbers become null (the anomalies say where they were)."""
@@ -412,10 +418,7 @@ def _run_lines(rep: RunReport, top: int) -> list[str]:
     lines += [
         f"  round {k:>3}: {v:.4g} ({_num(rep.relative_updates.get(k), '.3g')})" for k, v in rep.update_norms.items()
     ]
-    secure = rep.secure_aggregation != SECAGG_OFF
-    lines.append(
-        "outlier clients:" + (" not observable (secure aggregation)" if secure else "" if rep.outliers else " none")
-    )
+    lines.append("outlier clients:" + (f" {HIDDEN_BY_SECAGG}" if rep.secured else "" if rep.outliers else " none"))
     lines += [
         f"  round {o.round}: client {o.partition_id} (norm z {o.norm_z:.2f}, cosine z {o.cosine_z:.2f}, "
         f"update L2 norm {o.update_l2_norm:.4g}, cosine {o.cosine_to_aggregate:.3f})"
@@ -424,7 +427,7 @@ def _run_lines(rep: RunReport, top: int) -> list[str]:
     lines.append("anomalies:" + ("" if rep.anomalies else " none"))
     lines += [f"  [{a.kind}] {a}" for a in rep.anomalies]
     lines.append(f"differential privacy: {_privacy(rep.privacy)}")
-    held = "the server held no client's update" if secure else "the server held every client's update"
+    held = "the server held no client's update" if rep.secured else "the server held every client's update"
     lines.append(f"secure aggregation: {rep.secure_aggregation} ({held})")
     return lines
 
