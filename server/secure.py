@@ -17,11 +17,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from logging import WARNING
 from typing import Any, Protocol
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.common import FitIns, Parameters, Scalar, parameters_to_ndarrays
+from flwr.common.logger import log
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 from flwr.compat.common import recorddict_compat as compat
 from flwr.server.client_manager import ClientManager
@@ -120,8 +122,28 @@ class SecureAggregation:
         masked = [msg for msg in observed.replies if not msg.has_error() and _is_masked(msg)]
         for msg in masked:
             msg.content = RecordDict({METRICS: MetricRecord(dict(msg.content.config_records[FITRES_METRICS]))})  # type: ignore[arg-type]
-        failed = [msg for msg in observed.replies if msg.has_error()]
-        return SecureRound(handover.mean_update(), masked, failed, observed.addressees)
+        mean = handover.mean_update()
+        return SecureRound(mean, masked, _failed(observed, masked if mean is not None else []), observed.addressees)
+
+
+def _failed(observed: _Observed, masked: Sequence[Message]) -> list[Message]:
+    """The error replies of clients whose update is not in the mean: one that fails after its masked update
+    came (in the unmask stage) is still in it, its self-mask rebuilt from the others' shares."""
+    counted = {msg.metadata.src_node_id for msg in masked}
+    failed = []
+    for msg in (m for m in observed.replies if m.has_error()):
+        node = observed.addressees.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
+        if node in counted:
+            log(
+                WARNING,
+                "round %s: node %s failed after its masked update came (%s): it stays in the mean",
+                observed.server_round,
+                node,
+                msg.error.reason,
+            )
+        else:
+            failed.append(msg)
+    return failed
 
 
 def _is_masked(msg: Message) -> bool:

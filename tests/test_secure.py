@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.common.constant import ErrorCode
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 
 from client.secure import secure_mod
 from fedimdb.config import SECAGG_PLUS, ConfigError, RunConfig
@@ -28,17 +29,19 @@ pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("task_identity")]
 SIZE = 10_000
 EXAMPLES = {11: 64, 12: 128, 13: 256}  # the most a reply may claim: max-steps x batch-size = 256
 CLIP = 0.1
+TRAINING = "training"  # secure_client's crashes_in: the train handler behind the mod raises
 
 
-def secure_client(node: int, step: float, crashes: bool = False) -> Node:
+def secure_client(node: int, step: float, crashes_in: str | None = None) -> Node:
     """A client behind client/secure.py's mod, with a context of its own kept across messages; it gets a copy
     of each message's content, as over the network (the mod takes its stage out of what it is sent). One that
-    ``crashes`` raises in training, which Flower turns into an error reply."""
+    ``crashes_in`` a stage (``TRAINING``, or one of SecAgg+'s, e.g. ``Stage.UNMASK``) raises there, which Flower
+    turns into an error reply."""
     context = Context(7, node, {}, RecordDict(), {})
     inner = honest(examples=EXAMPLES[node], step=step)
 
     def train(msg: Message, _: Context) -> Message:
-        if crashes and msg.metadata.message_type == "train":
+        if crashes_in == TRAINING and msg.metadata.message_type == "train":
             raise RuntimeError("out of memory")
         return inner(msg)
 
@@ -46,6 +49,8 @@ def secure_client(node: int, step: float, crashes: bool = False) -> Node:
         delivered = Message(copy.deepcopy(msg.content), dst_node_id=node, message_type=msg.metadata.message_type)
         delivered.metadata.__dict__.update(_message_id=msg.metadata.message_id, _src_node_id=1)
         try:
+            if crashes_in is not None and _stage(msg) == crashes_in:
+                raise RuntimeError("connection reset")
             reply = secure_mod(delivered, context, train)
         except RuntimeError as exc:
             reply = Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, str(exc)), reply_to=delivered)
@@ -55,14 +60,26 @@ def secure_client(node: int, step: float, crashes: bool = False) -> Node:
     return answer
 
 
+def _stage(msg: Message) -> str | None:
+    configs = msg.content.config_records.get(RECORD_KEY_CONFIGS)
+    return None if configs is None else str(configs.get(Key.STAGE))
+
+
 class SecureFederation(OneTensorRun):
     """A securely aggregated federation over an InstantGrid, recorded by a real Recorder (weight stats on)."""
 
-    def __init__(self, steps: dict[int, float], crashing: int | None = None, min_reply_fraction: float = 1.0) -> None:
+    def __init__(
+        self,
+        steps: dict[int, float],
+        crashing: int | None = None,
+        min_reply_fraction: float = 1.0,
+        stage: str = TRAINING,
+    ) -> None:
         cfg = RunConfig(num_clients=3, min_reply_fraction=min_reply_fraction, secure_aggregation=SECAGG_PLUS)
         self.log, self.weight_log = RoundLog(), WeightLog(3.5)
         recorder = Recorder(self.log, ServerMetrics(7, cfg), weight_log=self.weight_log)
-        self.grid = InstantGrid({node: secure_client(node, step, node == crashing) for node, step in steps.items()})
+        clients = {node: secure_client(node, step, stage if node == crashing else None) for node, step in steps.items()}
+        self.grid = InstantGrid(clients)
         secure = SecureAggregation(CLIP, max(EXAMPLES.values()), 60)
         policy = RoundPolicy(3, min_reply_fraction, 1, 60, 0)
         self.federation = Federation(make_strategy(cfg), self.grid, recorder, policy, Wire(), secure=secure)
@@ -126,6 +143,24 @@ def test_a_client_that_fails_mid_round_is_unmasked_out_of_the_mean_or_fails_the_
     strict = SecureFederation(steps, crashing=12)
     with pytest.raises(RoundFailed, match=r"round 1: SecAgg\+ aggregated 2 of 3 sampled clients, 3 needed: 1 error"):
         strict(num_rounds=1)
+
+
+def test_a_client_that_fails_after_its_masked_update_is_in_the_mean_once_and_ok(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A client lost in the unmask stage has sent its masked update: the others' shares remove its self-mask,
+    so its update is in the mean, clients.csv has one row for it, ok, and the log says why."""
+    steps = {11: 0.01, 12: -0.02, 13: 0.03}
+    run = SecureFederation(steps, crashing=12, stage=Stage.UNMASK)
+    run(num_rounds=1)
+    mean_step = sum(EXAMPLES[n] * s for n, s in steps.items()) / sum(EXAMPLES.values())
+    bound = error_bound(CLIP, max(EXAMPLES.values()), list(EXAMPLES.values()))
+    assert np.abs(run.models[1] - mean_step).max() <= bound
+    rows = [(r["partition_id"], r["status"]) for r in run.log.clients]
+    assert sorted(rows) == [(PARTITIONS[n], ClientStatus.OK) for n in sorted(steps)]
+    assert run.log.rounds[0]["clients_failed"] == 0
+    said = [r.getMessage() for r in caplog.records if "node 12" in r.getMessage()]
+    assert said == ["round 1: node 12 failed after its masked update came (connection reset): it stays in the mean"]
 
 
 @pytest.mark.parametrize(
