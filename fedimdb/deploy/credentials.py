@@ -30,6 +30,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -51,22 +52,30 @@ CURVE = ec.SECP384R1()  # Flower accepts NIST curves for SuperNode keys
 
 
 @dataclass(frozen=True)
-class ServerCredentials:
-    """The SuperLink's folder: its CA, certificate and key, and the public keys it registers."""
+class _Party:
+    """A party's folder: the CA it trusts and its own private key (named by :attr:`KEY_FILE`)."""
 
     folder: Path
+    KEY_FILE: ClassVar[str]
 
     @property
     def ca(self) -> Path:
         return self.folder / CA_CERT
 
     @property
-    def cert(self) -> Path:
-        return self.folder / SERVER_CERT
+    def key(self) -> Path:
+        return self.folder / self.KEY_FILE
+
+
+@dataclass(frozen=True)
+class ServerCredentials(_Party):
+    """The SuperLink's folder: its CA, certificate and key, and the public keys it registers."""
+
+    KEY_FILE = SERVER_KEY
 
     @property
-    def key(self) -> Path:
-        return self.folder / SERVER_KEY
+    def cert(self) -> Path:
+        return self.folder / SERVER_CERT
 
     def node_public_key(self, partition_id: int) -> Path:
         return self.folder / NODES_DIR / f"{client_dir_name(partition_id)}{PUBLIC_KEY_SUFFIX}"
@@ -77,18 +86,10 @@ class ServerCredentials:
 
 
 @dataclass(frozen=True)
-class NodeCredentials:
+class NodeCredentials(_Party):
     """One SuperNode's folder: the CA it trusts and its key pair."""
 
-    folder: Path
-
-    @property
-    def ca(self) -> Path:
-        return self.folder / CA_CERT
-
-    @property
-    def key(self) -> Path:
-        return self.folder / NODE_KEY
+    KEY_FILE = NODE_KEY
 
     @property
     def public_key(self) -> Path:
