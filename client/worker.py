@@ -13,7 +13,9 @@ to its node's worker instead (:func:`call`), which keeps all three loaded and do
   (tests/test_warm_model.py); an error in the work is raised in the ClientApp, so Flower sends
   its error reply as for any ClientApp error;
 * a worker that dies while it serves a message costs that message an error reply
-  (:class:`WorkerLost`); the next message starts a new worker;
+  (:class:`WorkerLost`); the next message starts a new worker. A worker says when it has taken a
+  message; one that never took it (a dying worker's socket can still accept for a moment) is asked
+  of the next worker instead;
 * it ends when the process that forks the node's ClientApps (the node's fork server, or Flower's
   SuperExec) is gone, or after :data:`IDLE_SECONDS` without a message. It runs in the
   ClientApp's process group, so what stops the node's group stops it too.
@@ -54,6 +56,8 @@ IDLE_SECONDS = 900.0  # a worker with no message for this long ends (a node may 
 START_TIMEOUT = 300.0  # seconds a new worker may take to import torch and listen
 POLL_SECONDS = 1.0  # how often an idle worker checks that its node is still there
 OK, ERROR = "ok", "error"
+TAKEN = "taken"  # the worker's first frame: it read the message, which is lost with it from here on
+RETAKE_SECONDS = 10.0  # how long a message that no worker took is offered again (to the next worker)
 HEADER = struct.Struct("!Q")  # every frame: its length, then a pickle
 APP_ROOT = Path(__file__).resolve().parent.parent  # the folder holding client/ and fedimdb/: the FAB's
 BOOT = f"import sys; sys.path.insert(0, sys.argv[1]); from {__name__} import main; main(sys.argv[2:])"
@@ -131,12 +135,11 @@ def call(kind: str, content: RecordDict, context: Context) -> RecordDict:
         What the work raised in the worker, raised again here.
     """
     home = home_of(context)
-    try:
-        with _connect(home) as conn:
-            _send(conn, (kind, content, context))
-            reply = _receive(conn)
-    except ConnectionError:  # reset, or a broken pipe: it died as it read the request or wrote the reply
-        reply = None
+    deadline = time.monotonic() + RETAKE_SECONDS
+    taken, reply = _exchange(home, (kind, content, context))
+    while not taken and time.monotonic() < deadline:  # a dying worker's socket accepted it: the next worker
+        time.sleep(0.05)
+        taken, reply = _exchange(home, (kind, content, context))
     if not isinstance(reply, tuple):
         raise WorkerLost(
             f"the warm model worker of this node ended while it served this {kind} message; the next message "
@@ -146,6 +149,18 @@ def call(kind: str, content: RecordDict, context: Context) -> RecordDict:
     if status == ERROR:
         raise cast("Exception", value)
     return cast("RecordDict", value)
+
+
+def _exchange(home: Path, request: tuple[str, RecordDict, Context]) -> tuple[bool, object | None]:
+    """Send ``request`` to the worker of ``home``: whether the worker took it, and its reply (None: none came)."""
+    taken = False
+    try:
+        with _connect(home) as conn:
+            _send(conn, request)
+            taken = _receive(conn) == TAKEN
+            return taken, _receive(conn) if taken else None
+    except ConnectionError:  # reset, or a broken pipe: it died before it took the request, or before it replied
+        return taken, None
 
 
 def _try_connect(home: Path) -> socket.socket | None:
@@ -209,6 +224,7 @@ def _serve_one(conn: socket.socket, loads: Kept) -> None:
     if not isinstance(request, tuple):
         return
     kind, content, context = request
+    _send(conn, TAKEN)
     label = f"{kind} round {server_round_of(content)} of partition {context.node_config.get(NODE_PARTITION_ID)}"
     print(f"{label}: started", flush=True)
     start = time.perf_counter()

@@ -9,6 +9,7 @@ import dataclasses
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -143,6 +144,26 @@ def test_a_killed_worker_costs_its_message_an_error_and_the_next_message_succeed
     fresh = task.train(_content(3), context, task.Loads())
     for name, tensor in _state(fresh).items():
         assert torch.equal(tensor, _state(reply)[name]), name
+
+
+@pytest.mark.usefixtures("tmpdir_env", "stop_workers")
+def test_a_message_no_worker_took_goes_to_the_next_worker(shard: Path) -> None:
+    """A dying worker's socket can accept a connection it never reads (seen in CI: the ClientApp saw the
+    killed worker's connection close, and its next message reached the listener before the kernel closed
+    it). Here a listener that never reads, closed 0.5 s later, stands for it: the message is not lost but
+    answered by a new worker, as a fresh process would answer it."""
+    context = _context(shard)
+    home = worker.home_of(context)
+    home.mkdir(parents=True)
+    dying = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dying.bind(str(home / worker.SOCKET))
+    dying.listen(1)
+    threading.Timer(0.5, dying.close).start()
+    reply = worker.call(task.TRAIN, _content(1), context)
+    fresh = task.train(_content(1), context, task.Loads())
+    for name, tensor in _state(fresh).items():
+        assert torch.equal(tensor, _state(reply)[name]), name
+    assert (home / worker.LOG).read_text().count("serving") == 1
 
 
 def _kill_when(log: Path, line: str, pid: int, timeout: float = 60) -> None:
