@@ -86,12 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if bad := [item for item in a.set if "=" not in item]:
         p.error(f"--set {bad[0]}: write KEY=VALUE, e.g. --set fine-tune=lora")
-    extra = dict(item.split("=", 1) for item in a.set)
+    settings = {**quick.run_settings(), "max-steps": a.steps, **dict(item.split("=", 1) for item in a.set)}
     delta = RunConfig().dp_delta
     args = ["--model", a.model, "--clients", str(a.clients), "--rounds", str(a.rounds), "--seed", "42"]
     with work_dir("privacy") as work:
         args += ["--data-source", str(a.data_source), "--shards-dir", str(work / "shards")]
-        shared = {**quick.run_settings(), "max-steps": a.steps, "min-reply-fraction": 1.0, **extra}
+        shared = {"min-reply-fraction": 1.0, **settings}
         if a.backend == "simulation":
             args += ["--retries", "0"]
 
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{arm.bytes_per_round / base.bytes_per_round:>7.2f}  " + " ".join(f"{x:.3f}" for x in arm.accuracy)
         )
     figures = {"clients": a.clients, "rounds": a.rounds, "steps": a.steps, "model": a.model, "backend": a.backend}
-    figures |= {"delta": delta, "settings": {**quick.run_settings(), "max-steps": a.steps, **extra}}
+    figures |= {"delta": delta, "settings": settings}
     path = write_result("privacy", {**figures, "arms": [asdict(x) for x in arms]}, sys.argv)
     print(f"written: {path}")
     return 0
